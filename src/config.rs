@@ -1,0 +1,179 @@
+//! The command line (SPEC section 5): every flag also reads `VOD_SIGNER_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// vod-signer: issues and redeems single-use Tencent Cloud VOD upload signatures.
+#[derive(Debug, Parser)]
+#[command(name = "vod-signer", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "VOD_SIGNER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Log level or filter (`info`, `vod_signer=debug`, ...); `RUST_LOG` wins when set.
+    #[arg(
+        long,
+        global = true,
+        env = "VOD_SIGNER_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service.
+    Serve(ServeArgs),
+    /// Sign offline with a key from the keys directory (records nothing in any store).
+    Issue(IssueArgs),
+    /// Decode a signature and print its claims as JSON; needs no key.
+    Inspect(InspectArgs),
+}
+
+/// Log formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Tokio runtime flavours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeFlavor {
+    /// `current-thread` on 2 cores or fewer (measured faster there), `multi-thread` above.
+    Auto,
+    /// One thread runs everything.
+    CurrentThread,
+    /// Work-stealing worker threads (`--worker-threads`).
+    MultiThread,
+}
+
+/// Where the keys come from.
+#[derive(Clone, Debug, Args)]
+pub struct KeyArgs {
+    /// Directory with one file per key: file name = SecretId, content = SecretKey.
+    #[arg(long, env = "VOD_SIGNER_KEYS_DIR", value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// SecretId of the key that issues (optional when the directory holds one key).
+    #[arg(long, env = "VOD_SIGNER_ACTIVE_KEY", value_name = "SECRET_ID")]
+    pub active_key: Option<String>,
+}
+
+/// `vod-signer serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "VOD_SIGNER_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// The keys.
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Redis URL (`redis://host:6379/0`, `rediss://...`); absent: the embedded in-memory store
+    /// (one replica only).
+    #[arg(long, env = "VOD_SIGNER_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// TTL of a signature when the request says 0, seconds.
+    #[arg(long, env = "VOD_SIGNER_DEFAULT_TTL", default_value_t = 3600)]
+    pub default_ttl: u64,
+    /// Largest TTL a request may ask for, seconds (at most 7776000, 90 days).
+    #[arg(long, env = "VOD_SIGNER_MAX_TTL", default_value_t = 7_776_000,
+          value_parser = clap::value_parser!(u64).range(1..=7_776_000))]
+    pub max_ttl: u64,
+    /// Clock skew allowed at both ends of a signature's window, seconds.
+    #[arg(long, env = "VOD_SIGNER_LEEWAY", default_value_t = 60)]
+    pub leeway: u64,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "VOD_SIGNER_KEY_PREFIX", default_value = "vodsigner:")]
+    pub key_prefix: String,
+    /// Bound on every store call, milliseconds; past it the call fails closed.
+    #[arg(long, env = "VOD_SIGNER_STORE_TIMEOUT_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub store_timeout_ms: u64,
+    /// How often the store's health is checked, milliseconds.
+    #[arg(long, env = "VOD_SIGNER_HEALTH_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub health_interval_ms: u64,
+    /// On SIGTERM, how long calls in flight may take to finish, seconds.
+    #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
+    /// Quickstart: in-memory store and a fresh random key, printed once.
+    #[arg(long, env = "VOD_SIGNER_DEV", conflicts_with_all = ["keys_dir", "active_key", "redis_url"])]
+    pub dev: bool,
+    /// Tokio runtime flavour.
+    #[arg(long, env = "VOD_SIGNER_RUNTIME", value_enum, default_value = "auto")]
+    pub runtime: RuntimeFlavor,
+    /// Worker threads of the multi-thread runtime (0: one per core).
+    #[arg(long, env = "VOD_SIGNER_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+}
+
+/// The optional parameters of a signature, as flags.
+#[derive(Clone, Debug, Default, Args)]
+pub struct PolicyArgs {
+    /// classId: category id.
+    #[arg(long, env = "VOD_SIGNER_CLASS_ID")]
+    pub class_id: Option<u64>,
+    /// procedure: task-flow template run after upload.
+    #[arg(long, env = "VOD_SIGNER_PROCEDURE")]
+    pub procedure: Option<String>,
+    /// taskPriority: -10..=10, only with --procedure.
+    #[arg(long, env = "VOD_SIGNER_TASK_PRIORITY", allow_negative_numbers = true)]
+    pub task_priority: Option<i32>,
+    /// taskNotifyMode: Finish, Change or None, only with --procedure.
+    #[arg(long, env = "VOD_SIGNER_TASK_NOTIFY_MODE")]
+    pub task_notify_mode: Option<String>,
+    /// sourceContext: at most 250 bytes, echoed in the upload-complete event.
+    #[arg(long, env = "VOD_SIGNER_SOURCE_CONTEXT")]
+    pub source_context: Option<String>,
+    /// sessionContext: at most 1000 bytes.
+    #[arg(long, env = "VOD_SIGNER_SESSION_CONTEXT")]
+    pub session_context: Option<String>,
+    /// vodSubAppId: sub-application id.
+    #[arg(long, env = "VOD_SIGNER_VOD_SUB_APP_ID")]
+    pub vod_sub_app_id: Option<u64>,
+    /// storageRegion, e.g. ap-chongqing.
+    #[arg(long, env = "VOD_SIGNER_STORAGE_REGION")]
+    pub storage_region: Option<String>,
+    /// maxFileSize: largest upload in bytes (enforced by vod-signer at consume).
+    #[arg(long, env = "VOD_SIGNER_MAX_FILE_SIZE")]
+    pub max_file_size: Option<u64>,
+}
+
+/// `vod-signer issue`.
+#[derive(Clone, Debug, Args)]
+pub struct IssueArgs {
+    /// The keys.
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Validity of the signature, seconds (at most 7776000).
+    #[arg(long, env = "VOD_SIGNER_TTL", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=7_776_000))]
+    pub ttl: u64,
+    /// The optional parameters.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Print the signature and its claims as JSON instead of the bare signature.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vod-signer inspect`.
+#[derive(Clone, Debug, Args)]
+pub struct InspectArgs {
+    /// The signature to decode (`-` reads it from standard input).
+    pub signature: String,
+}

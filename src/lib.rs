@@ -1,0 +1,25 @@
+//! vod-signer: issues and redeems single-use Tencent Cloud VOD upload signatures over gRPC.
+//!
+//! Module map (each layer only uses the ones above it):
+//!
+//! - [`reason`]: the refusal reasons of the contract (SPEC section 3), shared by all layers.
+//! - [`signature`]: the codec: sign, parse, verify, clock checks. Knows no gRPC, no store.
+//! - [`keys`]: the SecretKeys, loaded from a keys directory; which one issues.
+//! - [`store`]: the replay guard's records: the [`store::Store`] interface, Redis and
+//!   in-memory implementations. Knows no gRPC.
+//! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
+//! - [`service`]: the `SignatureService` RPCs: wires codec, keys and store, maps refusals
+//!   onto gRPC statuses.
+//! - [`server`]: runs the gRPC server: health, reflection, store health checks, shutdown.
+//! - [`config`]: the command line and its `VOD_SIGNER_*` environment variables.
+//! - [`cli`]: the offline subcommands (`issue`, `inspect`).
+
+pub mod cli;
+pub mod config;
+pub mod keys;
+pub mod proto;
+pub mod reason;
+pub mod server;
+pub mod service;
+pub mod signature;
+pub mod store;

@@ -1,0 +1,283 @@
+//! Runs the gRPC server: `SignatureService`, `grpc.health.v1.Health` tied to the store,
+//! reflection v1 and v1alpha, and a graceful shutdown on SIGTERM.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{error, info, warn};
+
+use crate::config::{LogFormat, RuntimeFlavor, ServeArgs};
+use crate::keys::KeyRing;
+use crate::proto::signature_service_server::SignatureServiceServer;
+use crate::service::{Settings, Signer};
+use crate::signature::SecretKey;
+use crate::store::{MemoryStore, RedisConfig, RedisStore, Store};
+
+/// The gRPC name of the signature service, as health checks name it.
+pub const SERVICE_NAME: &str = <SignatureServiceServer<Signer<MemoryStore>> as NamedService>::NAME;
+
+/// Sets up `tracing` on stderr: `RUST_LOG` if set, else `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|e| {
+            eprintln!("vod-signer: bad --log-level {level:?} ({e}); using info");
+            EnvFilter::new("info")
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// What the server needs besides the service.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// How often the store is pinged for health.
+    pub health_interval: Duration,
+    /// How long calls in flight may take to finish after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// `vod-signer serve`: builds the runtime, the keys and the store, and serves until SIGTERM.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let runtime = build_runtime(&args).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run_async(args))
+}
+
+fn build_runtime(args: &ServeArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let flavor = match args.runtime {
+        RuntimeFlavor::Auto if cores <= 2 => RuntimeFlavor::CurrentThread,
+        RuntimeFlavor::Auto => RuntimeFlavor::MultiThread,
+        other => other,
+    };
+    let mut builder = match flavor {
+        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if args.worker_threads > 0 {
+                b.worker_threads(args.worker_threads);
+            }
+            b
+        }
+    };
+    builder.enable_all().build()
+}
+
+async fn run_async(args: ServeArgs) -> Result<(), String> {
+    let keys = if args.dev {
+        dev_keys()
+    } else {
+        let dir = args
+            .keys
+            .keys_dir
+            .as_deref()
+            .ok_or("--keys-dir (or VOD_SIGNER_KEYS_DIR) is required, or --dev")?;
+        KeyRing::load_dir(dir, args.keys.active_key.as_deref()).map_err(|e| e.to_string())?
+    };
+    info!(secret_ids = ?keys.secret_ids().collect::<Vec<_>>(), active = keys.active_id(), "keys loaded");
+    if args.default_ttl == 0 || args.default_ttl > args.max_ttl {
+        return Err(format!(
+            "--default-ttl {} must be 1 to --max-ttl {}",
+            args.default_ttl, args.max_ttl
+        ));
+    }
+    let settings = Settings {
+        default_ttl: args.default_ttl,
+        max_ttl: args.max_ttl,
+        leeway: args.leeway,
+    };
+    let options = ServerOptions {
+        health_interval: Duration::from_millis(args.health_interval_ms),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let keys = Arc::new(keys);
+    match &args.redis_url {
+        Some(url) => {
+            let config = RedisConfig {
+                url: url.clone(),
+                key_prefix: args.key_prefix.clone(),
+                timeout: Duration::from_millis(args.store_timeout_ms),
+            };
+            let store = Arc::new(RedisStore::new(&config)?);
+            info!(store = "redis", "store configured");
+            serve(listener, store, keys, settings, options, shutdown_signal()).await
+        }
+        None => {
+            warn!(
+                "no --redis-url: using the embedded in-memory store. It serves ONE replica only: \
+                 signatures are not shared across replicas and are forgotten on restart"
+            );
+            serve(
+                listener,
+                Arc::new(MemoryStore::new()),
+                keys,
+                settings,
+                options,
+                shutdown_signal(),
+            )
+            .await
+        }
+    }
+    .map_err(|e| format!("server failed: {e}"))
+}
+
+/// A fresh random key for `--dev`, printed once on stdout.
+fn dev_keys() -> KeyRing {
+    use rand::RngExt as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    };
+    let secret_id = format!("AKIDdev{}", pick(12));
+    let secret_key = pick(32);
+    println!("vod-signer --dev: in-memory store and a fresh key, shown only this once:");
+    println!("  secretId:  {secret_id}");
+    println!("  secretKey: {secret_key}");
+    let key = SecretKey::new(secret_key.as_bytes());
+    KeyRing::new([(secret_id.clone(), key)], &secret_id).expect("the dev key is active")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("interrupted: shutting down"),
+        () = term => info!("SIGTERM: shutting down"),
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Pings the store every `interval`; health is SERVING exactly while it answers.
+async fn watch_store<S: Store>(store: Arc<S>, reporter: HealthReporter, interval: Duration) {
+    let mut serving = None;
+    loop {
+        let result = store.ping().await;
+        let ok = result.is_ok();
+        if serving != Some(ok) {
+            match &result {
+                Ok(()) => info!("store answers: health SERVING"),
+                Err(e) => warn!("store does not answer ({e}): health NOT_SERVING"),
+            }
+            set_health(
+                &reporter,
+                if ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                },
+            )
+            .await;
+            serving = Some(ok);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains calls in flight.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    keys: Arc<KeyRing>,
+    settings: Settings,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let watcher = tokio::spawn(watch_store(
+        store.clone(),
+        reporter.clone(),
+        options.health_interval,
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("descriptor sets are valid");
+
+    let signer = Signer::new(store, keys, settings);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SignatureServiceServer::new(signer))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    if let Some(addr) = local {
+        info!(addr = %addr, "serving gRPC");
+    }
+
+    tokio::select! {
+        result = &mut server => {
+            watcher.abort();
+            return result;
+        }
+        () = shutdown => {}
+    }
+    // Probes see NOT_SERVING first, so Kubernetes stops routing here while calls drain.
+    watcher.abort();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(options.drain_timeout, server).await {
+        Ok(result) => {
+            info!("drained: exiting");
+            result
+        }
+        Err(_) => {
+            warn!(
+                drain_timeout_s = options.drain_timeout.as_secs(),
+                "calls still in flight at the drain timeout: exiting"
+            );
+            Ok(())
+        }
+    }
+}

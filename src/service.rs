@@ -1,0 +1,457 @@
+//! The `SignatureService` RPCs (SPEC section 3): wires the codec, the keys and the store.
+//!
+//! Every refusal is a [`Refusal`]: a [`Reason`] and a sentence for a person. It becomes a gRPC
+//! status whose message starts with the reason token and which carries a
+//! `google.rpc.ErrorInfo` with the same reason and domain `vodsigner`. Messages never quote a
+//! key or a whole signature.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::{debug, info};
+
+use crate::keys::KeyRing;
+use crate::proto;
+use crate::proto::signature_service_server::SignatureService;
+use crate::reason::Reason;
+use crate::signature::{self, Claims, Parsed, SignRequest, SignatureError, UploadPolicy};
+use crate::store::{self, ConsumeOutcome, RecordKey, Store, StoreError};
+
+/// Domain of every `google.rpc.ErrorInfo` this service sends.
+pub const ERROR_DOMAIN: &str = "vodsigner";
+/// How many nonces IssueSignature tries before giving up (collisions are rare but real).
+pub const MAX_NONCE_TRIES: usize = 8;
+/// Longest `subject` accepted, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 256;
+/// Longest `idempotency_key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// A refused call: the reason and a sentence for a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The SPEC section 3 reason.
+    pub reason: Reason,
+    /// What went wrong, for a person; never a key or a whole signature.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `reason` and `message`.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Refusal {
+        Refusal::new(Reason::InvalidRequest, message)
+    }
+}
+
+impl From<SignatureError> for Refusal {
+    fn from(e: SignatureError) -> Refusal {
+        let message = match &e {
+            SignatureError::Expired { expire_time, .. } => {
+                format!("signature expired at {}", rfc3339(*expire_time))
+            }
+            SignatureError::NotYetValid {
+                current_time_stamp, ..
+            } => {
+                format!("signature is valid from {}", rfc3339(*current_time_stamp))
+            }
+            other => other.to_string(),
+        };
+        Refusal::new(e.reason(), message)
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        Refusal::new(
+            e.reason(),
+            format!("{e}; nothing was accepted, retry later"),
+        )
+    }
+}
+
+/// The gRPC code each reason travels with.
+pub fn grpc_code(reason: Reason) -> Code {
+    match reason {
+        Reason::InvalidRequest | Reason::SignatureMalformed => Code::InvalidArgument,
+        Reason::UnknownSecretId | Reason::SignatureMismatch => Code::Unauthenticated,
+        Reason::SignatureExpired
+        | Reason::SignatureNotYetValid
+        | Reason::SignatureAlreadyUsed
+        | Reason::SignatureRevoked
+        | Reason::SignatureNotIssued
+        | Reason::FileTooLarge => Code::FailedPrecondition,
+        Reason::RateLimited => Code::ResourceExhausted,
+        Reason::PermissionDenied => Code::PermissionDenied,
+        Reason::StoreUnavailable => Code::Unavailable,
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        let details =
+            ErrorDetails::with_error_info(r.reason.as_str(), ERROR_DOMAIN, HashMap::new());
+        Status::with_error_details(
+            grpc_code(r.reason),
+            format!("{}: {}", r.reason, r.message),
+            details,
+        )
+    }
+}
+
+/// Unix seconds as RFC 3339, e.g. `2026-11-24T10:00:00Z`.
+pub fn rfc3339(unix: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The service's tunables (SPEC section 5 flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// TTL when the request says 0, seconds.
+    pub default_ttl: u64,
+    /// Largest TTL a request may ask for, seconds.
+    pub max_ttl: u64,
+    /// Clock skew allowed on both ends of the window, seconds.
+    pub leeway: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_ttl: 3600,
+            max_ttl: signature::MAX_VALIDITY_SECONDS as u64,
+            leeway: 60,
+        }
+    }
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The `SignatureService` implementation over a [`Store`].
+pub struct Signer<S> {
+    store: Arc<S>,
+    keys: Arc<KeyRing>,
+    settings: Settings,
+}
+
+impl<S: Store> Signer<S> {
+    /// A service issuing with `keys` and recording in `store`.
+    pub fn new(store: Arc<S>, keys: Arc<KeyRing>, settings: Settings) -> Signer<S> {
+        Signer {
+            store,
+            keys,
+            settings,
+        }
+    }
+
+    fn leeway(&self) -> i64 {
+        self.settings.leeway.min(i64::MAX as u64) as i64
+    }
+
+    /// IssueSignature: records a fresh nonce, then returns the signature.
+    pub async fn issue(
+        &self,
+        req: proto::IssueSignatureRequest,
+    ) -> Result<proto::IssueSignatureResponse, Refusal> {
+        let ttl = if req.ttl_seconds == 0 {
+            self.settings.default_ttl
+        } else {
+            req.ttl_seconds
+        };
+        if ttl > self.settings.max_ttl {
+            return Err(Refusal::invalid(format!(
+                "ttl_seconds {ttl} is above the maximum of {} seconds",
+                self.settings.max_ttl
+            )));
+        }
+        if req.subject.len() > MAX_SUBJECT_LEN {
+            return Err(Refusal::invalid(format!(
+                "subject is longer than {MAX_SUBJECT_LEN} bytes"
+            )));
+        }
+        let policy = policy_from_proto(req.policy.unwrap_or_default());
+        policy
+            .validate()
+            .map_err(|e| Refusal::invalid(format!("policy: {e}")))?;
+        let secret_id = if req.secret_id.is_empty() {
+            self.keys.active_id()
+        } else {
+            req.secret_id.as_str()
+        };
+        let key = self.keys.get(secret_id).ok_or_else(|| {
+            let shown: String = secret_id.chars().take(128).collect();
+            Refusal::new(
+                Reason::UnknownSecretId,
+                format!("no key with secret_id {shown:?}"),
+            )
+        })?;
+
+        let now = unix_now();
+        let record_ttl = ttl.saturating_add(self.settings.leeway);
+        for _ in 0..MAX_NONCE_TRIES {
+            let signed = signature::sign(
+                key,
+                &SignRequest {
+                    secret_id,
+                    current_time_stamp: now,
+                    expire_time: now.saturating_add(ttl as i64),
+                    random: rand::random(),
+                    one_time_valid: true,
+                    policy: &policy,
+                },
+            );
+            let fingerprint = signature::fingerprint(&signed.tag);
+            let sig = store::Signature {
+                key: RecordKey {
+                    secret_id,
+                    random: signed.claims.random,
+                },
+                fingerprint: &fingerprint,
+            };
+            if self.store.insert_issued(sig, now, record_ttl).await? {
+                debug!(secret_id, random = signed.claims.random, subject = %req.subject, "issued");
+                return Ok(proto::IssueSignatureResponse {
+                    signature: signed.signature,
+                    claims: Some(claims_to_proto(signed.claims)),
+                });
+            }
+            debug!(
+                secret_id,
+                random = signed.claims.random,
+                "nonce collision, picking another"
+            );
+        }
+        Err(Refusal::new(
+            Reason::StoreUnavailable,
+            format!("no free nonce after {MAX_NONCE_TRIES} tries; nothing was issued"),
+        ))
+    }
+
+    /// VerifySignature: checks the signature and reports its state; changes nothing.
+    pub async fn verify(
+        &self,
+        req: proto::VerifySignatureRequest,
+    ) -> Result<proto::VerifySignatureResponse, Refusal> {
+        let parsed = self.keys.authenticate(&req.signature)?;
+        let state = match signature::check_time(&parsed.claims, unix_now(), self.leeway()) {
+            Err(SignatureError::Expired { .. }) => proto::SignatureState::Expired,
+            Err(e) => return Err(e.into()),
+            Ok(()) => state_of(
+                self.store
+                    .status(record(&parsed, &fingerprint_of(&parsed)))
+                    .await?,
+            ),
+        };
+        Ok(proto::VerifySignatureResponse {
+            state: state as i32,
+            claims: Some(claims_to_proto(parsed.claims)),
+        })
+    }
+
+    /// ConsumeSignature: checks the signature and uses it up, atomically.
+    pub async fn consume(
+        &self,
+        req: proto::ConsumeSignatureRequest,
+    ) -> Result<proto::ConsumeSignatureResponse, Refusal> {
+        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(Refusal::invalid(format!(
+                "idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+            )));
+        }
+        let parsed = self.keys.authenticate(&req.signature)?;
+        signature::check_time(&parsed.claims, unix_now(), self.leeway())?;
+        if let Some(max) = parsed.claims.policy.max_file_size {
+            match req.file_size {
+                None => {
+                    return Err(Refusal::invalid(format!(
+                        "file_size is required: the signature limits uploads to {max} bytes"
+                    )));
+                }
+                Some(size) if size > max => {
+                    return Err(Refusal::new(
+                        Reason::FileTooLarge,
+                        format!(
+                            "file_size {size} is above the signature's maxFileSize {max}; the signature stays unused"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let fp = fingerprint_of(&parsed);
+        match self
+            .store
+            .consume(record(&parsed, &fp), unix_now(), &req.idempotency_key)
+            .await?
+        {
+            ConsumeOutcome::Consumed { at } => Ok(proto::ConsumeSignatureResponse {
+                claims: Some(claims_to_proto(parsed.claims)),
+                consumed_at: at,
+            }),
+            ConsumeOutcome::Refused(status) => Err(refusal_for(status)),
+        }
+    }
+
+    /// RevokeSignature: makes an unused signature unusable; reports the state before.
+    pub async fn revoke(
+        &self,
+        req: proto::RevokeSignatureRequest,
+    ) -> Result<proto::RevokeSignatureResponse, Refusal> {
+        let parsed = self.keys.authenticate(&req.signature)?;
+        let previous = match signature::check_time(&parsed.claims, unix_now(), self.leeway()) {
+            // An expired signature can never pass again: nothing to record.
+            Err(SignatureError::Expired { .. }) => proto::SignatureState::Expired,
+            _ => state_of(
+                self.store
+                    .revoke(record(&parsed, &fingerprint_of(&parsed)), unix_now())
+                    .await?,
+            ),
+        };
+        Ok(proto::RevokeSignatureResponse {
+            previous_state: previous as i32,
+        })
+    }
+}
+
+fn fingerprint_of(parsed: &Parsed) -> String {
+    signature::fingerprint(&parsed.tag)
+}
+
+fn record<'a>(parsed: &'a Parsed, fingerprint: &'a str) -> store::Signature<'a> {
+    store::Signature {
+        key: RecordKey {
+            secret_id: &parsed.claims.secret_id,
+            random: parsed.claims.random,
+        },
+        fingerprint,
+    }
+}
+
+fn state_of(status: store::Status) -> proto::SignatureState {
+    match status {
+        store::Status::NotIssued => proto::SignatureState::NotIssued,
+        store::Status::Issued => proto::SignatureState::Issued,
+        store::Status::Consumed { .. } => proto::SignatureState::Consumed,
+        store::Status::Revoked { .. } => proto::SignatureState::Revoked,
+    }
+}
+
+fn refusal_for(status: store::Status) -> Refusal {
+    match status {
+        store::Status::Consumed { at } => Refusal::new(
+            Reason::SignatureAlreadyUsed,
+            format!("signature was consumed at {}", rfc3339(at)),
+        ),
+        store::Status::Revoked { at } => Refusal::new(
+            Reason::SignatureRevoked,
+            format!("signature was revoked at {}", rfc3339(at)),
+        ),
+        store::Status::NotIssued | store::Status::Issued => Refusal::new(
+            Reason::SignatureNotIssued,
+            "authentic, but there is no record of its issue (issued elsewhere, or the record is gone)",
+        ),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// The codec's policy from the proto's (empty strings mean absent).
+pub fn policy_from_proto(p: proto::UploadPolicy) -> UploadPolicy {
+    UploadPolicy {
+        class_id: p.class_id,
+        procedure: non_empty(p.procedure),
+        task_priority: p.task_priority,
+        task_notify_mode: non_empty(p.task_notify_mode),
+        source_context: non_empty(p.source_context),
+        session_context: non_empty(p.session_context),
+        vod_sub_app_id: p.vod_sub_app_id,
+        storage_region: non_empty(p.storage_region),
+        max_file_size: p.max_file_size,
+    }
+}
+
+/// The proto's policy from the codec's.
+pub fn policy_to_proto(p: UploadPolicy) -> proto::UploadPolicy {
+    proto::UploadPolicy {
+        class_id: p.class_id,
+        procedure: p.procedure.unwrap_or_default(),
+        task_priority: p.task_priority,
+        task_notify_mode: p.task_notify_mode.unwrap_or_default(),
+        source_context: p.source_context.unwrap_or_default(),
+        session_context: p.session_context.unwrap_or_default(),
+        vod_sub_app_id: p.vod_sub_app_id,
+        storage_region: p.storage_region.unwrap_or_default(),
+        max_file_size: p.max_file_size,
+    }
+}
+
+/// The proto's claims from the codec's.
+pub fn claims_to_proto(c: Claims) -> proto::Claims {
+    proto::Claims {
+        secret_id: c.secret_id,
+        current_time_stamp: c.current_time_stamp,
+        expire_time: c.expire_time,
+        random: c.random,
+        one_time_valid: c.one_time_valid,
+        policy: Some(policy_to_proto(c.policy)),
+        extra: c.extra.into_iter().collect(),
+        original: c.original,
+    }
+}
+
+fn answer<T>(rpc: &'static str, result: Result<T, Refusal>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(v) => Ok(Response::new(v)),
+        Err(r) => {
+            info!(rpc, reason = %r.reason, detail = %r.message, "refused");
+            Err(r.into())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> SignatureService for Signer<S> {
+    async fn issue_signature(
+        &self,
+        request: Request<proto::IssueSignatureRequest>,
+    ) -> Result<Response<proto::IssueSignatureResponse>, Status> {
+        answer("IssueSignature", self.issue(request.into_inner()).await)
+    }
+
+    async fn verify_signature(
+        &self,
+        request: Request<proto::VerifySignatureRequest>,
+    ) -> Result<Response<proto::VerifySignatureResponse>, Status> {
+        answer("VerifySignature", self.verify(request.into_inner()).await)
+    }
+
+    async fn consume_signature(
+        &self,
+        request: Request<proto::ConsumeSignatureRequest>,
+    ) -> Result<Response<proto::ConsumeSignatureResponse>, Status> {
+        answer("ConsumeSignature", self.consume(request.into_inner()).await)
+    }
+
+    async fn revoke_signature(
+        &self,
+        request: Request<proto::RevokeSignatureRequest>,
+    ) -> Result<Response<proto::RevokeSignatureResponse>, Status> {
+        answer("RevokeSignature", self.revoke(request.into_inner()).await)
+    }
+}

@@ -1,0 +1,112 @@
+//! URL encoding of parameter values: `encodeURIComponent` on the way out, any valid
+//! percent-encoding (and `+` as space) on the way in.
+
+/// Appends `value` to `out` encoded exactly like JavaScript's `encodeURIComponent`.
+pub fn encode_component_into(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value.as_bytes() {
+        if is_unreserved(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0x0f)] as char);
+        }
+    }
+}
+
+/// Encodes `value` like `encodeURIComponent`.
+pub fn encode_component(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    encode_component_into(&mut out, value);
+    out
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'~' | b'!' | b'*' | b'\'' | b'(' | b')'
+        )
+}
+
+/// Why a component could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+}
+
+/// Decodes one query component: `%XX` escapes and `+` as space; the result must be UTF-8.
+pub fn decode_component(raw: &str) -> Result<String, DecodeError> {
+    // Fast path: nothing to decode (the common case for issued signatures' numeric fields).
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Ok(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|&b| hex_value(b));
+                let lo = bytes.get(i + 2).and_then(|&b| hex_value(b));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(DecodeError::BadEscape),
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_like_encode_uri_component() {
+        assert_eq!(
+            encode_component("user-42/上传 #1"),
+            "user-42%2F%E4%B8%8A%E4%BC%A0%20%231"
+        );
+        assert_eq!(encode_component("A-Z_a.z~0!9*'()"), "A-Z_a.z~0!9*'()");
+        assert_eq!(encode_component("a+b=c&d"), "a%2Bb%3Dc%26d");
+    }
+
+    #[test]
+    fn decodes_any_valid_encoding() {
+        assert_eq!(decode_component("a%20b+c").unwrap(), "a b c");
+        assert_eq!(decode_component("%e4%b8%8a").unwrap(), "上");
+        assert_eq!(decode_component("plain").unwrap(), "plain");
+    }
+
+    #[test]
+    fn refuses_bad_escapes_and_non_utf8() {
+        assert_eq!(decode_component("%"), Err(DecodeError::BadEscape));
+        assert_eq!(decode_component("%4"), Err(DecodeError::BadEscape));
+        assert_eq!(decode_component("%zz"), Err(DecodeError::BadEscape));
+        assert_eq!(decode_component("%FF"), Err(DecodeError::NotUtf8));
+    }
+}

@@ -1,0 +1,173 @@
+//! The embedded in-memory store: the same semantics as Redis, for one process only.
+//!
+//! Records expire like Redis keys do; each insert evicts the records that have expired, so
+//! memory stays proportional to the signatures still within their validity window.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{ConsumeOutcome, Record, Signature, Status, Store, StoreError, idempotency_token};
+
+const SHARDS: usize = 16;
+
+type Key = (String, u32);
+
+#[derive(Default)]
+struct Shard {
+    records: HashMap<Key, (Record, Instant)>,
+    expiries: BinaryHeap<Reverse<(Instant, Key)>>,
+}
+
+impl Shard {
+    fn evict_expired(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.expiries.pop() else {
+                break;
+            };
+            if self.records.get(&key).is_some_and(|(_, exp)| *exp == at) {
+                self.records.remove(&key);
+            }
+        }
+    }
+
+    fn live(&mut self, key: &Key, now: Instant) -> Option<&mut Record> {
+        match self.records.get_mut(key) {
+            Some((record, exp)) if *exp > now => Some(record),
+            _ => None,
+        }
+    }
+}
+
+/// Records in this process's memory; a second replica would not see them.
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// How many records are held (expired ones not yet evicted included).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).records.len()).sum()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn with_record<T>(&self, sig: Signature<'_>, f: impl FnOnce(Option<&mut Record>) -> T) -> T {
+        let key = (sig.key.secret_id.to_owned(), sig.key.random);
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
+        let mut shard = lock(shard);
+        f(shard.live(&key, Instant::now()))
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a record half-written (each update is one
+    // assignment), so a poisoned lock is safe to keep using.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store for MemoryStore {
+    async fn insert_issued(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+        ttl_seconds: u64,
+    ) -> Result<bool, StoreError> {
+        let key = (sig.key.secret_id.to_owned(), sig.key.random);
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
+        let mut shard = lock(shard);
+        let instant = Instant::now();
+        shard.evict_expired(instant);
+        if shard.live(&key, instant).is_some() {
+            return Ok(false);
+        }
+        let expires = instant + Duration::from_secs(ttl_seconds);
+        shard.expiries.push(Reverse((expires, key.clone())));
+        shard
+            .records
+            .insert(key, (Record::issued(sig.fingerprint, now), expires));
+        Ok(true)
+    }
+
+    async fn status(&self, sig: Signature<'_>) -> Result<Status, StoreError> {
+        Ok(self.with_record(sig, |r| {
+            r.map_or(Status::NotIssued, |r| r.status_for(sig.fingerprint))
+        }))
+    }
+
+    async fn consume(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+        idempotency_key: &str,
+    ) -> Result<ConsumeOutcome, StoreError> {
+        let token = idempotency_token(idempotency_key);
+        Ok(self.with_record(sig, |r| match r {
+            Some(r) => r.consume(sig.fingerprint, now, &token),
+            None => ConsumeOutcome::Refused(Status::NotIssued),
+        }))
+    }
+
+    async fn revoke(&self, sig: Signature<'_>, now: i64) -> Result<Status, StoreError> {
+        Ok(self.with_record(sig, |r| {
+            r.map_or(Status::NotIssued, |r| r.revoke(sig.fingerprint, now))
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RecordKey;
+
+    fn sig(random: u32) -> Signature<'static> {
+        Signature {
+            key: RecordKey {
+                secret_id: "AKID",
+                random,
+            },
+            fingerprint: "fp",
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_evicted() {
+        let store = MemoryStore::new();
+        for r in 0..100 {
+            assert!(store.insert_issued(sig(r), 0, 0).await.unwrap());
+        }
+        // A zero TTL expires at once: the next insert in each shard sweeps them.
+        for r in 100..400 {
+            store.insert_issued(sig(r), 0, 3600).await.unwrap();
+        }
+        assert_eq!(store.len(), 300);
+        assert_eq!(store.status(sig(1)).await.unwrap(), Status::NotIssued);
+    }
+}

@@ -1,0 +1,132 @@
+//! The replay guard's record of every issued signature (SPEC section 4).
+//!
+//! One interface, [`Store`], and two implementations: [`RedisStore`] (shared by all replicas)
+//! and [`MemoryStore`] (one process: development, single-replica deployments). Every
+//! operation touches exactly one record, named by the signature's SecretId and nonce, and
+//! compares the signature's fingerprint so two signatures that share a nonce are never
+//! confused. A missing record always means refusal: lost data can never let a signature
+//! through twice.
+//!
+//! The store knows nothing of gRPC; it reports outcomes, and the service decides what they
+//! mean for the caller.
+
+mod memory;
+mod record;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::record::{Record, State};
+pub use self::redis::{RedisConfig, RedisStore};
+
+use std::future::Future;
+
+use crate::reason::Reason;
+
+/// Names one record: a signature's SecretId and nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordKey<'a> {
+    /// The signature's `secretId` (validated: `A-Z a-z 0-9 _ -` only).
+    pub secret_id: &'a str,
+    /// The signature's `random`.
+    pub random: u32,
+}
+
+/// What the store knows of one signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// No record, or a record of another signature with the same nonce.
+    NotIssued,
+    /// Issued and unused.
+    Issued,
+    /// Consumed at this Unix time.
+    Consumed {
+        /// Unix seconds.
+        at: i64,
+    },
+    /// Revoked at this Unix time.
+    Revoked {
+        /// Unix seconds.
+        at: i64,
+    },
+}
+
+/// The outcome of [`Store::consume`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumeOutcome {
+    /// This call consumed it, or repeats the call that did (same idempotency key).
+    Consumed {
+        /// When it was consumed, Unix seconds (the first call's time on a repeat).
+        at: i64,
+    },
+    /// Refused: the record was not in the `issued` state.
+    Refused(Status),
+}
+
+/// What one signature's record operations need to know about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Signature<'a> {
+    /// Which record.
+    pub key: RecordKey<'a>,
+    /// The fingerprint of its tag ([`crate::signature::fingerprint`]).
+    pub fingerprint: &'a str,
+}
+
+/// The store did not answer, or answered something it should not: fail closed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the store timeout, or no connection.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The SPEC section 3 reason: always `STORE_UNAVAILABLE`.
+    pub fn reason(&self) -> Reason {
+        Reason::StoreUnavailable
+    }
+}
+
+/// The record of issued, consumed and revoked signatures.
+pub trait Store: Send + Sync + 'static {
+    /// Records a new signature as issued, unless its key exists (then `Ok(false)`: pick another
+    /// nonce). The record expires after `ttl_seconds`.
+    fn insert_issued(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+        ttl_seconds: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The signature's status; changes nothing.
+    fn status(&self, sig: Signature<'_>)
+    -> impl Future<Output = Result<Status, StoreError>> + Send;
+
+    /// Moves `issued` to `consumed` in one atomic step. A repeat with the same non-empty
+    /// idempotency key of the call that consumed it gets the same success.
+    fn consume(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<ConsumeOutcome, StoreError>> + Send;
+
+    /// Moves `issued` to `revoked` in one atomic step; returns the status before.
+    fn revoke(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+    ) -> impl Future<Output = Result<Status, StoreError>> + Send;
+
+    /// Whether the store answers now.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A short digest of an idempotency key, so records hold a fixed-size token of any key.
+pub fn idempotency_token(key: &str) -> String {
+    if key.is_empty() {
+        return String::new();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,156 @@
+//! One signature's record, its text form in Redis, and its state transitions.
+//!
+//! Redis value: `v1|{state}|{fingerprint}|{issued_at}|{changed_at}|{idempotency token}`, a
+//! plain string written with `SET NX` at issue. The Lua scripts in `redis.rs` implement the
+//! same transitions as [`Record::consume`] and [`Record::revoke`] on that text.
+
+use super::{ConsumeOutcome, Status};
+
+/// A record's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Issued, unused.
+    Issued,
+    /// Used up.
+    Consumed,
+    /// Made unusable before use.
+    Revoked,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Issued => "issued",
+            State::Consumed => "consumed",
+            State::Revoked => "revoked",
+        }
+    }
+}
+
+/// What the store keeps per signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its state.
+    pub state: State,
+    /// Fingerprint of the signature's tag.
+    pub fingerprint: String,
+    /// Issue time, Unix seconds.
+    pub issued_at: i64,
+    /// Time of the last state change, Unix seconds.
+    pub changed_at: i64,
+    /// Token of the idempotency key of the consume that used it (empty: none).
+    pub idempotency: String,
+}
+
+impl Record {
+    /// A freshly issued record.
+    pub fn issued(fingerprint: &str, now: i64) -> Record {
+        Record {
+            state: State::Issued,
+            fingerprint: fingerprint.to_owned(),
+            issued_at: now,
+            changed_at: now,
+            idempotency: String::new(),
+        }
+    }
+
+    /// The text stored in Redis.
+    pub fn encode(&self) -> String {
+        format!(
+            "v1|{}|{}|{}|{}|{}",
+            self.state.as_str(),
+            self.fingerprint,
+            self.issued_at,
+            self.changed_at,
+            self.idempotency
+        )
+    }
+
+    /// Parses the text stored in Redis; `None` for anything else (treated as no record).
+    pub fn decode(text: &str) -> Option<Record> {
+        let mut parts = text.split('|');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let state = match parts.next()? {
+            "issued" => State::Issued,
+            "consumed" => State::Consumed,
+            "revoked" => State::Revoked,
+            _ => return None,
+        };
+        let fingerprint = parts.next()?.to_owned();
+        let issued_at = parts.next()?.parse().ok()?;
+        let changed_at = parts.next()?.parse().ok()?;
+        let idempotency = parts.next()?.to_owned();
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Record {
+            state,
+            fingerprint,
+            issued_at,
+            changed_at,
+            idempotency,
+        })
+    }
+
+    /// The status this record gives the signature with `fingerprint`.
+    pub fn status_for(&self, fingerprint: &str) -> Status {
+        if self.fingerprint != fingerprint {
+            return Status::NotIssued;
+        }
+        match self.state {
+            State::Issued => Status::Issued,
+            State::Consumed => Status::Consumed {
+                at: self.changed_at,
+            },
+            State::Revoked => Status::Revoked {
+                at: self.changed_at,
+            },
+        }
+    }
+
+    /// Consumes the record for the signature with `fingerprint` if it is issued.
+    pub fn consume(&mut self, fingerprint: &str, now: i64, idempotency: &str) -> ConsumeOutcome {
+        match self.status_for(fingerprint) {
+            Status::Issued => {
+                self.state = State::Consumed;
+                self.changed_at = now;
+                self.idempotency = idempotency.to_owned();
+                ConsumeOutcome::Consumed { at: now }
+            }
+            Status::Consumed { at }
+                if !idempotency.is_empty() && self.idempotency == idempotency =>
+            {
+                ConsumeOutcome::Consumed { at }
+            }
+            other => ConsumeOutcome::Refused(other),
+        }
+    }
+
+    /// Revokes the record for the signature with `fingerprint` if it is issued; the status before.
+    pub fn revoke(&mut self, fingerprint: &str, now: i64) -> Status {
+        let before = self.status_for(fingerprint);
+        if before == Status::Issued {
+            self.state = State::Revoked;
+            self.changed_at = now;
+        }
+        before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip() {
+        let mut r = Record::issued("abc", 10);
+        assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
+        r.consume("abc", 11, "ff");
+        assert_eq!(r.encode(), "v1|consumed|abc|10|11|ff");
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        assert_eq!(Record::decode("v2|issued|a|1|1|"), None);
+        assert_eq!(Record::decode("v1|issued|a|1|1||x"), None);
+    }
+}
