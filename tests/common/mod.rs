@@ -1,0 +1,499 @@
+//! Test harness: real `redis-server` processes on free loopback ports, vod-signer servers
+//! (in-process and as child processes), and helpers to read refusals.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+use vod_signer::keys::KeyRing;
+use vod_signer::proto::signature_service_client::SignatureServiceClient;
+use vod_signer::reason::Reason;
+use vod_signer::server::{ServerOptions, serve};
+use vod_signer::service::{Settings, grpc_code};
+use vod_signer::signature::{self, SecretKey, SignRequest, UploadPolicy};
+use vod_signer::store::{MemoryStore, RedisConfig, RedisStore, Store};
+
+/// The test key: SecretId and SecretKey.
+pub const SECRET_ID: &str = "AKIDtestkey";
+/// The test key's SecretKey.
+pub const SECRET_KEY: &str = "test-secret-key-0123456789abcdef";
+/// A second key, for rotation tests.
+pub const OTHER_ID: &str = "AKIDotherkey";
+/// The second key's SecretKey.
+pub const OTHER_KEY: &str = "other-secret-key-fedcba9876543210";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` child process on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn redis_binary() -> &'static str {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if found.is_err() {
+        panic!(
+            "redis-server not found on PATH: the integration tests start real Redis servers. \
+             Install it with `apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`."
+        );
+    }
+    "redis-server"
+}
+
+impl RedisServer {
+    /// Starts a fresh, empty Redis that keeps nothing on disk.
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts a fresh, empty Redis on `port`.
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).as_deref() != Some("PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs `redis-cli` against this server; its trimmed output, or None when it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// Kills the server (its data is gone: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A keys directory with the two test keys; the first is active.
+pub fn keys_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(SECRET_ID), format!("{SECRET_KEY}\n")).unwrap();
+    std::fs::write(dir.path().join(OTHER_ID), OTHER_KEY).unwrap();
+    dir
+}
+
+/// The test key ring: both keys, the first active.
+pub fn key_ring() -> KeyRing {
+    KeyRing::new(
+        [
+            (SECRET_ID.to_owned(), SecretKey::new(SECRET_KEY.as_bytes())),
+            (OTHER_ID.to_owned(), SecretKey::new(OTHER_KEY.as_bytes())),
+        ],
+        SECRET_ID,
+    )
+    .unwrap()
+}
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+/// A vod-signer served in this process on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub redis: Option<RedisServer>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Fast health checks, so store-down tests finish quickly.
+pub fn test_options() -> ServerOptions {
+    ServerOptions {
+        health_interval: Duration::from_millis(100),
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+impl TestServer {
+    /// Starts a server on `backend` with default settings.
+    pub async fn start(backend: Backend) -> TestServer {
+        TestServer::start_with(backend, Settings::default()).await
+    }
+
+    /// Starts a server on `backend` with `settings`.
+    pub async fn start_with(backend: Backend, settings: Settings) -> TestServer {
+        match backend {
+            Backend::Memory => {
+                TestServer::start_on(Arc::new(MemoryStore::new()), None, settings).await
+            }
+            Backend::Redis => {
+                let redis = RedisServer::start();
+                let store = Arc::new(redis_store(&redis.url(), "vodsigner:"));
+                TestServer::start_on(store, Some(redis), settings).await
+            }
+        }
+    }
+
+    /// Starts a server on `store`.
+    pub async fn start_on<S: Store>(
+        store: Arc<S>,
+        redis: Option<RedisServer>,
+        settings: Settings,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            serve(
+                listener,
+                store,
+                Arc::new(key_ring()),
+                settings,
+                test_options(),
+                shutdown,
+            )
+            .await
+            .unwrap();
+        });
+        let server = TestServer {
+            addr,
+            redis,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        server.wait_serving(Duration::from_secs(10)).await;
+        server
+    }
+
+    /// A client of this server.
+    pub async fn client(&self) -> SignatureServiceClient<Channel> {
+        connect(self.addr).await
+    }
+
+    /// Waits until the health service says SERVING.
+    pub async fn wait_serving(&self, within: Duration) {
+        wait_health(self.addr, "", true, within).await;
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A Redis store for tests: 250 ms timeout.
+pub fn redis_store(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::new(&RedisConfig {
+        url: url.to_owned(),
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_millis(250),
+    })
+    .unwrap()
+}
+
+/// A client of the server at `addr`.
+pub async fn connect(addr: SocketAddr) -> SignatureServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    SignatureServiceClient::new(channel)
+}
+
+/// The health status of `service` at `addr` (None when the call failed).
+pub async fn health(addr: SocketAddr, service: &str) -> Option<i32> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?;
+    Some(reply.into_inner().status)
+}
+
+/// Waits until `service` at `addr` is SERVING (or NOT_SERVING when `serving` is false).
+pub async fn wait_health(addr: SocketAddr, service: &str, serving: bool, within: Duration) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let want = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    } as i32;
+    let deadline = Instant::now() + within;
+    loop {
+        if health(addr, service).await == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health of {service:?} at {addr} did not become {want} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the refusal's shape (code, message prefix, ErrorInfo) and returns its reason.
+pub fn reason_of(status: &tonic::Status) -> Reason {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "vodsigner");
+    let reason = Reason::from_token(&info.reason)
+        .unwrap_or_else(|| panic!("unknown reason {}", info.reason));
+    assert!(
+        status
+            .message()
+            .starts_with(&format!("{}: ", reason.as_str())),
+        "message {:?} does not start with {reason}",
+        status.message()
+    );
+    assert_eq!(status.code(), grpc_code(reason), "code of {reason}");
+    reason
+}
+
+/// Unwraps the refusal of a call that must be refused.
+pub fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Reason {
+    match result {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(status) => reason_of(&status),
+    }
+}
+
+/// The code of a refusal.
+pub fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
+    result.expect_err("expected a refusal").code()
+}
+
+/// Now, Unix seconds.
+pub fn now() -> i64 {
+    vod_signer::service::unix_now()
+}
+
+/// A signature made by the test itself with the test key (never issued by the server).
+pub fn forge(
+    secret_id: &str,
+    key: &str,
+    t: i64,
+    e: i64,
+    random: u32,
+    policy: &UploadPolicy,
+) -> String {
+    signature::sign(
+        &SecretKey::new(key.as_bytes()),
+        &SignRequest {
+            secret_id,
+            current_time_stamp: t,
+            expire_time: e,
+            random,
+            one_time_valid: true,
+            policy,
+        },
+    )
+    .signature
+}
+
+/// The `vod-signer` binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vod-signer"))
+}
+
+/// `vod-signer serve` on a free loopback port, JSON logs, fast health checks, no `VOD_SIGNER_*`
+/// or `RUST_LOG` inherited from the environment.
+pub fn serve_command() -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--health-interval-ms",
+        "100",
+    ]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VOD_SIGNER_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// A `vod-signer serve` child process; sent SIGKILL on drop.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// Starts `vod-signer serve --listen 127.0.0.1:0 --log-format json` with `args`.
+    pub fn start(keys_dir: &Path, args: &[&str]) -> ServerProcess {
+        let mut cmd = serve_command();
+        cmd.arg("--keys-dir")
+            .arg(keys_dir)
+            .args(["--active-key", SECRET_ID])
+            .args(args);
+        ServerProcess::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (see [`serve_command`]) and waits until it serves.
+    pub fn spawn(mut cmd: Command) -> ServerProcess {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vod-signer");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "serving gRPC"
+                {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("vod-signer did not start: {:?}", lines.lock().unwrap()));
+        ServerProcess {
+            addr: addr.parse().unwrap(),
+            child,
+            stderr: lines,
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (bounded) and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vod-signer did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
