@@ -107,6 +107,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VOD_SIGNER_HEALTH_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub health_interval_ms: u64,
+    /// Calls served at once; more are shed at once with RATE_LIMITED (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "VOD_SIGNER_MAX_CONCURRENT_CALLS", default_value_t = 1024,
+          value_parser = clap::value_parser!(usize))]
+    pub max_concurrent_calls: usize,
     /// On SIGTERM, how long calls in flight may take to finish, seconds.
     #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = 20)]
     pub drain_timeout: u64,

@@ -10,6 +10,7 @@
 //! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
 //! - [`service`]: the `SignatureService` RPCs: wires codec, keys and store, maps refusals
 //!   onto gRPC statuses.
+//! - [`wire`]: the protobuf codec of the service, refusing undecodable requests with a type.
 //! - [`server`]: runs the gRPC server: health, reflection, store health checks, shutdown.
 //! - [`config`]: the command line and its `VOD_SIGNER_*` environment variables.
 //! - [`cli`]: the offline subcommands (`issue`, `inspect`).
@@ -23,3 +24,4 @@ pub mod server;
 pub mod service;
 pub mod signature;
 pub mod store;
+pub mod wire;

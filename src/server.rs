@@ -23,6 +23,10 @@ use crate::store::{MemoryStore, RedisConfig, RedisStore, Store};
 /// The gRPC name of the signature service, as health checks name it.
 pub const SERVICE_NAME: &str = <SignatureServiceServer<Signer<MemoryStore>> as NamedService>::NAME;
 
+/// Largest request message accepted (a real one is at most a few KiB; signatures are capped
+/// at 16 KiB). Larger ones are refused by the transport with OUT_OF_RANGE before decoding.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
@@ -98,6 +102,7 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         default_ttl: args.default_ttl,
         max_ttl: args.max_ttl,
         leeway: args.leeway,
+        max_concurrent_calls: args.max_concurrent_calls,
     };
     let options = ServerOptions {
         health_interval: Duration::from_millis(args.health_interval_ms),
@@ -248,7 +253,9 @@ pub async fn serve<S: Store>(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SignatureServiceServer::new(signer))
+        .add_service(
+            SignatureServiceServer::new(signer).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

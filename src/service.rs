@@ -122,6 +122,8 @@ pub struct Settings {
     pub max_ttl: u64,
     /// Clock skew allowed on both ends of the window, seconds.
     pub leeway: u64,
+    /// Calls served at once; more are shed with `RATE_LIMITED` rather than queued.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for Settings {
@@ -130,6 +132,7 @@ impl Default for Settings {
             default_ttl: 3600,
             max_ttl: signature::MAX_VALIDITY_SECONDS as u64,
             leeway: 60,
+            max_concurrent_calls: 1024,
         }
     }
 }
@@ -146,16 +149,33 @@ pub struct Signer<S> {
     store: Arc<S>,
     keys: Arc<KeyRing>,
     settings: Settings,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl<S: Store> Signer<S> {
     /// A service issuing with `keys` and recording in `store`.
     pub fn new(store: Arc<S>, keys: Arc<KeyRing>, settings: Settings) -> Signer<S> {
+        let in_flight = tokio::sync::Semaphore::new(settings.max_concurrent_calls.max(1));
         Signer {
             store,
             keys,
             settings,
+            in_flight,
         }
+    }
+
+    /// Admits one call, or sheds it when `max_concurrent_calls` are already running: a fast
+    /// refusal the client can retry beats a queue that times everyone out.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        self.in_flight.try_acquire().map_err(|_| {
+            Refusal::new(
+                Reason::RateLimited,
+                format!(
+                    "the server is already handling its limit of {} calls; retry with backoff",
+                    self.settings.max_concurrent_calls
+                ),
+            )
+        })
     }
 
     fn leeway(&self) -> i64 {
@@ -415,6 +435,21 @@ pub fn claims_to_proto(c: Claims) -> proto::Claims {
     }
 }
 
+impl<S: Store> Signer<S> {
+    /// Runs `call` if admitted, and turns its outcome into the gRPC answer.
+    async fn admitted<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<T, Refusal>>,
+    ) -> Result<Response<T>, Status> {
+        let result = match self.admit() {
+            Ok(_permit) => call.await,
+            Err(shed) => Err(shed),
+        };
+        answer(rpc, result)
+    }
+}
+
 fn answer<T>(rpc: &'static str, result: Result<T, Refusal>) -> Result<Response<T>, Status> {
     match result {
         Ok(v) => Ok(Response::new(v)),
@@ -431,27 +466,31 @@ impl<S: Store> SignatureService for Signer<S> {
         &self,
         request: Request<proto::IssueSignatureRequest>,
     ) -> Result<Response<proto::IssueSignatureResponse>, Status> {
-        answer("IssueSignature", self.issue(request.into_inner()).await)
+        self.admitted("IssueSignature", self.issue(request.into_inner()))
+            .await
     }
 
     async fn verify_signature(
         &self,
         request: Request<proto::VerifySignatureRequest>,
     ) -> Result<Response<proto::VerifySignatureResponse>, Status> {
-        answer("VerifySignature", self.verify(request.into_inner()).await)
+        self.admitted("VerifySignature", self.verify(request.into_inner()))
+            .await
     }
 
     async fn consume_signature(
         &self,
         request: Request<proto::ConsumeSignatureRequest>,
     ) -> Result<Response<proto::ConsumeSignatureResponse>, Status> {
-        answer("ConsumeSignature", self.consume(request.into_inner()).await)
+        self.admitted("ConsumeSignature", self.consume(request.into_inner()))
+            .await
     }
 
     async fn revoke_signature(
         &self,
         request: Request<proto::RevokeSignatureRequest>,
     ) -> Result<Response<proto::RevokeSignatureResponse>, Status> {
-        answer("RevokeSignature", self.revoke(request.into_inner()).await)
+        self.admitted("RevokeSignature", self.revoke(request.into_inner()))
+            .await
     }
 }

@@ -2,6 +2,8 @@
 //! (in-process and as child processes), and helpers to read refusals.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 fn redis_binary() -> &'static str {
@@ -72,12 +75,37 @@ impl RedisServer {
             port,
             child: None,
             dir,
+            persistent: false,
         };
         server.spawn();
         server
     }
 
+    /// Starts a Redis that keeps every acknowledged write on disk (AOF, fsync always), so a
+    /// kill and restart brings its data back.
+    pub fn start_persistent() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            persistent: true,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and data directory.
+    pub fn kill_and_restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new(redis_binary())
             .args([
                 "--port",
@@ -86,9 +114,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(persistence)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

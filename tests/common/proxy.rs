@@ -1,0 +1,156 @@
+//! A TCP proxy between the service and a real `redis-server` that a test can slow down,
+//! stall (black-hole), make lose replies, or cut.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What the proxy does with the bytes it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything at once.
+    Pass,
+    /// Forward replies this long after they arrive (latency, not a queue).
+    Delay(Duration),
+    /// Hold every chunk (both ways) until the fault changes: a black hole that keeps
+    /// connections open and answers nothing.
+    Stall,
+    /// Forward requests, but on the first reply cut the connection instead of forwarding it:
+    /// the command ran on Redis, the client never hears of it.
+    LoseReplies,
+    /// Refuse new connections (accept and close at once).
+    Refuse,
+}
+
+/// The proxy; stops when dropped.
+pub struct FaultProxy {
+    /// The port the service should connect to.
+    pub port: u16,
+    fault: Arc<Mutex<Fault>>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// A proxy on a free loopback port in front of `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(Mutex::new(Fault::Pass));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (f, conns) = (fault.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if *f.lock().unwrap() == Fault::Refuse {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let handle = tokio::spawn(carry(client, server, f.clone()));
+                let mut conns = conns.lock().unwrap();
+                conns.retain(|h| !h.is_finished());
+                conns.push(handle);
+            }
+        });
+        FaultProxy {
+            port,
+            fault,
+            connections,
+            accept,
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/0` through the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Changes the fault; connections open now are affected too.
+    pub fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    /// Closes every open connection, both ways.
+    pub fn cut_all(&self) {
+        for handle in self.connections.lock().unwrap().drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut_all();
+    }
+}
+
+async fn carry(client: TcpStream, server: TcpStream, fault: Arc<Mutex<Fault>>) {
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let requests = pump(client_read, server_write, fault.clone(), false);
+    let replies = pump(server_read, client_write, fault, true);
+    // When either direction ends (or is cut), the connection is closed both ways.
+    tokio::select! {
+        () = requests => {}
+        () = replies => {}
+    }
+}
+
+/// Carries one direction: a reader stamps each chunk with the time it may leave, a writer
+/// sends chunks in order once due, so a delay is latency, not a queue.
+async fn pump(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    fault: Arc<Mutex<Fault>>,
+    is_reply: bool,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read_fault = fault.clone();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let now = *read_fault.lock().unwrap();
+            let delay = match now {
+                Fault::LoseReplies if is_reply => return,
+                // Only replies are delayed: one-way latency on the way back.
+                Fault::Delay(d) if is_reply => d,
+                _ => Duration::ZERO,
+            };
+            if tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            while *fault.lock().unwrap() == Fault::Stall {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The writer drains what was read before the reader ended.
+    tokio::select! {
+        () = reader => {}
+        () = writer => {}
+    }
+}
