@@ -94,7 +94,7 @@ async fn client_loop(
     while Instant::now() < until {
         n += 1;
         let [mut a, mut b] = replicas.clone();
-        if n % 2 == 1 {
+        if !n.is_multiple_of(2) {
             std::mem::swap(&mut a, &mut b);
         }
         let sig = match a.issue_signature(IssueSignatureRequest::default()).await {
@@ -112,7 +112,7 @@ async fn client_loop(
         };
         ledger.issued.fetch_add(1, Ordering::Relaxed);
 
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             // Revoke first: once a revoke has answered ISSUED, nothing may consume it.
             if let Ok(r) = b
                 .revoke_signature(RevokeSignatureRequest {
