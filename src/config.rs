@@ -79,6 +79,13 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "VOD_SIGNER_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+    /// Prometheus metrics address (`/metrics`); `off` serves none.
+    #[arg(
+        long,
+        env = "VOD_SIGNER_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: String,
     /// The keys.
     #[command(flatten)]
     pub keys: KeyArgs,
@@ -114,6 +121,9 @@ pub struct ServeArgs {
     /// On SIGTERM, how long calls in flight may take to finish, seconds.
     #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = 20)]
     pub drain_timeout: u64,
+    /// Do not serve gRPC server reflection (v1 and v1alpha).
+    #[arg(long, env = "VOD_SIGNER_NO_REFLECTION")]
+    pub no_reflection: bool,
     /// Quickstart: in-memory store and a fresh random key, printed once.
     #[arg(long, env = "VOD_SIGNER_DEV", conflicts_with_all = ["keys_dir", "active_key", "redis_url"])]
     pub dev: bool,
@@ -123,6 +133,18 @@ pub struct ServeArgs {
     /// Worker threads of the multi-thread runtime (0: one per core).
     #[arg(long, env = "VOD_SIGNER_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+}
+
+impl ServeArgs {
+    /// The metrics address, or None when `--metrics-listen off`.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics_listen.trim() {
+            "" | "off" => Ok(None),
+            addr => addr.parse().map(Some).map_err(|e| {
+                format!("--metrics-listen {addr:?}: {e} (an address like 0.0.0.0:9090, or off)")
+            }),
+        }
+    }
 }
 
 /// The optional parameters of a signature, as flags.

@@ -170,11 +170,16 @@ impl KeyRing {
     /// Parses `signature` and checks its HMAC against the key it names (not its time window).
     pub fn authenticate(&self, signature: &str) -> Result<Parsed, SignatureError> {
         let parsed = signature::parse(signature)?;
+        self.verify(&parsed)?;
+        Ok(parsed)
+    }
+
+    /// Checks a parsed signature's HMAC against the key it names.
+    pub fn verify(&self, parsed: &Parsed) -> Result<(), SignatureError> {
         let key = self
             .get(&parsed.claims.secret_id)
             .ok_or_else(|| SignatureError::UnknownSecretId(parsed.claims.secret_id.clone()))?;
-        parsed.verify(key)?;
-        Ok(parsed)
+        parsed.verify(key)
     }
 }
 

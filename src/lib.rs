@@ -10,6 +10,7 @@
 //! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
 //! - [`service`]: the `SignatureService` RPCs: wires codec, keys and store, maps refusals
 //!   onto gRPC statuses.
+//! - [`metrics`]: Prometheus metrics, the instrumented store wrapper, the `/metrics` endpoint.
 //! - [`wire`]: the protobuf codec of the service, refusing undecodable requests with a type.
 //! - [`server`]: runs the gRPC server: health, reflection, store health checks, shutdown.
 //! - [`config`]: the command line and its `VOD_SIGNER_*` environment variables.
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod proto;
 pub mod reason;
 pub mod server;

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{LogFormat, RuntimeFlavor, ServeArgs};
 use crate::keys::KeyRing;
+use crate::metrics::{Instrumented, Metrics, serve_metrics};
 use crate::proto::signature_service_server::SignatureServiceServer;
 use crate::service::{Settings, Signer};
 use crate::signature::SecretKey;
@@ -41,7 +42,11 @@ pub fn init_logging(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .try_init(),
     };
 }
 
@@ -52,6 +57,28 @@ pub struct ServerOptions {
     pub health_interval: Duration,
     /// How long calls in flight may take to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Where the service's metrics are recorded.
+    pub metrics: Arc<Metrics>,
+    /// Whether gRPC server reflection is served.
+    pub reflection: bool,
+}
+
+impl ServerOptions {
+    /// Defaults: health every second, 20 s drain, fresh metrics, reflection on.
+    pub fn new() -> ServerOptions {
+        ServerOptions {
+            health_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(20),
+            metrics: Arc::new(Metrics::new()),
+            reflection: true,
+        }
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions::new()
+    }
 }
 
 /// `vod-signer serve`: builds the runtime, the keys and the store, and serves until SIGTERM.
@@ -107,10 +134,23 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
     let options = ServerOptions {
         health_interval: Duration::from_millis(args.health_interval_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        metrics: Arc::new(Metrics::new()),
+        reflection: !args.no_reflection,
     };
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    if let Some(addr) = args.metrics_addr()? {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        let metrics = options.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(metrics_listener, metrics, std::future::pending()).await {
+                error!("metrics endpoint failed: {e}");
+            }
+        });
+    }
     let keys = Arc::new(keys);
     match &args.redis_url {
         Some(url) => {
@@ -192,11 +232,17 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Pings the store every `interval`; health is SERVING exactly while it answers.
-async fn watch_store<S: Store>(store: Arc<S>, reporter: HealthReporter, interval: Duration) {
+async fn watch_store<S: Store>(
+    store: Arc<S>,
+    reporter: HealthReporter,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+) {
     let mut serving = None;
     loop {
         let result = store.ping().await;
         let ok = result.is_ok();
+        metrics.set_store_up(ok);
         if serving != Some(ok) {
             match &result {
                 Ok(()) => info!("store answers: health SERVING"),
@@ -229,10 +275,12 @@ pub async fn serve<S: Store>(
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
+    let store = Arc::new(Instrumented::new(store, options.metrics.clone()));
     let watcher = tokio::spawn(watch_store(
         store.clone(),
         reporter.clone(),
         options.health_interval,
+        options.metrics.clone(),
     ));
 
     let reflection = || {
@@ -242,17 +290,22 @@ pub async fn serve<S: Store>(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().expect("descriptor sets are valid");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("descriptor sets are valid");
+    let (reflection_v1, reflection_v1alpha) = if options.reflection {
+        let v1 = reflection().build_v1().expect("descriptor sets are valid");
+        let v1alpha = reflection()
+            .build_v1alpha()
+            .expect("descriptor sets are valid");
+        (Some(v1), Some(v1alpha))
+    } else {
+        (None, None)
+    };
 
-    let signer = Signer::new(store, keys, settings);
+    let signer = Signer::new(store, keys, settings, options.metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(
             SignatureServiceServer::new(signer).max_decoding_message_size(MAX_REQUEST_BYTES),
         )

@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use tracing::{debug, info};
+use tracing::{Instrument as _, debug, info};
 
 use crate::keys::KeyRing;
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::signature_service_server::SignatureService;
 use crate::reason::Reason;
@@ -150,18 +151,36 @@ pub struct Signer<S> {
     keys: Arc<KeyRing>,
     settings: Settings,
     in_flight: tokio::sync::Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> Signer<S> {
     /// A service issuing with `keys` and recording in `store`.
-    pub fn new(store: Arc<S>, keys: Arc<KeyRing>, settings: Settings) -> Signer<S> {
+    pub fn new(
+        store: Arc<S>,
+        keys: Arc<KeyRing>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Signer<S> {
         let in_flight = tokio::sync::Semaphore::new(settings.max_concurrent_calls.max(1));
         Signer {
             store,
             keys,
             settings,
             in_flight,
+            metrics,
         }
+    }
+
+    /// Parses and authenticates a signature; its nonce joins the call's log span as soon as
+    /// it is known, so even a forgery's refusal is logged with the nonce it claimed.
+    fn authenticate(&self, signature: &str) -> Result<Parsed, Refusal> {
+        let parsed = signature::parse(signature)?;
+        let span = tracing::Span::current();
+        span.record("secret_id", parsed.claims.secret_id.as_str());
+        span.record("random", parsed.claims.random);
+        self.keys.verify(&parsed)?;
+        Ok(parsed)
     }
 
     /// Admits one call, or sheds it when `max_concurrent_calls` are already running: a fast
@@ -243,7 +262,10 @@ impl<S: Store> Signer<S> {
                 fingerprint: &fingerprint,
             };
             if self.store.insert_issued(sig, now, record_ttl).await? {
-                debug!(secret_id, random = signed.claims.random, subject = %req.subject, "issued");
+                let span = tracing::Span::current();
+                span.record("secret_id", secret_id);
+                span.record("random", signed.claims.random);
+                debug!(subject = %req.subject, "issued");
                 return Ok(proto::IssueSignatureResponse {
                     signature: signed.signature,
                     claims: Some(claims_to_proto(signed.claims)),
@@ -266,7 +288,7 @@ impl<S: Store> Signer<S> {
         &self,
         req: proto::VerifySignatureRequest,
     ) -> Result<proto::VerifySignatureResponse, Refusal> {
-        let parsed = self.keys.authenticate(&req.signature)?;
+        let parsed = self.authenticate(&req.signature)?;
         let state = match signature::check_time(&parsed.claims, unix_now(), self.leeway()) {
             Err(SignatureError::Expired { .. }) => proto::SignatureState::Expired,
             Err(e) => return Err(e.into()),
@@ -292,7 +314,7 @@ impl<S: Store> Signer<S> {
                 "idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
             )));
         }
-        let parsed = self.keys.authenticate(&req.signature)?;
+        let parsed = self.authenticate(&req.signature)?;
         signature::check_time(&parsed.claims, unix_now(), self.leeway())?;
         if let Some(max) = parsed.claims.policy.max_file_size {
             match req.file_size {
@@ -331,7 +353,7 @@ impl<S: Store> Signer<S> {
         &self,
         req: proto::RevokeSignatureRequest,
     ) -> Result<proto::RevokeSignatureResponse, Refusal> {
-        let parsed = self.keys.authenticate(&req.signature)?;
+        let parsed = self.authenticate(&req.signature)?;
         let previous = match signature::check_time(&parsed.claims, unix_now(), self.leeway()) {
             // An expired signature can never pass again: nothing to record.
             Err(SignatureError::Expired { .. }) => proto::SignatureState::Expired,
@@ -440,21 +462,52 @@ impl<S: Store> Signer<S> {
     async fn admitted<T>(
         &self,
         rpc: &'static str,
+        request_id: Option<String>,
         call: impl Future<Output = Result<T, Refusal>>,
     ) -> Result<Response<T>, Status> {
-        let result = match self.admit() {
-            Ok(_permit) => call.await,
-            Err(shed) => Err(shed),
-        };
-        answer(rpc, result)
+        let span = tracing::info_span!(
+            "call",
+            rpc,
+            request_id = request_id.as_deref().unwrap_or(""),
+            secret_id = tracing::field::Empty,
+            random = tracing::field::Empty,
+        );
+        async {
+            let _inflight = self.metrics.inflight();
+            let started = std::time::Instant::now();
+            let result = match self.admit() {
+                Ok(_permit) => call.await,
+                Err(shed) => Err(shed),
+            };
+            let outcome = result.as_ref().map_or_else(|r| r.reason.as_str(), |_| "ok");
+            self.metrics.request(rpc, outcome, started.elapsed());
+            answer(result)
+        }
+        .instrument(span)
+        .await
     }
 }
 
-fn answer<T>(rpc: &'static str, result: Result<T, Refusal>) -> Result<Response<T>, Status> {
+/// The caller's request id (`x-request-id` metadata), bounded and printable, for the logs.
+fn request_id<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("x-request-id")?.to_str().ok()?;
+    Some(
+        value
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect(),
+    )
+}
+
+fn answer<T>(result: Result<T, Refusal>) -> Result<Response<T>, Status> {
     match result {
-        Ok(v) => Ok(Response::new(v)),
+        Ok(v) => {
+            debug!("ok");
+            Ok(Response::new(v))
+        }
         Err(r) => {
-            info!(rpc, reason = %r.reason, detail = %r.message, "refused");
+            info!(reason = %r.reason, detail = %r.message, "refused");
             Err(r.into())
         }
     }
@@ -466,7 +519,8 @@ impl<S: Store> SignatureService for Signer<S> {
         &self,
         request: Request<proto::IssueSignatureRequest>,
     ) -> Result<Response<proto::IssueSignatureResponse>, Status> {
-        self.admitted("IssueSignature", self.issue(request.into_inner()))
+        let id = request_id(&request);
+        self.admitted("IssueSignature", id, self.issue(request.into_inner()))
             .await
     }
 
@@ -474,7 +528,8 @@ impl<S: Store> SignatureService for Signer<S> {
         &self,
         request: Request<proto::VerifySignatureRequest>,
     ) -> Result<Response<proto::VerifySignatureResponse>, Status> {
-        self.admitted("VerifySignature", self.verify(request.into_inner()))
+        let id = request_id(&request);
+        self.admitted("VerifySignature", id, self.verify(request.into_inner()))
             .await
     }
 
@@ -482,7 +537,8 @@ impl<S: Store> SignatureService for Signer<S> {
         &self,
         request: Request<proto::ConsumeSignatureRequest>,
     ) -> Result<Response<proto::ConsumeSignatureResponse>, Status> {
-        self.admitted("ConsumeSignature", self.consume(request.into_inner()))
+        let id = request_id(&request);
+        self.admitted("ConsumeSignature", id, self.consume(request.into_inner()))
             .await
     }
 
@@ -490,7 +546,8 @@ impl<S: Store> SignatureService for Signer<S> {
         &self,
         request: Request<proto::RevokeSignatureRequest>,
     ) -> Result<Response<proto::RevokeSignatureResponse>, Status> {
-        self.admitted("RevokeSignature", self.revoke(request.into_inner()))
+        let id = request_id(&request);
+        self.admitted("RevokeSignature", id, self.revoke(request.into_inner()))
             .await
     }
 }

@@ -202,6 +202,7 @@ pub enum Backend {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub redis: Option<RedisServer>,
+    pub metrics: Arc<vod_signer::metrics::Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -211,6 +212,7 @@ pub fn test_options() -> ServerOptions {
     ServerOptions {
         health_interval: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(5),
+        ..ServerOptions::new()
     }
 }
 
@@ -243,6 +245,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let options = test_options();
+        let metrics = options.metrics.clone();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
@@ -252,7 +256,7 @@ impl TestServer {
                 store,
                 Arc::new(key_ring()),
                 settings,
-                test_options(),
+                options,
                 shutdown,
             )
             .await
@@ -261,6 +265,7 @@ impl TestServer {
         let server = TestServer {
             addr,
             redis,
+            metrics,
             stop: Some(tx),
             task: Some(task),
         };
@@ -389,6 +394,27 @@ pub fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     result.expect_err("expected a refusal").code()
 }
 
+/// `GET /metrics` at `addr`: the body.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` (labels exactly as exposed) in a scrape, if present.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
 /// Now, Unix seconds.
 pub fn now() -> i64 {
     vod_signer::service::unix_now()
@@ -440,6 +466,8 @@ pub fn serve_command() -> Command {
             cmd.env_remove(name);
         }
     }
+    // Through the environment, so a test can still pass --metrics-listen itself.
+    cmd.env("VOD_SIGNER_METRICS_LISTEN", "127.0.0.1:0");
     cmd
 }
 
@@ -490,6 +518,22 @@ impl ServerProcess {
             addr: addr.parse().unwrap(),
             child,
             stderr: lines,
+        }
+    }
+
+    /// The metrics address the process logged (waits for the line a little).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for line in self.stderr.lock().unwrap().iter() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                    && v["message"] == "serving metrics"
+                {
+                    return v["addr"].as_str().unwrap().parse().unwrap();
+                }
+            }
+            assert!(Instant::now() < deadline, "no 'serving metrics' log line");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

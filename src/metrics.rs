@@ -1,0 +1,272 @@
+//! Prometheus metrics (SPEC section 6 names) and the `/metrics` HTTP endpoint.
+//!
+//! Labels are bounded: `rpc` (four values), `result` (`ok` or a reason token), `op` (store
+//! operations). Nothing taken from a request (secret id, subject) ever becomes a label.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::store::{ConsumeOutcome, Signature, Status, Store, StoreError};
+
+/// Buckets of RPC latency, seconds: 100 µs to ~3 s.
+const REQUEST_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    rpc: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabel {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+
+/// The service's metrics, one set per server.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RpcLabel>,
+    store_duration: HistogramFamily<OpLabel>,
+    store_errors: Family<OpLabel, Counter>,
+    inflight: Gauge,
+    store_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "vodsigner_requests",
+            "RPCs answered, by RPC and result (ok or the reason token)",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RpcLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "vodsigner_request_duration_seconds",
+            "RPC latency in seconds",
+            request_duration.clone(),
+        );
+        let store_duration: HistogramFamily<OpLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "vodsigner_store_duration_seconds",
+            "Store call latency in seconds",
+            store_duration.clone(),
+        );
+        let store_errors = Family::<OpLabel, Counter>::default();
+        registry.register(
+            "vodsigner_store_errors",
+            "Store calls that failed or timed out (the RPC answered STORE_UNAVAILABLE)",
+            store_errors.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "vodsigner_inflight_requests",
+            "RPCs being served now",
+            inflight.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "vodsigner_store_up",
+            "1 while the store answers health pings, else 0",
+            store_up.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "vodsigner_build_info",
+            "Always 1; the version label says which build runs",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            store_duration,
+            store_errors,
+            inflight,
+            store_up,
+        }
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts an RPC in flight until the guard is dropped.
+    pub fn inflight(&self) -> InflightGuard<'_> {
+        self.inflight.inc();
+        InflightGuard(&self.inflight)
+    }
+
+    /// Records one answered RPC.
+    pub fn request(&self, rpc: &'static str, result: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { rpc, result })
+            .inc();
+        self.request_duration
+            .get_or_create(&RpcLabel { rpc })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records whether the store answers health pings.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    fn store_call<T>(&self, op: &'static str, started: Instant, result: &Result<T, StoreError>) {
+        self.store_duration
+            .get_or_create(&OpLabel { op })
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.store_errors.get_or_create(&OpLabel { op }).inc();
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InflightGuard<'a>(&'a Gauge);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A store that records the latency and errors of every call.
+pub struct Instrumented<S> {
+    inner: Arc<S>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Instrumented<S> {
+    /// Wraps `inner`, recording into `metrics`.
+    pub fn new(inner: Arc<S>, metrics: Arc<Metrics>) -> Instrumented<S> {
+        Instrumented { inner, metrics }
+    }
+}
+
+impl<S: Store> Store for Instrumented<S> {
+    async fn insert_issued(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+        ttl_seconds: u64,
+    ) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.insert_issued(sig, now, ttl_seconds).await;
+        self.metrics.store_call("issue", started, &result);
+        result
+    }
+
+    async fn status(&self, sig: Signature<'_>) -> Result<Status, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.status(sig).await;
+        self.metrics.store_call("status", started, &result);
+        result
+    }
+
+    async fn consume(
+        &self,
+        sig: Signature<'_>,
+        now: i64,
+        idempotency_key: &str,
+    ) -> Result<ConsumeOutcome, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.consume(sig, now, idempotency_key).await;
+        self.metrics.store_call("consume", started, &result);
+        result
+    }
+
+    async fn revoke(&self, sig: Signature<'_>, now: i64) -> Result<Status, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.revoke(sig, now).await;
+        self.metrics.store_call("revoke", started, &result);
+        result
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.ping().await;
+        self.metrics.store_call("ping", started, &result);
+        result
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    if let Some(addr) = local {
+        tracing::info!(addr = %addr, "serving metrics");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,124 @@
+//! The Prometheus endpoint, scraped after known calls: exact counts, histograms with buckets,
+//! store health and errors, bounded labels.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vod_signer::proto::{ConsumeSignatureRequest, IssueSignatureRequest, VerifySignatureRequest};
+
+#[tokio::test]
+async fn counts_are_exact_after_known_calls() {
+    let mut redis = RedisServer::start();
+    let keys = keys_dir();
+    let server = ServerProcess::start(keys.path(), &["--redis-url", &redis.url()]);
+    let metrics = server.metrics_addr();
+    let mut client = connect(server.addr).await;
+    let mut sigs = Vec::new();
+    for _ in 0..3 {
+        let req = IssueSignatureRequest {
+            subject: "user-secret-subject".into(),
+            ..Default::default()
+        };
+        sigs.push(
+            client
+                .issue_signature(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .signature,
+        );
+    }
+    for sig in &sigs[..2] {
+        let req = ConsumeSignatureRequest {
+            signature: sig.clone(),
+            ..Default::default()
+        };
+        client.consume_signature(req).await.unwrap();
+    }
+    let replay = ConsumeSignatureRequest {
+        signature: sigs[0].clone(),
+        ..Default::default()
+    };
+    client.consume_signature(replay).await.unwrap_err();
+    let bad = VerifySignatureRequest {
+        signature: "garbage".into(),
+    };
+    client.verify_signature(bad).await.unwrap_err();
+
+    let text = scrape(metrics).await;
+    let count = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+    };
+    assert_eq!(
+        count(r#"vodsigner_requests_total{rpc="IssueSignature",result="ok"}"#),
+        3.0
+    );
+    assert_eq!(
+        count(r#"vodsigner_requests_total{rpc="ConsumeSignature",result="ok"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(
+            r#"vodsigner_requests_total{rpc="ConsumeSignature",result="SIGNATURE_ALREADY_USED"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(r#"vodsigner_requests_total{rpc="VerifySignature",result="SIGNATURE_MALFORMED"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"vodsigner_request_duration_seconds_count{rpc="ConsumeSignature"}"#),
+        3.0
+    );
+    assert_eq!(
+        count(r#"vodsigner_request_duration_seconds_bucket{le="+Inf",rpc="IssueSignature"}"#),
+        3.0
+    );
+    assert!(
+        text.contains(
+            r#"vodsigner_request_duration_seconds_bucket{le="0.001",rpc="IssueSignature"}"#
+        )
+    );
+    // Three consumes reached the store (the malformed verify never did).
+    assert_eq!(
+        count(r#"vodsigner_store_duration_seconds_count{op="consume"}"#),
+        3.0
+    );
+    assert_eq!(
+        count(r#"vodsigner_store_duration_seconds_count{op="issue"}"#),
+        3.0
+    );
+    assert_eq!(count("vodsigner_inflight_requests"), 0.0);
+    assert_eq!(count("vodsigner_store_up"), 1.0);
+    assert_eq!(count(r#"vodsigner_build_info{version="0.1.0"}"#), 1.0);
+    // Nothing from a request is a label.
+    assert!(
+        !text.contains("user-secret-subject") && !text.contains(SECRET_ID),
+        "{text}"
+    );
+
+    redis.stop();
+    wait_health(server.addr, "", false, Duration::from_secs(5)).await;
+    let text = scrape(metrics).await;
+    assert_eq!(sample(&text, "vodsigner_store_up"), Some(0.0));
+    assert!(
+        sample(&text, r#"vodsigner_store_errors_total{op="ping"}"#).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    let keys = keys_dir();
+    let server = ServerProcess::start(keys.path(), &["--metrics-listen", "off"]);
+    connect(server.addr)
+        .await
+        .issue_signature(IssueSignatureRequest::default())
+        .await
+        .unwrap();
+    let log = server.stderr.lock().unwrap().join("\n");
+    assert!(!log.contains("serving metrics"), "{log}");
+}
