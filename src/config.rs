@@ -35,9 +35,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Sign offline with a key from the keys directory (records nothing in any store).
-    Issue(IssueArgs),
+    Issue(Box<IssueArgs>),
     /// Decode a signature and print its claims as JSON; needs no key.
     Inspect(InspectArgs),
 }
@@ -121,6 +121,68 @@ pub struct ServeArgs {
     /// On SIGTERM, how long calls in flight may take to finish, seconds.
     #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = 20)]
     pub drain_timeout: u64,
+    /// Re-read the keys directory (and the caller policy) this often, seconds; 0: only on SIGHUP.
+    #[arg(long, env = "VOD_SIGNER_KEYS_RELOAD_INTERVAL", default_value_t = 30)]
+    pub keys_reload_interval: u64,
+    /// Plaintext port serving only gRPC health, for Kubernetes probes when the main port is TLS.
+    #[arg(long, env = "VOD_SIGNER_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) of the gRPC port; with --tls-key, the port speaks TLS only.
+    #[arg(
+        long,
+        env = "VOD_SIGNER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(
+        long,
+        env = "VOD_SIGNER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM): clients must present a certificate it signed (mTLS).
+    #[arg(
+        long,
+        env = "VOD_SIGNER_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes, seconds.
+    #[arg(long, env = "VOD_SIGNER_TLS_RELOAD_INTERVAL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub tls_reload_interval: u64,
+    /// Caller policy (TOML): which caller may call which RPC. Without it, every caller may.
+    #[arg(long, env = "VOD_SIGNER_CALLER_POLICY", value_name = "FILE")]
+    pub caller_policy: Option<PathBuf>,
+    /// Redis ACL user name.
+    #[arg(long, env = "VOD_SIGNER_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password (or set VOD_SIGNER_REDIS_PASSWORD; never a flag).
+    #[arg(long, env = "VOD_SIGNER_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the Redis server certificate, for `rediss://`.
+    #[arg(long, env = "VOD_SIGNER_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a Redis that requires one.
+    #[arg(
+        long,
+        env = "VOD_SIGNER_REDIS_TLS_CERT",
+        value_name = "FILE",
+        requires = "redis_tls_key"
+    )]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for a Redis that requires a client certificate.
+    #[arg(
+        long,
+        env = "VOD_SIGNER_REDIS_TLS_KEY",
+        value_name = "FILE",
+        requires = "redis_tls_cert"
+    )]
+    pub redis_tls_key: Option<PathBuf>,
     /// Do not serve gRPC server reflection (v1 and v1alpha).
     #[arg(long, env = "VOD_SIGNER_NO_REFLECTION")]
     pub no_reflection: bool,

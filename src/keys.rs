@@ -58,9 +58,19 @@ pub enum KeyError {
     #[error("active key {0:?} is not in the keys directory")]
     UnknownActive(String),
     /// Several keys and no active one named.
-    #[error("keys directory holds {0} keys; name the one that issues with --active-key")]
+    #[error(
+        "keys directory holds {0} keys; name the one that issues with --active-key or a .active file"
+    )]
     NoActive(usize),
 }
+
+/// The key ring in use, swapped whole when the keys directory is reloaded; calls in flight
+/// keep the ring they started with.
+pub type SharedKeys = Arc<arc_swap::ArcSwap<KeyRing>>;
+
+/// Name of the optional file in the keys directory that names the active SecretId (used when
+/// `--active-key` is not given), so the active key can change without a restart.
+pub const ACTIVE_FILE: &str = ".active";
 
 /// The keys that verify, and the one that issues.
 #[derive(Clone)]
@@ -144,12 +154,28 @@ impl KeyRing {
                 dir: dir.to_owned(),
             });
         }
-        let active = match active {
-            Some(a) if !a.is_empty() => a.to_owned(),
+        let from_file = match std::fs::read_to_string(dir.join(ACTIVE_FILE)) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(KeyError::ReadFile {
+                    path: dir.join(ACTIVE_FILE),
+                    source,
+                });
+            }
+        };
+        let active = match (active, from_file) {
+            (Some(a), _) if !a.is_empty() => a.to_owned(),
+            (_, Some(a)) if !a.is_empty() => a,
             _ if keys.len() == 1 => keys[0].0.clone(),
             _ => return Err(KeyError::NoActive(keys.len())),
         };
         KeyRing::new(keys, &active)
+    }
+
+    /// This ring, shareable and swappable.
+    pub fn shared(self) -> SharedKeys {
+        Arc::new(arc_swap::ArcSwap::from_pointee(self))
     }
 
     /// The SecretId that issues.

@@ -5,6 +5,7 @@
 //! - [`reason`]: the refusal reasons of the contract (SPEC section 3), shared by all layers.
 //! - [`signature`]: the codec: sign, parse, verify, clock checks. Knows no gRPC, no store.
 //! - [`keys`]: the SecretKeys, loaded from a keys directory; which one issues.
+//! - [`auth`]: the caller policy: which caller (token or certificate SAN) may call which RPC.
 //! - [`store`]: the replay guard's records: the [`store::Store`] interface, Redis and
 //!   in-memory implementations. Knows no gRPC.
 //! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
@@ -12,10 +13,12 @@
 //!   onto gRPC statuses.
 //! - [`metrics`]: Prometheus metrics, the instrumented store wrapper, the `/metrics` endpoint.
 //! - [`wire`]: the protobuf codec of the service, refusing undecodable requests with a type.
+//! - [`tls`]: TLS and mTLS on the gRPC port, reloading certificate files as they rotate.
 //! - [`server`]: runs the gRPC server: health, reflection, store health checks, shutdown.
 //! - [`config`]: the command line and its `VOD_SIGNER_*` environment variables.
 //! - [`cli`]: the offline subcommands (`issue`, `inspect`).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod keys;
@@ -26,4 +29,5 @@ pub mod server;
 pub mod service;
 pub mod signature;
 pub mod store;
+pub mod tls;
 pub mod wire;

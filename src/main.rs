@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     server::init_logging(args.log_format, &args.log_level);
     let result = match &args.command {
-        Command::Serve(serve) => server::run(serve.clone()),
+        Command::Serve(serve) => server::run((**serve).clone()),
         Command::Issue(issue) => cli::issue(issue).map(|out| println!("{out}")),
         Command::Inspect(inspect) => cli::inspect(inspect).map(|out| println!("{out}")),
     };

@@ -33,13 +33,15 @@ pub enum Reason {
     RateLimited,
     /// The caller may not call this RPC.
     PermissionDenied,
+    /// No credential, or one that names no known caller (extension: the SPEC is silent).
+    CallerUnauthenticated,
     /// The store did not answer in time; nothing was accepted.
     StoreUnavailable,
 }
 
 impl Reason {
     /// Every reason, in SPEC order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::InvalidRequest,
         Reason::SignatureMalformed,
         Reason::UnknownSecretId,
@@ -52,6 +54,7 @@ impl Reason {
         Reason::FileTooLarge,
         Reason::RateLimited,
         Reason::PermissionDenied,
+        Reason::CallerUnauthenticated,
         Reason::StoreUnavailable,
     ];
 
@@ -70,6 +73,7 @@ impl Reason {
             Reason::FileTooLarge => "FILE_TOO_LARGE",
             Reason::RateLimited => "RATE_LIMITED",
             Reason::PermissionDenied => "PERMISSION_DENIED",
+            Reason::CallerUnauthenticated => "CALLER_UNAUTHENTICATED",
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
         }
     }

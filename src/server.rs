@@ -13,13 +13,15 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
+use crate::auth::CallerPolicy;
 use crate::config::{LogFormat, RuntimeFlavor, ServeArgs};
-use crate::keys::KeyRing;
+use crate::keys::{KeyRing, SharedKeys};
 use crate::metrics::{Instrumented, Metrics, serve_metrics};
 use crate::proto::signature_service_server::SignatureServiceServer;
-use crate::service::{Settings, Signer};
+use crate::service::{Settings, SharedPolicy, Signer};
 use crate::signature::SecretKey;
 use crate::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use crate::tls::{ReloadingAcceptor, TlsFiles};
 
 /// The gRPC name of the signature service, as health checks name it.
 pub const SERVICE_NAME: &str = <SignatureServiceServer<Signer<MemoryStore>> as NamedService>::NAME;
@@ -61,6 +63,15 @@ pub struct ServerOptions {
     pub metrics: Arc<Metrics>,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
+    /// Who may call what; empty: everyone may call everything.
+    pub policy: SharedPolicy,
+    /// TLS files of the gRPC port; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// A plaintext port serving only `grpc.health.v1.Health`, for Kubernetes' gRPC probes
+    /// (which cannot speak TLS) when the main port does.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl ServerOptions {
@@ -71,6 +82,10 @@ impl ServerOptions {
             drain_timeout: Duration::from_secs(20),
             metrics: Arc::new(Metrics::new()),
             reflection: true,
+            policy: SharedPolicy::default(),
+            tls: None,
+            tls_reload_interval: Duration::from_secs(30),
+            health_listen: None,
         }
     }
 }
@@ -108,6 +123,7 @@ fn build_runtime(args: &ServeArgs) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn run_async(args: ServeArgs) -> Result<(), String> {
+    crate::tls::install_crypto_provider();
     let keys = if args.dev {
         dev_keys()
     } else {
@@ -119,12 +135,33 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         KeyRing::load_dir(dir, args.keys.active_key.as_deref()).map_err(|e| e.to_string())?
     };
     info!(secret_ids = ?keys.secret_ids().collect::<Vec<_>>(), active = keys.active_id(), "keys loaded");
+    let keys = keys.shared();
     if args.default_ttl == 0 || args.default_ttl > args.max_ttl {
         return Err(format!(
             "--default-ttl {} must be 1 to --max-ttl {}",
             args.default_ttl, args.max_ttl
         ));
     }
+    let policy = SharedPolicy::default();
+    match &args.caller_policy {
+        Some(path) => {
+            let loaded = CallerPolicy::load(path)?;
+            info!(callers = loaded.len(), "caller policy loaded");
+            policy.store(Some(Arc::new(loaded)));
+        }
+        None => warn!(
+            "no --caller-policy: every client that reaches the port may call every RPC, \
+             IssueSignature included"
+        ),
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        }),
+        _ => None,
+    };
     let settings = Settings {
         default_ttl: args.default_ttl,
         max_ttl: args.max_ttl,
@@ -136,6 +173,10 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         metrics: Arc::new(Metrics::new()),
         reflection: !args.no_reflection,
+        policy: policy.clone(),
+        tls,
+        tls_reload_interval: Duration::from_secs(args.tls_reload_interval),
+        health_listen: args.health_listen,
     };
     let listener = TcpListener::bind(args.listen)
         .await
@@ -151,15 +192,12 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
             }
         });
     }
-    let keys = Arc::new(keys);
+    if !args.dev {
+        tokio::spawn(reload_keys_and_policy(args.clone(), keys.clone(), policy));
+    }
     match &args.redis_url {
         Some(url) => {
-            let config = RedisConfig {
-                url: url.clone(),
-                key_prefix: args.key_prefix.clone(),
-                timeout: Duration::from_millis(args.store_timeout_ms),
-            };
-            let store = Arc::new(RedisStore::new(&config)?);
+            let store = Arc::new(RedisStore::new(&redis_config(&args, url)?)?);
             info!(store = "redis", "store configured");
             serve(listener, store, keys, settings, options, shutdown_signal()).await
         }
@@ -168,18 +206,98 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
                 "no --redis-url: using the embedded in-memory store. It serves ONE replica only: \
                  signatures are not shared across replicas and are forgotten on restart"
             );
-            serve(
-                listener,
-                Arc::new(MemoryStore::new()),
-                keys,
-                settings,
-                options,
-                shutdown_signal(),
-            )
-            .await
+            let store = Arc::new(MemoryStore::new());
+            serve(listener, store, keys, settings, options, shutdown_signal()).await
         }
     }
     .map_err(|e| format!("server failed: {e}"))
+}
+
+/// The Redis settings from the flags; secrets come from files or the environment.
+fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let password = match (
+        &args.redis_password_file,
+        std::env::var("VOD_SIGNER_REDIS_PASSWORD"),
+    ) {
+        (Some(path), _) => {
+            let bytes = read(path)?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
+            Some(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        (None, Ok(p)) if !p.is_empty() => Some(p),
+        _ => None,
+    };
+    let tls_client = match (&args.redis_tls_cert, &args.redis_tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(RedisConfig {
+        url: url.to_owned(),
+        key_prefix: args.key_prefix.clone(),
+        timeout: Duration::from_millis(args.store_timeout_ms),
+        username: args.redis_username.clone(),
+        password,
+        tls_ca: args.redis_tls_ca.as_deref().map(read).transpose()?,
+        tls_client,
+    })
+}
+
+/// Re-reads the keys directory and the caller policy on SIGHUP and every
+/// `--keys-reload-interval`. A directory or policy that fails to load leaves the previous one
+/// in force (and says so), so a half-written Secret never takes the service down.
+async fn reload_keys_and_policy(args: ServeArgs, keys: SharedKeys, policy: SharedPolicy) {
+    let Some(dir) = args.keys.keys_dir.clone() else {
+        return;
+    };
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let interval = Duration::from_secs(args.keys_reload_interval);
+    loop {
+        let timer = async {
+            if interval.is_zero() {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(interval).await
+            }
+        };
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        let by_signal = tokio::select! {
+            () = timer => false,
+            () = hup => true,
+        };
+        match KeyRing::load_dir(&dir, args.keys.active_key.as_deref()) {
+            Ok(ring) => {
+                let old = keys.load();
+                let changed =
+                    old.active_id() != ring.active_id() || !old.secret_ids().eq(ring.secret_ids());
+                if changed || by_signal {
+                    info!(secret_ids = ?ring.secret_ids().collect::<Vec<_>>(), active = ring.active_id(), "keys reloaded");
+                }
+                keys.store(Arc::new(ring));
+            }
+            Err(e) => error!("keys directory reload failed ({e}); keeping the previous keys"),
+        }
+        if let Some(path) = &args.caller_policy {
+            match CallerPolicy::load(path) {
+                Ok(p) => policy.store(Some(Arc::new(p))),
+                Err(e) => error!("caller policy reload failed ({e}); keeping the previous policy"),
+            }
+        }
+    }
 }
 
 /// A fresh random key for `--dev`, printed once on stdout.
@@ -267,11 +385,11 @@ async fn watch_store<S: Store>(
 pub async fn serve<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
-    keys: Arc<KeyRing>,
+    keys: SharedKeys,
     settings: Settings,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), String> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
@@ -300,27 +418,65 @@ pub async fn serve<S: Store>(
         (None, None)
     };
 
-    let signer = Signer::new(store, keys, settings, options.metrics.clone());
+    if let Some(addr) = options.health_listen {
+        let probe_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for health probes on {addr}: {e}"))?;
+        info!(addr = %probe_listener.local_addr().unwrap_or(addr), "serving plaintext health probes");
+        let probes = tonic::transport::Server::builder()
+            .add_service(health.clone())
+            .serve_with_incoming(TcpListenerStream::new(probe_listener));
+        tokio::spawn(async move {
+            if let Err(e) = probes.await {
+                error!("health probe port failed: {e}");
+            }
+        });
+    }
+    let signer = Signer::new(
+        store,
+        keys,
+        options.policy.clone(),
+        settings,
+        options.metrics.clone(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(
             SignatureServiceServer::new(signer).max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(server);
+        );
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    type Serving<'a> =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
+    let server: Serving<'_> = match &options.tls {
+        Some(files) => {
+            let acceptor = ReloadingAcceptor::start(files.clone(), options.tls_reload_interval)?;
+            Box::pin(router.serve_with_incoming_shutdown(acceptor.incoming(listener), stop))
+        }
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop))
+        }
+    };
+    let mut server = server;
     if let Some(addr) = local {
-        info!(addr = %addr, "serving gRPC");
+        let tls = match &options.tls {
+            None => "off",
+            Some(TlsFiles {
+                client_ca: None, ..
+            }) => "on",
+            Some(_) => "mutual",
+        };
+        info!(addr = %addr, tls, "serving gRPC");
     }
 
     tokio::select! {
         result = &mut server => {
             watcher.abort();
-            return result;
+            return result.map_err(|e| e.to_string());
         }
         () = shutdown => {}
     }
@@ -331,7 +487,7 @@ pub async fn serve<S: Store>(
     match tokio::time::timeout(options.drain_timeout, server).await {
         Ok(result) => {
             info!("drained: exiting");
-            result
+            result.map_err(|e| e.to_string())
         }
         Err(_) => {
             warn!(

@@ -13,7 +13,8 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::{Instrument as _, debug, info};
 
-use crate::keys::KeyRing;
+use crate::auth::{CallerPolicy, Credentials, Rpc};
+use crate::keys::SharedKeys;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::signature_service_server::SignatureService;
@@ -83,7 +84,9 @@ impl From<StoreError> for Refusal {
 pub fn grpc_code(reason: Reason) -> Code {
     match reason {
         Reason::InvalidRequest | Reason::SignatureMalformed => Code::InvalidArgument,
-        Reason::UnknownSecretId | Reason::SignatureMismatch => Code::Unauthenticated,
+        Reason::UnknownSecretId | Reason::SignatureMismatch | Reason::CallerUnauthenticated => {
+            Code::Unauthenticated
+        }
         Reason::SignatureExpired
         | Reason::SignatureNotYetValid
         | Reason::SignatureAlreadyUsed
@@ -148,17 +151,22 @@ pub fn unix_now() -> i64 {
 /// The `SignatureService` implementation over a [`Store`].
 pub struct Signer<S> {
     store: Arc<S>,
-    keys: Arc<KeyRing>,
+    keys: SharedKeys,
+    policy: SharedPolicy,
     settings: Settings,
     in_flight: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
 }
 
+/// The caller policy, swapped on reload; `None` lets every caller call everything.
+pub type SharedPolicy = Arc<arc_swap::ArcSwapOption<CallerPolicy>>;
+
 impl<S: Store> Signer<S> {
     /// A service issuing with `keys` and recording in `store`.
     pub fn new(
         store: Arc<S>,
-        keys: Arc<KeyRing>,
+        keys: SharedKeys,
+        policy: SharedPolicy,
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Signer<S> {
@@ -166,6 +174,7 @@ impl<S: Store> Signer<S> {
         Signer {
             store,
             keys,
+            policy,
             settings,
             in_flight,
             metrics,
@@ -179,8 +188,37 @@ impl<S: Store> Signer<S> {
         let span = tracing::Span::current();
         span.record("secret_id", parsed.claims.secret_id.as_str());
         span.record("random", parsed.claims.random);
-        self.keys.verify(&parsed)?;
+        self.keys.load().verify(&parsed)?;
         Ok(parsed)
+    }
+
+    /// Checks the caller against the policy (when there is one).
+    fn authorize<R>(&self, rpc: Rpc, request: &Request<R>) -> Result<(), Refusal> {
+        let Some(policy) = self.policy.load_full() else {
+            return Ok(());
+        };
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let certs = request.peer_certs();
+        let client_cert = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let caller = policy
+            .authorize(
+                rpc,
+                Credentials {
+                    bearer,
+                    client_cert,
+                },
+            )
+            .map_err(|e| Refusal::new(e.reason(), e.to_string()))?;
+        tracing::Span::current().record("caller", caller.name.as_str());
+        Ok(())
     }
 
     /// Admits one call, or sheds it when `max_concurrent_calls` are already running: a fast
@@ -226,12 +264,13 @@ impl<S: Store> Signer<S> {
         policy
             .validate()
             .map_err(|e| Refusal::invalid(format!("policy: {e}")))?;
+        let keys = self.keys.load_full();
         let secret_id = if req.secret_id.is_empty() {
-            self.keys.active_id()
+            keys.active_id()
         } else {
             req.secret_id.as_str()
         };
-        let key = self.keys.get(secret_id).ok_or_else(|| {
+        let key = keys.get(secret_id).cloned().ok_or_else(|| {
             let shown: String = secret_id.chars().take(128).collect();
             Refusal::new(
                 Reason::UnknownSecretId,
@@ -243,7 +282,7 @@ impl<S: Store> Signer<S> {
         let record_ttl = ttl.saturating_add(self.settings.leeway);
         for _ in 0..MAX_NONCE_TRIES {
             let signed = signature::sign(
-                key,
+                &key,
                 &SignRequest {
                     secret_id,
                     current_time_stamp: now,
@@ -459,26 +498,31 @@ pub fn claims_to_proto(c: Claims) -> proto::Claims {
 
 impl<S: Store> Signer<S> {
     /// Runs `call` if admitted, and turns its outcome into the gRPC answer.
-    async fn admitted<T>(
+    async fn admitted<R, T>(
         &self,
-        rpc: &'static str,
-        request_id: Option<String>,
-        call: impl Future<Output = Result<T, Refusal>>,
+        rpc: Rpc,
+        request: Request<R>,
+        call: impl AsyncFnOnce(&Self, R) -> Result<T, Refusal>,
     ) -> Result<Response<T>, Status> {
         let span = tracing::info_span!(
             "call",
-            rpc,
-            request_id = request_id.as_deref().unwrap_or(""),
+            rpc = rpc.name(),
+            request_id = request_id(&request).as_deref().unwrap_or(""),
+            caller = tracing::field::Empty,
             secret_id = tracing::field::Empty,
             random = tracing::field::Empty,
         );
         async {
             let _inflight = self.metrics.inflight();
             let started = std::time::Instant::now();
-            let result = match self.admit() {
-                Ok(_permit) => call.await,
-                Err(shed) => Err(shed),
+            let result = match self.authorize(rpc, &request) {
+                Err(denied) => Err(denied),
+                Ok(()) => match self.admit() {
+                    Ok(_permit) => call(self, request.into_inner()).await,
+                    Err(shed) => Err(shed),
+                },
             };
+            let rpc = rpc.name();
             let outcome = result.as_ref().map_or_else(|r| r.reason.as_str(), |_| "ok");
             self.metrics.request(rpc, outcome, started.elapsed());
             answer(result)
@@ -519,35 +563,27 @@ impl<S: Store> SignatureService for Signer<S> {
         &self,
         request: Request<proto::IssueSignatureRequest>,
     ) -> Result<Response<proto::IssueSignatureResponse>, Status> {
-        let id = request_id(&request);
-        self.admitted("IssueSignature", id, self.issue(request.into_inner()))
-            .await
+        self.admitted(Rpc::Issue, request, Self::issue).await
     }
 
     async fn verify_signature(
         &self,
         request: Request<proto::VerifySignatureRequest>,
     ) -> Result<Response<proto::VerifySignatureResponse>, Status> {
-        let id = request_id(&request);
-        self.admitted("VerifySignature", id, self.verify(request.into_inner()))
-            .await
+        self.admitted(Rpc::Verify, request, Self::verify).await
     }
 
     async fn consume_signature(
         &self,
         request: Request<proto::ConsumeSignatureRequest>,
     ) -> Result<Response<proto::ConsumeSignatureResponse>, Status> {
-        let id = request_id(&request);
-        self.admitted("ConsumeSignature", id, self.consume(request.into_inner()))
-            .await
+        self.admitted(Rpc::Consume, request, Self::consume).await
     }
 
     async fn revoke_signature(
         &self,
         request: Request<proto::RevokeSignatureRequest>,
     ) -> Result<Response<proto::RevokeSignatureResponse>, Status> {
-        let id = request_id(&request);
-        self.admitted("RevokeSignature", id, self.revoke(request.into_inner()))
-            .await
+        self.admitted(Rpc::Revoke, request, Self::revoke).await
     }
 }

@@ -159,7 +159,7 @@ async fn starts_before_redis_and_serves_once_it_is_up() {
     tokio::spawn(vod_signer::server::serve(
         listener,
         store,
-        Arc::new(key_ring()),
+        key_ring().shared(),
         Settings::default(),
         test_options(),
         async {

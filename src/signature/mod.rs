@@ -452,8 +452,9 @@ pub fn parse_original(original: String) -> Result<Claims, SignatureError> {
     let current_time_stamp = current.ok_or_else(|| missing("currentTimeStamp"))?;
     let expire_time = expire.ok_or_else(|| missing("expireTime"))?;
     let random = random.ok_or_else(|| missing("random"))?;
-    if expire_time <= current_time_stamp || expire_time - current_time_stamp > MAX_VALIDITY_SECONDS
-    {
+    // checked_sub: a window wider than i64 (e.g. i64::MIN .. i64::MAX) must not wrap or panic.
+    let window = expire_time.checked_sub(current_time_stamp);
+    if !window.is_some_and(|w| (1..=MAX_VALIDITY_SECONDS).contains(&w)) {
         return Err(malformed(format!(
             "expireTime - currentTimeStamp must be 1 to {MAX_VALIDITY_SECONDS} seconds"
         )));

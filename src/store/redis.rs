@@ -44,7 +44,7 @@ return {state, changed}
 "#;
 
 /// How to reach Redis.
-#[derive(Clone, Debug)]
+#[derive(Clone, Default)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL.
     pub url: String,
@@ -52,6 +52,59 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Bound on every store call.
     pub timeout: Duration,
+    /// ACL user name (overrides the URL's).
+    pub username: Option<String>,
+    /// Password (overrides the URL's); read from a file or the environment, never logged.
+    pub password: Option<String>,
+    /// PEM CA bundle that signs the Redis server's certificate (`rediss://`); without it, the
+    /// system's trust store.
+    pub tls_ca: Option<Vec<u8>>,
+    /// PEM client certificate and key, for a Redis that requires them.
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the client: URL, then credentials and TLS material from the configuration.
+fn client(config: &RedisConfig) -> Result<Client, String> {
+    use redis::IntoConnectionInfo as _;
+    let info = config.url.as_str().into_connection_info().map_err(|e| {
+        format!(
+            "bad Redis URL: {}",
+            e.to_string().replace(&config.url, "<url>")
+        )
+    })?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &config.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password);
+    }
+    let info = info.set_redis_settings(settings);
+    if config.tls_ca.is_none() && config.tls_client.is_none() {
+        return Client::open(info).map_err(|e| format!("bad Redis settings: {e}"));
+    }
+    let certs = redis::TlsCertificates {
+        client_tls: config
+            .tls_client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: config.tls_ca.clone(),
+    };
+    Client::build_with_tls(info, certs).map_err(|e| format!("bad Redis TLS settings: {e}"))
 }
 
 /// Records in Redis, shared by all replicas.
@@ -66,8 +119,7 @@ pub struct RedisStore {
 impl RedisStore {
     /// A store for `config`; connects lazily, so Redis need not be up yet.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
-        let client =
-            Client::open(config.url.as_str()).map_err(|e| format!("bad Redis URL: {e}"))?;
+        let client = client(config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))

@@ -2,6 +2,7 @@
 //! (in-process and as child processes), and helpers to read refusals.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -46,6 +47,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     persistent: bool,
+    extra_args: Vec<String>,
+    cli_args: Vec<String>,
 }
 
 fn redis_binary() -> &'static str {
@@ -76,6 +79,8 @@ impl RedisServer {
             child: None,
             dir,
             persistent: false,
+            extra_args: Vec::new(),
+            cli_args: Vec::new(),
         };
         server.spawn();
         server
@@ -89,9 +94,31 @@ impl RedisServer {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             persistent: true,
+            extra_args: Vec::new(),
+            cli_args: Vec::new(),
         };
         server.spawn();
         server
+    }
+
+    /// Starts a Redis with extra server arguments (appended, so they override), reached by
+    /// `redis-cli` with `cli_args` (for TLS, credentials).
+    pub fn start_configured(extra_args: &[&str], cli_args: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            persistent: false,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            cli_args: cli_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Its data directory (for TLS files and the like).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port and data directory.
@@ -116,6 +143,11 @@ impl RedisServer {
                 "",
             ])
             .args(persistence)
+            .args(
+                self.extra_args
+                    .iter()
+                    .map(|a| a.replace("{port}", &self.port.to_string())),
+            )
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -143,6 +175,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli_args)
             .args(args)
             .output()
             .ok()?;
@@ -254,7 +287,7 @@ impl TestServer {
             serve(
                 listener,
                 store,
-                Arc::new(key_ring()),
+                key_ring().shared(),
                 settings,
                 options,
                 shutdown,
@@ -308,6 +341,7 @@ pub fn redis_store(url: &str, prefix: &str) -> RedisStore {
         url: url.to_owned(),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_millis(250),
+        ..Default::default()
     })
     .unwrap()
 }
@@ -460,6 +494,8 @@ pub fn serve_command() -> Command {
         "json",
         "--health-interval-ms",
         "100",
+        "--log-level",
+        "trace",
     ]);
     for (name, _) in std::env::vars() {
         if name.starts_with("VOD_SIGNER_") || name == "RUST_LOG" {
@@ -566,5 +602,41 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every server process of the suite logs at trace level; none may log a secret.
+        if !std::thread::panicking() {
+            assert_no_secrets(&self.stderr.lock().unwrap());
+        }
+    }
+}
+
+/// Bearer tokens and passwords the tests use; none may ever be logged.
+pub const TEST_SECRETS: [&str; 5] = [
+    SECRET_KEY,
+    OTHER_KEY,
+    "ops-token-4f1d2a",
+    "app-token-91ce07",
+    "s3cret-redis-pw",
+];
+
+/// Fails if a line holds a test secret or a whole signature (a Base64 run that decodes to a
+/// 20-byte tag followed by `secretId=`).
+pub fn assert_no_secrets(lines: &[String]) {
+    use base64::Engine as _;
+    for line in lines {
+        for secret in TEST_SECRETS {
+            assert!(
+                !line.contains(secret),
+                "a secret leaked into the log: {line}"
+            );
+        }
+        let is_b64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=';
+        for run in line.split(|c: char| !is_b64(c)).filter(|r| r.len() >= 40) {
+            if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(run) {
+                assert!(
+                    !(raw.len() > 20 && raw[20..].starts_with(b"secretId=")),
+                    "a whole signature leaked into the log: {line}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,342 @@
+//! Who may call what: the caller policy file (SPEC section 6).
+//!
+//! ```toml
+//! [[caller]]
+//! name = "app-server"
+//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke; consumer: Verify, Consume; admin: all
+//! san = ["spiffe://cluster.local/ns/app/sa/app-server"]   # client certificate SANs (DNS or URI)
+//! token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+//! ```
+//!
+//! A caller is recognised by a bearer token (`authorization: Bearer ...`, compared by its
+//! SHA-256; the file never holds a token) or, without one, by its client certificate's SANs.
+//! This module knows nothing of gRPC: the service hands it the credentials it found.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::reason::Reason;
+
+/// The RPCs a role can grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    /// IssueSignature.
+    Issue,
+    /// VerifySignature.
+    Verify,
+    /// ConsumeSignature.
+    Consume,
+    /// RevokeSignature.
+    Revoke,
+}
+
+impl Rpc {
+    /// The RPC's gRPC method name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::Issue => "IssueSignature",
+            Rpc::Verify => "VerifySignature",
+            Rpc::Consume => "ConsumeSignature",
+            Rpc::Revoke => "RevokeSignature",
+        }
+    }
+}
+
+/// A role: a set of RPCs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// App servers: IssueSignature, VerifySignature, RevokeSignature.
+    Issuer,
+    /// Upload gateways: VerifySignature, ConsumeSignature.
+    Consumer,
+    /// Operators: everything.
+    Admin,
+}
+
+impl Role {
+    /// Whether this role may call `rpc`.
+    pub fn allows(self, rpc: Rpc) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Issuer => matches!(rpc, Rpc::Issue | Rpc::Verify | Rpc::Revoke),
+            Role::Consumer => matches!(rpc, Rpc::Verify | Rpc::Consume),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    caller: Vec<CallerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerEntry {
+    name: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    san: Vec<String>,
+    #[serde(default)]
+    token_sha256: Vec<String>,
+}
+
+/// One known caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Its name, for logs.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+}
+
+/// What the service found on a call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Credentials<'a> {
+    /// The bearer token of the `authorization` metadata, if any.
+    pub bearer: Option<&'a str>,
+    /// The client certificate chain (DER, leaf first), if the connection has one.
+    pub client_cert: Option<&'a [u8]>,
+}
+
+/// Why a call was not allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credential, or one that names no caller.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known caller without a role that allows the RPC.
+    #[error("caller {caller:?} may not call {rpc}")]
+    PermissionDenied {
+        /// The caller's name.
+        caller: String,
+        /// The RPC.
+        rpc: &'static str,
+    },
+}
+
+impl AuthError {
+    /// The reason the call is refused with.
+    pub fn reason(&self) -> Reason {
+        match self {
+            AuthError::Unauthenticated(_) => Reason::CallerUnauthenticated,
+            AuthError::PermissionDenied { .. } => Reason::PermissionDenied,
+        }
+    }
+}
+
+/// The loaded caller policy.
+#[derive(Clone, Debug)]
+pub struct CallerPolicy {
+    callers: Vec<Caller>,
+    by_token: HashMap<String, usize>,
+    by_san: HashMap<String, usize>,
+}
+
+/// SHA-256 of a token, lower-case hex: the form the policy file stores.
+pub fn token_digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl CallerPolicy {
+    /// Reads and checks a policy file.
+    pub fn load(path: &Path) -> Result<CallerPolicy, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("caller policy {}: {e}", path.display()))?;
+        CallerPolicy::parse(&text).map_err(|e| format!("caller policy {}: {e}", path.display()))
+    }
+
+    /// Parses and checks a policy.
+    pub fn parse(text: &str) -> Result<CallerPolicy, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut policy = CallerPolicy {
+            callers: Vec::new(),
+            by_token: HashMap::new(),
+            by_san: HashMap::new(),
+        };
+        for entry in file.caller {
+            let index = policy.callers.len();
+            if entry.roles.is_empty() {
+                return Err(format!("caller {:?} has no roles", entry.name));
+            }
+            if entry.san.is_empty() && entry.token_sha256.is_empty() {
+                return Err(format!(
+                    "caller {:?} has neither san nor token_sha256",
+                    entry.name
+                ));
+            }
+            for digest in &entry.token_sha256 {
+                let digest = digest.to_ascii_lowercase();
+                if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "caller {:?}: token_sha256 must be 64 hex digits",
+                        entry.name
+                    ));
+                }
+                if policy.by_token.insert(digest, index).is_some() {
+                    return Err(format!(
+                        "caller {:?}: a token_sha256 is listed twice",
+                        entry.name
+                    ));
+                }
+            }
+            for san in &entry.san {
+                if policy.by_san.insert(san.clone(), index).is_some() {
+                    return Err(format!(
+                        "caller {:?}: san {san:?} is listed twice",
+                        entry.name
+                    ));
+                }
+            }
+            policy.callers.push(Caller {
+                name: entry.name,
+                roles: entry.roles,
+            });
+        }
+        Ok(policy)
+    }
+
+    /// How many callers the policy knows.
+    pub fn len(&self) -> usize {
+        self.callers.len()
+    }
+
+    /// Whether the policy knows no caller (then every call is refused).
+    pub fn is_empty(&self) -> bool {
+        self.callers.is_empty()
+    }
+
+    /// The caller these credentials name, if it may call `rpc`.
+    pub fn authorize(&self, rpc: Rpc, creds: Credentials<'_>) -> Result<&Caller, AuthError> {
+        let index = if let Some(token) = creds.bearer {
+            *self
+                .by_token
+                .get(&token_digest(token))
+                .ok_or_else(|| AuthError::Unauthenticated("the bearer token is not known".into()))?
+        } else if let Some(der) = creds.client_cert {
+            let sans = subject_alt_names(der);
+            sans.iter()
+                .find_map(|san| self.by_san.get(san).copied())
+                .ok_or_else(|| {
+                    AuthError::Unauthenticated(
+                        "no SAN of the client certificate names a known caller".into(),
+                    )
+                })?
+        } else {
+            return Err(AuthError::Unauthenticated(
+                "no credential: send `authorization: Bearer <token>` or a client certificate"
+                    .into(),
+            ));
+        };
+        let caller = &self.callers[index];
+        if caller.roles.iter().any(|r| r.allows(rpc)) {
+            Ok(caller)
+        } else {
+            Err(AuthError::PermissionDenied {
+                caller: caller.name.clone(),
+                rpc: rpc.name(),
+            })
+        }
+    }
+}
+
+/// The DNS and URI subject alternative names of a DER certificate.
+pub fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(s) | GeneralName::URI(s) => Some((*s).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[[caller]]
+name = "app-server"
+roles = ["issuer"]
+san = ["spiffe://cluster.local/ns/app/sa/app-server"]
+token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+
+[[caller]]
+name = "gateway"
+roles = ["consumer"]
+token_sha256 = ["60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C752"]
+"#;
+
+    #[test]
+    fn roles_grant_their_rpcs() {
+        let policy = CallerPolicy::parse(POLICY).unwrap();
+        let app = Credentials {
+            bearer: Some("test"),
+            client_cert: None,
+        };
+        assert_eq!(
+            policy.authorize(Rpc::Issue, app).unwrap().name,
+            "app-server"
+        );
+        assert!(matches!(
+            policy.authorize(Rpc::Consume, app),
+            Err(AuthError::PermissionDenied { .. })
+        ));
+        let gw = Credentials {
+            bearer: Some("test2"),
+            client_cert: None,
+        };
+        assert_eq!(
+            token_digest("test2"),
+            "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"
+        );
+        assert_eq!(policy.authorize(Rpc::Consume, gw).unwrap().name, "gateway");
+        assert!(matches!(
+            policy.authorize(Rpc::Issue, gw),
+            Err(AuthError::PermissionDenied { .. })
+        ));
+        let none = Credentials::default();
+        assert!(matches!(
+            policy.authorize(Rpc::Verify, none),
+            Err(AuthError::Unauthenticated(_))
+        ));
+        let wrong = Credentials {
+            bearer: Some("nope"),
+            client_cert: None,
+        };
+        assert!(matches!(
+            policy.authorize(Rpc::Verify, wrong),
+            Err(AuthError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        assert!(
+            CallerPolicy::parse("[[caller]]\nname='x'\nroles=[]\ntoken_sha256=['00']").is_err()
+        );
+        assert!(CallerPolicy::parse("[[caller]]\nname='x'\nroles=['issuer']").is_err());
+        assert!(CallerPolicy::parse("[[caller]]\nname='x'\nroles=['root']\nsan=['a']").is_err());
+        assert!(
+            CallerPolicy::parse("[[caller]]\nname='x'\nroles=['issuer']\nsan=['a']\ncolour='red'")
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! TLS on the gRPC port (rustls), optional client-certificate verification (mTLS), and
+//! reloading of the certificate files when they change on disk (cert-manager rotates them
+//! under a running pod), without dropping the server or its open connections.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, error, info, warn};
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The certificate files (PEM).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA bundle for client certificates; set, every client must present one it signed.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Installs rustls' ring provider as the process default (the Redis client's TLS uses it too).
+pub fn install_crypto_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(self.client_ca.as_ref())
+    }
+
+    /// The files' modification times, to notice a rotation.
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        self.paths()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Reads the files into a rustls server configuration (HTTP/2 only, as gRPC needs).
+    pub fn load(&self) -> Result<ServerConfig, String> {
+        install_crypto_provider();
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("TLS certificate {}: {e}", self.cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "TLS certificate {}: no certificate in it",
+                self.cert.display()
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("TLS key {}: {e}", self.key.display()))?;
+        let builder = ServerConfig::builder();
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                let cas = CertificateDer::pem_file_iter(ca)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                let (added, _) = roots.add_parsable_certificates(cas);
+                if added == 0 {
+                    return Err(format!(
+                        "TLS client CA {}: no usable CA certificate",
+                        ca.display()
+                    ));
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+            format!(
+                "TLS certificate {} and key {}: {e}",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// A TLS acceptor whose configuration is swapped when the files change.
+#[derive(Clone)]
+pub struct ReloadingAcceptor {
+    current: Arc<ArcSwap<TlsAcceptor>>,
+}
+
+impl ReloadingAcceptor {
+    /// Loads `files` now (an error stops the start), then re-reads them every `interval` when
+    /// their modification times change. A failed reload keeps the previous configuration.
+    pub fn start(files: TlsFiles, interval: Duration) -> Result<ReloadingAcceptor, String> {
+        let config = files.load()?;
+        let current = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(config))));
+        let swap = current.clone();
+        tokio::spawn(async move {
+            let mut stamp = files.stamp();
+            loop {
+                tokio::time::sleep(interval).await;
+                let now = files.stamp();
+                if now == stamp {
+                    continue;
+                }
+                stamp = now;
+                match files.load() {
+                    Ok(config) => {
+                        swap.store(Arc::new(TlsAcceptor::from(Arc::new(config))));
+                        info!("TLS certificate files changed: reloaded");
+                    }
+                    Err(e) => error!(
+                        "TLS certificate files changed but cannot be loaded ({e}); keeping the previous ones"
+                    ),
+                }
+            }
+        });
+        Ok(ReloadingAcceptor { current })
+    }
+
+    /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let current = self.current.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let acceptor = current.load_full();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
