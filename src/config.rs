@@ -89,8 +89,9 @@ pub struct ServeArgs {
     /// The keys.
     #[command(flatten)]
     pub keys: KeyArgs,
-    /// Redis URL (`redis://host:6379/0`, `rediss://...`); absent: the embedded in-memory store
-    /// (one replica only).
+    /// Redis: `redis://host:6379/0` or `rediss://` (one server), `redis+cluster://h:p,h:p`
+    /// (Cluster seed nodes), `redis+sentinel://h:p,h:p/MASTER` (Sentinel); `rediss+` for TLS.
+    /// Absent: the embedded in-memory store (one replica only).
     #[arg(long, env = "VOD_SIGNER_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// TTL of a signature when the request says 0, seconds.
@@ -158,6 +159,10 @@ pub struct ServeArgs {
     /// Caller policy (TOML): which caller may call which RPC. Without it, every caller may.
     #[arg(long, env = "VOD_SIGNER_CALLER_POLICY", value_name = "FILE")]
     pub caller_policy: Option<PathBuf>,
+    /// Replicas that must acknowledge an issue, consume or revoke (Redis WAIT) before it
+    /// succeeds; without them the call answers STORE_UNAVAILABLE.
+    #[arg(long, env = "VOD_SIGNER_MIN_REPLICAS_ACK", default_value_t = 0)]
+    pub min_replicas_ack: u32,
     /// Redis ACL user name.
     #[arg(long, env = "VOD_SIGNER_REDIS_USERNAME")]
     pub redis_username: Option<String>,

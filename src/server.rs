@@ -243,6 +243,7 @@ fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, String> {
         password,
         tls_ca: args.redis_tls_ca.as_deref().map(read).transpose()?,
         tls_client,
+        min_replicas_ack: args.min_replicas_ack,
     })
 }
 

@@ -50,30 +50,6 @@ async fn issue(
         .signature
 }
 
-/// Retries a consume with the same idempotency key while the store is unavailable.
-async fn consume_retrying(
-    client: &mut vod_signer::proto::signature_service_client::SignatureServiceClient<
-        tonic::transport::Channel,
-    >,
-    signature: &str,
-    key: &str,
-    within: Duration,
-) -> Result<i64, Reason> {
-    let deadline = Instant::now() + within;
-    loop {
-        match client.consume_signature(consume_with(signature, key)).await {
-            Ok(r) => return Ok(r.into_inner().consumed_at),
-            Err(s) => {
-                let reason = reason_of(&s);
-                if reason != Reason::StoreUnavailable || Instant::now() > deadline {
-                    return Err(reason);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn reply_lost_after_the_write_then_idempotent_retry() {
     let (server, proxy) = behind_proxy(Settings::default()).await;

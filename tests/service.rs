@@ -1,5 +1,6 @@
 //! The semantic suite of SignatureService (SPEC sections 3 and 4), through gRPC, run against
-//! both stores: the embedded in-memory one and a real `redis-server` started per test.
+//! every store: the embedded in-memory one, a real `redis-server`, and a 3-master Redis
+//! Cluster, each started per test.
 
 mod common;
 
@@ -12,7 +13,7 @@ use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
 use vod_signer::signature;
 
-/// Runs each listed test against both stores: `name::memory` and `name::redis`.
+/// Runs each listed test against every store: `name::memory`, `name::redis`, `name::cluster`.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -23,6 +24,10 @@ macro_rules! on_both_stores {
             #[tokio::test]
             async fn redis() {
                 super::$name(super::Backend::Redis).await
+            }
+            #[tokio::test]
+            async fn cluster() {
+                super::$name(super::Backend::Cluster).await
             }
         }
     )*};

@@ -13,10 +13,12 @@
 mod memory;
 mod record;
 mod redis;
+mod topology;
 
 pub use self::memory::MemoryStore;
 pub use self::record::{Record, State};
 pub use self::redis::{RedisConfig, RedisStore};
+pub use self::topology::Topology;
 
 use std::future::Future;
 

@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::Script;
+
+use super::topology::{Conn, Connector};
 
 use super::{ConsumeOutcome, Record, Signature, Status, Store, StoreError, idempotency_token};
 
@@ -61,6 +62,8 @@ pub struct RedisConfig {
     pub tls_ca: Option<Vec<u8>>,
     /// PEM client certificate and key, for a Redis that requires them.
     pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    /// Replicas that must acknowledge an issue, consume or revoke (Redis `WAIT`) before success.
+    pub min_replicas_ack: u32,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -74,64 +77,24 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-/// Builds the client: URL, then credentials and TLS material from the configuration.
-fn client(config: &RedisConfig) -> Result<Client, String> {
-    use redis::IntoConnectionInfo as _;
-    let info = config.url.as_str().into_connection_info().map_err(|e| {
-        format!(
-            "bad Redis URL: {}",
-            e.to_string().replace(&config.url, "<url>")
-        )
-    })?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(user) = &config.username {
-        settings = settings.set_username(user);
-    }
-    if let Some(password) = &config.password {
-        settings = settings.set_password(password);
-    }
-    let info = info.set_redis_settings(settings);
-    if config.tls_ca.is_none() && config.tls_client.is_none() {
-        return Client::open(info).map_err(|e| format!("bad Redis settings: {e}"));
-    }
-    let certs = redis::TlsCertificates {
-        client_tls: config
-            .tls_client
-            .as_ref()
-            .map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
-        root_cert: config.tls_ca.clone(),
-    };
-    Client::build_with_tls(info, certs).map_err(|e| format!("bad Redis TLS settings: {e}"))
-}
-
 /// Records in Redis, shared by all replicas.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    connector: Connector,
     prefix: String,
     timeout: Duration,
+    min_replicas_ack: u32,
     consume: Script,
     revoke: Script,
 }
 
 impl RedisStore {
-    /// A store for `config`; connects lazily, so Redis need not be up yet.
+    /// A store for `config`; connects in the background, so Redis need not be up yet.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
-        let client = client(config)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
         Ok(RedisStore {
-            conn,
+            connector: Connector::start(config)?,
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
+            min_replicas_ack: config.min_replicas_ack,
             consume: Script::new(CONSUME_LUA),
             revoke: Script::new(REVOKE_LUA),
         })
@@ -145,18 +108,50 @@ impl RedisStore {
         )
     }
 
+    fn conn(&self) -> Result<Conn, StoreError> {
+        self.connector
+            .get()
+            .ok_or_else(|| StoreError::Unavailable("not connected to Redis yet".into()))
+    }
+
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Ok(Err(e)) => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                    // A demoted master: ask the sentinels where the master is now.
+                    self.connector.master_moved();
+                }
+                Err(StoreError::Unavailable(e.to_string()))
+            }
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no answer within {} ms",
                 self.timeout.as_millis()
             ))),
         }
+    }
+
+    /// With `--min-replicas-ack N`, waits (bounded) until N replicas acknowledged the writes
+    /// made so far on `conn` (issue, consume, revoke); fewer means success cannot be promised.
+    async fn replicated(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        if self.min_replicas_ack == 0 {
+            return Ok(());
+        }
+        let wait_ms = (self.timeout.as_millis() as u64 * 3 / 4).max(1);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.min_replicas_ack).arg(wait_ms);
+        let acked: i64 = self.bounded(wait.query_async(conn)).await?;
+        if acked < i64::from(self.min_replicas_ack) {
+            return Err(StoreError::Unavailable(format!(
+                "applied on the master but acknowledged by {acked} of {} replicas in time; \
+                 the outcome is unknown until a retry with the same idempotency key",
+                self.min_replicas_ack
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -186,7 +181,7 @@ impl Store for RedisStore {
         now: i64,
         ttl_seconds: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let value = Record::issued(sig.fingerprint, now).encode();
         let mut set = redis::cmd("SET");
         set.arg(self.record_key(&sig))
@@ -194,14 +189,20 @@ impl Store for RedisStore {
             .arg("NX")
             .arg("EX")
             .arg(ttl_seconds.max(1));
-        Ok(self
+        let inserted = self
             .bounded(set.query_async::<Option<String>>(&mut conn))
             .await?
-            .is_some())
+            .is_some();
+        if inserted {
+            // A record only the old master had would vanish in a failover, and a legitimate
+            // upload would then be refused: with --min-replicas-ack, issue waits too.
+            self.replicated(&mut conn).await?;
+        }
+        Ok(inserted)
     }
 
     async fn status(&self, sig: Signature<'_>) -> Result<Status, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let mut get = redis::cmd("GET");
         get.arg(self.record_key(&sig));
         let text = self
@@ -219,31 +220,37 @@ impl Store for RedisStore {
         now: i64,
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let mut call = self.consume.key(self.record_key(&sig));
         call.arg(sig.fingerprint)
             .arg(now)
             .arg(idempotency_token(idempotency_key));
         let reply: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
         if reply.first().map(String::as_str) == Some("ok") {
-            let at = reply.get(1).and_then(|s| s.parse().ok());
-            return at.map(|at| ConsumeOutcome::Consumed { at }).ok_or_else(|| {
+            let at = reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
                 StoreError::Unavailable(format!("unexpected script reply {reply:?}"))
-            });
+            })?;
+            // Also on an idempotent repeat: success is only promised once replicated.
+            self.replicated(&mut conn).await?;
+            return Ok(ConsumeOutcome::Consumed { at });
         }
         scripted_status(&reply).map(ConsumeOutcome::Refused)
     }
 
     async fn revoke(&self, sig: Signature<'_>, now: i64) -> Result<Status, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let mut call = self.revoke.key(self.record_key(&sig));
         call.arg(sig.fingerprint).arg(now);
         let reply: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
-        scripted_status(&reply)
+        let before = scripted_status(&reply)?;
+        if before == Status::Issued {
+            self.replicated(&mut conn).await?;
+        }
+        Ok(before)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let ping = redis::cmd("PING");
         self.bounded(ping.query_async::<String>(&mut conn))
             .await

@@ -4,6 +4,7 @@
 
 pub mod pki;
 pub mod proxy;
+pub mod topology;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -104,8 +105,13 @@ impl RedisServer {
     /// Starts a Redis with extra server arguments (appended, so they override), reached by
     /// `redis-cli` with `cli_args` (for TLS, credentials).
     pub fn start_configured(extra_args: &[&str], cli_args: &[&str]) -> RedisServer {
+        RedisServer::start_configured_on(free_port(), extra_args, cli_args)
+    }
+
+    /// [`RedisServer::start_configured`] on a given port.
+    pub fn start_configured_on(port: u16, extra_args: &[&str], cli_args: &[&str]) -> RedisServer {
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
             persistent: false,
@@ -229,6 +235,8 @@ pub fn key_ring() -> KeyRing {
 pub enum Backend {
     Memory,
     Redis,
+    /// A 3-master Redis Cluster.
+    Cluster,
 }
 
 /// A vod-signer served in this process on a free port.
@@ -236,6 +244,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub redis: Option<RedisServer>,
     pub metrics: Arc<vod_signer::metrics::Metrics>,
+    pub cluster: Option<topology::RedisCluster>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -265,6 +274,16 @@ impl TestServer {
                 let redis = RedisServer::start();
                 let store = Arc::new(redis_store(&redis.url(), "vodsigner:"));
                 TestServer::start_on(store, Some(redis), settings).await
+            }
+            Backend::Cluster => {
+                let cluster =
+                    tokio::task::spawn_blocking(|| topology::RedisCluster::start(3, false))
+                        .await
+                        .unwrap();
+                let store = Arc::new(redis_store(&cluster.url(), "vodsigner:"));
+                let mut server = TestServer::start_on(store, None, settings).await;
+                server.cluster = Some(cluster);
+                server
             }
         }
     }
@@ -299,6 +318,7 @@ impl TestServer {
             addr,
             redis,
             metrics,
+            cluster: None,
             stop: Some(tx),
             task: Some(task),
         };
@@ -447,6 +467,34 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
         let (name, value) = line.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok()).flatten()
     })
+}
+
+/// Consumes with one idempotency key, retrying while the store is unavailable (up to
+/// `within`): the success (its `consumed_at`) or the final refusal.
+pub async fn consume_retrying(
+    client: &mut SignatureServiceClient<Channel>,
+    signature: &str,
+    key: &str,
+    within: Duration,
+) -> Result<i64, Reason> {
+    let deadline = Instant::now() + within;
+    loop {
+        let request = vod_signer::proto::ConsumeSignatureRequest {
+            signature: signature.to_owned(),
+            idempotency_key: key.to_owned(),
+            ..Default::default()
+        };
+        match client.consume_signature(request).await {
+            Ok(r) => return Ok(r.into_inner().consumed_at),
+            Err(s) => {
+                let reason = reason_of(&s);
+                if reason != Reason::StoreUnavailable || Instant::now() > deadline {
+                    return Err(reason);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Now, Unix seconds.
