@@ -3,7 +3,7 @@
 //! ```toml
 //! [[caller]]
 //! name = "app-server"
-//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke; consumer: Verify, Consume; admin: all
+//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke, WatchEvents; consumer: Verify, Consume; admin: all
 //! san = ["spiffe://cluster.local/ns/app/sa/app-server"]   # client certificate SANs (DNS or URI)
 //! token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! ```
@@ -31,6 +31,8 @@ pub enum Rpc {
     Consume,
     /// RevokeSignature.
     Revoke,
+    /// WatchEvents.
+    WatchEvents,
 }
 
 impl Rpc {
@@ -41,6 +43,7 @@ impl Rpc {
             Rpc::Verify => "VerifySignature",
             Rpc::Consume => "ConsumeSignature",
             Rpc::Revoke => "RevokeSignature",
+            Rpc::WatchEvents => "WatchEvents",
         }
     }
 }
@@ -49,7 +52,7 @@ impl Rpc {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// App servers: IssueSignature, VerifySignature, RevokeSignature.
+    /// App servers: IssueSignature, VerifySignature, RevokeSignature, WatchEvents.
     Issuer,
     /// Upload gateways: VerifySignature, ConsumeSignature.
     Consumer,
@@ -62,7 +65,11 @@ impl Role {
     pub fn allows(self, rpc: Rpc) -> bool {
         match self {
             Role::Admin => true,
-            Role::Issuer => matches!(rpc, Rpc::Issue | Rpc::Verify | Rpc::Revoke),
+            // The app server issues, and follows the events of what it issued.
+            Role::Issuer => matches!(
+                rpc,
+                Rpc::Issue | Rpc::Verify | Rpc::Revoke | Rpc::WatchEvents
+            ),
             Role::Consumer => matches!(rpc, Rpc::Verify | Rpc::Consume),
         }
     }

@@ -163,6 +163,10 @@ pub struct ServeArgs {
     /// succeeds; without them the call answers STORE_UNAVAILABLE.
     #[arg(long, env = "VOD_SIGNER_MIN_REPLICAS_ACK", default_value_t = 0)]
     pub min_replicas_ack: u32,
+    /// Approximate cap of the `{prefix}events` audit stream; 0 turns events off. With the
+    /// in-memory store, events go to the log instead.
+    #[arg(long, env = "VOD_SIGNER_EVENTS_MAXLEN", default_value_t = 100_000)]
+    pub events_maxlen: u64,
     /// Redis ACL user name.
     #[arg(long, env = "VOD_SIGNER_REDIS_USERNAME")]
     pub redis_username: Option<String>,

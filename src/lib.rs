@@ -6,6 +6,8 @@
 //! - [`signature`]: the codec: sign, parse, verify, clock checks. Knows no gRPC, no store.
 //! - [`keys`]: the SecretKeys, loaded from a keys directory; which one issues.
 //! - [`auth`]: the caller policy: which caller (token or certificate SAN) may call which RPC.
+//! - [`events`]: audit and upload events: the [`events::EventLog`] interface, the log-backed
+//!   one of the in-memory store (Redis Streams live in [`store`]).
 //! - [`store`]: the replay guard's records: the [`store::Store`] interface, Redis and
 //!   in-memory implementations. Knows no gRPC.
 //! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod proto;

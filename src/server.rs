@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::CallerPolicy;
 use crate::config::{LogFormat, RuntimeFlavor, ServeArgs};
+use crate::events::{EventLog, LogEvents, NoEvents};
 use crate::keys::{KeyRing, SharedKeys};
 use crate::metrics::{Instrumented, Metrics, serve_metrics};
 use crate::proto::signature_service_server::SignatureServiceServer;
@@ -53,7 +54,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// What the server needs besides the service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// How often the store is pinged for health.
     pub health_interval: Duration,
@@ -72,6 +73,8 @@ pub struct ServerOptions {
     /// A plaintext port serving only `grpc.health.v1.Health`, for Kubernetes' gRPC probes
     /// (which cannot speak TLS) when the main port does.
     pub health_listen: Option<SocketAddr>,
+    /// Where audit events go (default: nowhere).
+    pub events: Arc<dyn EventLog>,
 }
 
 impl ServerOptions {
@@ -86,6 +89,7 @@ impl ServerOptions {
             tls: None,
             tls_reload_interval: Duration::from_secs(30),
             health_listen: None,
+            events: Arc::new(NoEvents),
         }
     }
 }
@@ -177,6 +181,7 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         tls,
         tls_reload_interval: Duration::from_secs(args.tls_reload_interval),
         health_listen: args.health_listen,
+        events: Arc::new(NoEvents),
     };
     let listener = TcpListener::bind(args.listen)
         .await
@@ -199,6 +204,10 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         Some(url) => {
             let store = Arc::new(RedisStore::new(&redis_config(&args, url)?)?);
             info!(store = "redis", "store configured");
+            let mut options = options;
+            if args.events_maxlen > 0 {
+                options.events = Arc::new(store.events(args.events_maxlen));
+            }
             serve(listener, store, keys, settings, options, shutdown_signal()).await
         }
         None => {
@@ -207,6 +216,10 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
                  signatures are not shared across replicas and are forgotten on restart"
             );
             let store = Arc::new(MemoryStore::new());
+            let mut options = options;
+            if args.events_maxlen > 0 {
+                options.events = Arc::new(LogEvents::new());
+            }
             serve(listener, store, keys, settings, options, shutdown_signal()).await
         }
     }
@@ -439,7 +452,8 @@ pub async fn serve<S: Store>(
         options.policy.clone(),
         settings,
         options.metrics.clone(),
-    );
+    )
+    .with_events(options.events.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(health)

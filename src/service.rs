@@ -14,6 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tracing::{Instrument as _, debug, info};
 
 use crate::auth::{CallerPolicy, Credentials, Rpc};
+use crate::events::{Event, EventKind, EventLog, NoEvents};
 use crate::keys::SharedKeys;
 use crate::metrics::Metrics;
 use crate::proto;
@@ -156,6 +157,7 @@ pub struct Signer<S> {
     settings: Settings,
     in_flight: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
+    events: Arc<dyn EventLog>,
 }
 
 /// The caller policy, swapped on reload; `None` lets every caller call everything.
@@ -178,7 +180,28 @@ impl<S: Store> Signer<S> {
             settings,
             in_flight,
             metrics,
+            events: Arc::new(NoEvents),
         }
+    }
+
+    /// Sends audit events to `events` (by default they are off).
+    pub fn with_events(mut self, events: Arc<dyn EventLog>) -> Signer<S> {
+        self.events = events;
+        self
+    }
+
+    fn publish(&self, kind: EventKind, claims: Option<&Claims>, subject: &str, reason: &str) {
+        self.events.publish(Event {
+            kind,
+            secret_id: claims.map(|c| c.secret_id.clone()).unwrap_or_default(),
+            random: claims.map_or(0, |c| c.random),
+            subject: subject.to_owned(),
+            source_context: claims
+                .and_then(|c| c.policy.source_context.clone())
+                .unwrap_or_default(),
+            reason: reason.to_owned(),
+            time: unix_now(),
+        });
     }
 
     /// Parses and authenticates a signature; its nonce joins the call's log span as soon as
@@ -305,6 +328,7 @@ impl<S: Store> Signer<S> {
                 span.record("secret_id", secret_id);
                 span.record("random", signed.claims.random);
                 debug!(subject = %req.subject, "issued");
+                self.publish(EventKind::Issued, Some(&signed.claims), &req.subject, "");
                 return Ok(proto::IssueSignatureResponse {
                     signature: signed.signature,
                     claims: Some(claims_to_proto(signed.claims)),
@@ -348,6 +372,27 @@ impl<S: Store> Signer<S> {
         &self,
         req: proto::ConsumeSignatureRequest,
     ) -> Result<proto::ConsumeSignatureResponse, Refusal> {
+        let result = self.consume_checked(&req).await;
+        match &result {
+            Ok(_) => {}
+            Err(refusal) => {
+                // The nonce it claimed, when it parses at all (a second parse, on refusals only).
+                let claims = signature::parse(&req.signature).ok().map(|p| p.claims);
+                self.publish(
+                    EventKind::ConsumeRefused,
+                    claims.as_ref(),
+                    "",
+                    refusal.reason.as_str(),
+                );
+            }
+        }
+        result
+    }
+
+    async fn consume_checked(
+        &self,
+        req: &proto::ConsumeSignatureRequest,
+    ) -> Result<proto::ConsumeSignatureResponse, Refusal> {
         if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
             return Err(Refusal::invalid(format!(
                 "idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
@@ -379,10 +424,13 @@ impl<S: Store> Signer<S> {
             .consume(record(&parsed, &fp), unix_now(), &req.idempotency_key)
             .await?
         {
-            ConsumeOutcome::Consumed { at } => Ok(proto::ConsumeSignatureResponse {
-                claims: Some(claims_to_proto(parsed.claims)),
-                consumed_at: at,
-            }),
+            ConsumeOutcome::Consumed { at } => {
+                self.publish(EventKind::Consumed, Some(&parsed.claims), "", "");
+                Ok(proto::ConsumeSignatureResponse {
+                    claims: Some(claims_to_proto(parsed.claims)),
+                    consumed_at: at,
+                })
+            }
             ConsumeOutcome::Refused(status) => Err(refusal_for(status)),
         }
     }
@@ -402,6 +450,9 @@ impl<S: Store> Signer<S> {
                     .await?,
             ),
         };
+        if previous == proto::SignatureState::Issued {
+            self.publish(EventKind::Revoked, Some(&parsed.claims), "", "");
+        }
         Ok(proto::RevokeSignatureResponse {
             previous_state: previous as i32,
         })
@@ -557,8 +608,55 @@ fn answer<T>(result: Result<T, Refusal>) -> Result<Response<T>, Status> {
     }
 }
 
+fn event_to_proto(id: String, e: Event) -> proto::Event {
+    let kind = match e.kind {
+        EventKind::Issued => proto::EventKind::Issued,
+        EventKind::Consumed => proto::EventKind::Consumed,
+        EventKind::Revoked => proto::EventKind::Revoked,
+        EventKind::ConsumeRefused => proto::EventKind::ConsumeRefused,
+    };
+    proto::Event {
+        id,
+        kind: kind as i32,
+        secret_id: e.secret_id,
+        random: e.random,
+        subject: e.subject,
+        source_context: e.source_context,
+        reason: e.reason,
+        time: e.time,
+    }
+}
+
+/// The stream WatchEvents answers with.
+pub type EventProtoStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Event, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl<S: Store> SignatureService for Signer<S> {
+    type WatchEventsStream = EventProtoStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<proto::WatchEventsRequest>,
+    ) -> Result<Response<EventProtoStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        let started = std::time::Instant::now();
+        let opened = self.authorize(Rpc::WatchEvents, &request).and_then(|()| {
+            let req = request.into_inner();
+            let stream = self.events.watch(&req.start_id).map_err(Refusal::invalid)?;
+            let kinds = req.kinds;
+            let stream = stream
+                .map(|(id, e)| event_to_proto(id, e))
+                .filter(move |e| kinds.is_empty() || kinds.contains(&e.kind))
+                .map(Ok);
+            Ok(Box::pin(stream) as EventProtoStream)
+        });
+        let outcome = opened.as_ref().map_or_else(|r| r.reason.as_str(), |_| "ok");
+        self.metrics
+            .request("WatchEvents", outcome, started.elapsed());
+        answer(opened)
+    }
+
     async fn issue_signature(
         &self,
         request: Request<proto::IssueSignatureRequest>,

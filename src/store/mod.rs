@@ -10,11 +10,13 @@
 //! The store knows nothing of gRPC; it reports outcomes, and the service decides what they
 //! mean for the caller.
 
+mod events;
 mod memory;
 mod record;
 mod redis;
 mod topology;
 
+pub use self::events::RedisEvents;
 pub use self::memory::MemoryStore;
 pub use self::record::{Record, State};
 pub use self::redis::{RedisConfig, RedisStore};

@@ -100,6 +100,17 @@ impl RedisStore {
         })
     }
 
+    /// The audit event stream `{prefix}events`, capped at about `maxlen` entries, written
+    /// through this store's connection.
+    pub fn events(&self, maxlen: u64) -> super::RedisEvents {
+        super::RedisEvents::start(
+            self.connector.clone(),
+            format!("{}events", self.prefix),
+            maxlen,
+            self.timeout,
+        )
+    }
+
     /// The Redis key of a signature's record.
     pub fn record_key(&self, sig: &Signature<'_>) -> String {
         format!(

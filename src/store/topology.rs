@@ -162,6 +162,7 @@ impl ConnectionLike for Conn {
 }
 
 /// Keeps a connection to Redis up: what the store's calls use.
+#[derive(Clone)]
 pub struct Connector {
     current: Arc<ArcSwapOption<Conn>>,
     /// Wakes the sentinel watcher at once (a `READONLY` reply means the master moved).
