@@ -167,6 +167,22 @@ pub struct ServeArgs {
     /// in-memory store, events go to the log instead.
     #[arg(long, env = "VOD_SIGNER_EVENTS_MAXLEN", default_value_t = 100_000)]
     pub events_maxlen: u64,
+    /// Issuance quota per end user (`subject`), e.g. `20/1h` (N per 30s, 1m, 1h, 1d...).
+    #[arg(long, env = "VOD_SIGNER_QUOTA_PER_SUBJECT", value_name = "N/PERIOD")]
+    pub quota_per_subject: Option<String>,
+    /// A second, shorter per-subject quota against bursts, e.g. `5/1m`.
+    #[arg(
+        long,
+        env = "VOD_SIGNER_QUOTA_PER_SUBJECT_BURST",
+        value_name = "N/PERIOD"
+    )]
+    pub quota_per_subject_burst: Option<String>,
+    /// Issuance quota per SecretId (all subjects together), e.g. `100000/1d`.
+    #[arg(long, env = "VOD_SIGNER_QUOTA_PER_SECRET_ID", value_name = "N/PERIOD")]
+    pub quota_per_secret_id: Option<String>,
+    /// Let requests without `subject` skip the per-subject quotas (default: refuse them).
+    #[arg(long, env = "VOD_SIGNER_QUOTA_ALLOW_MISSING_SUBJECT")]
+    pub quota_allow_missing_subject: bool,
     /// Redis ACL user name.
     #[arg(long, env = "VOD_SIGNER_REDIS_USERNAME")]
     pub redis_username: Option<String>,
@@ -207,6 +223,24 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The quotas the flags ask for.
+    pub fn quotas(&self) -> Result<Vec<crate::quota::Quota>, String> {
+        use crate::quota::{Quota, Scope};
+        let flags = [
+            (Scope::Subject, "subject", &self.quota_per_subject),
+            (
+                Scope::Subject,
+                "subject-burst",
+                &self.quota_per_subject_burst,
+            ),
+            (Scope::SecretId, "secret-id", &self.quota_per_secret_id),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(scope, name, text)| text.as_deref().map(|t| Quota::parse(scope, name, t)))
+            .collect()
+    }
+
     /// The metrics address, or None when `--metrics-listen off`.
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
         match self.metrics_listen.trim() {

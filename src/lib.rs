@@ -8,6 +8,7 @@
 //! - [`auth`]: the caller policy: which caller (token or certificate SAN) may call which RPC.
 //! - [`events`]: audit and upload events: the [`events::EventLog`] interface, the log-backed
 //!   one of the in-memory store (Redis Streams live in [`store`]).
+//! - [`quota`]: issuance quotas per subject and per SecretId (GCRA arithmetic, keys).
 //! - [`store`]: the replay guard's records: the [`store::Store`] interface, Redis and
 //!   in-memory implementations. Knows no gRPC.
 //! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
@@ -27,6 +28,7 @@ pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod proto;
+pub mod quota;
 pub mod reason;
 pub mod server;
 pub mod service;

@@ -15,7 +15,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::store::{ConsumeOutcome, Signature, Status, Store, StoreError};
+use crate::quota::Charge;
+use crate::store::{ConsumeOutcome, QuotaOutcome, Signature, Status, Store, StoreError};
 
 /// Buckets of RPC latency, seconds: 100 µs to ~3 s.
 const REQUEST_BUCKETS: [f64; 16] = [
@@ -229,6 +230,13 @@ impl<S: Store> Store for Instrumented<S> {
         let started = Instant::now();
         let result = self.inner.revoke(sig, now).await;
         self.metrics.store_call("revoke", started, &result);
+        result
+    }
+
+    async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.charge_quotas(group).await;
+        self.metrics.store_call("quota", started, &result);
         result
     }
 

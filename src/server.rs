@@ -171,6 +171,8 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         max_ttl: args.max_ttl,
         leeway: args.leeway,
         max_concurrent_calls: args.max_concurrent_calls,
+        quotas: args.quotas()?,
+        allow_missing_subject: args.quota_allow_missing_subject,
     };
     let options = ServerOptions {
         health_interval: Duration::from_millis(args.health_interval_ms),

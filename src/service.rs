@@ -19,9 +19,10 @@ use crate::keys::SharedKeys;
 use crate::metrics::Metrics;
 use crate::proto;
 use crate::proto::signature_service_server::SignatureService;
+use crate::quota::{self, Quota, Scope};
 use crate::reason::Reason;
 use crate::signature::{self, Claims, Parsed, SignRequest, SignatureError, UploadPolicy};
-use crate::store::{self, ConsumeOutcome, RecordKey, Store, StoreError};
+use crate::store::{self, ConsumeOutcome, QuotaOutcome, RecordKey, Store, StoreError};
 
 /// Domain of every `google.rpc.ErrorInfo` this service sends.
 pub const ERROR_DOMAIN: &str = "vodsigner";
@@ -39,6 +40,11 @@ pub struct Refusal {
     pub reason: Reason,
     /// What went wrong, for a person; never a key or a whole signature.
     pub message: String,
+    /// When a retry could succeed (quotas); sent as `google.rpc.RetryInfo` and in the
+    /// ErrorInfo metadata (`retry_after_ms`).
+    pub retry_after: Option<Duration>,
+    /// Extra ErrorInfo metadata.
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
@@ -47,6 +53,21 @@ impl Refusal {
         Refusal {
             reason,
             message: message.into(),
+            retry_after: None,
+            metadata: Vec::new(),
+        }
+    }
+
+    /// A quota refusal: `RATE_LIMITED`, with when to retry.
+    pub fn rate_limited(quota: &str, retry_after: Duration) -> Refusal {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        Refusal {
+            retry_after: Some(retry_after),
+            metadata: vec![("quota", quota.to_owned())],
+            ..Refusal::new(
+                Reason::RateLimited,
+                format!("the {quota} quota is used up; retry in {seconds} s"),
+            )
         }
     }
 
@@ -102,8 +123,18 @@ pub fn grpc_code(reason: Reason) -> Code {
 
 impl From<Refusal> for Status {
     fn from(r: Refusal) -> Status {
-        let details =
-            ErrorDetails::with_error_info(r.reason.as_str(), ERROR_DOMAIN, HashMap::new());
+        let mut metadata: HashMap<String, String> = r
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        if let Some(after) = r.retry_after {
+            metadata.insert("retry_after_ms".into(), after.as_millis().to_string());
+        }
+        let mut details = ErrorDetails::with_error_info(r.reason.as_str(), ERROR_DOMAIN, metadata);
+        if let Some(after) = r.retry_after {
+            details.set_retry_info(Some(after));
+        }
         Status::with_error_details(
             grpc_code(r.reason),
             format!("{}: {}", r.reason, r.message),
@@ -129,6 +160,11 @@ pub struct Settings {
     pub leeway: u64,
     /// Calls served at once; more are shed with `RATE_LIMITED` rather than queued.
     pub max_concurrent_calls: usize,
+    /// Issuance quotas.
+    pub quotas: Vec<Quota>,
+    /// Whether a request without `subject` may skip the per-subject quotas (else it is
+    /// refused with `INVALID_REQUEST` while one is on).
+    pub allow_missing_subject: bool,
 }
 
 impl Default for Settings {
@@ -138,6 +174,8 @@ impl Default for Settings {
             max_ttl: signature::MAX_VALIDITY_SECONDS as u64,
             leeway: 60,
             max_concurrent_calls: 1024,
+            quotas: Vec::new(),
+            allow_missing_subject: false,
         }
     }
 }
@@ -301,6 +339,7 @@ impl<S: Store> Signer<S> {
             )
         })?;
 
+        self.charge_quotas(&req.subject, secret_id).await?;
         let now = unix_now();
         let record_ttl = ttl.saturating_add(self.settings.leeway);
         for _ in 0..MAX_NONCE_TRIES {
@@ -344,6 +383,31 @@ impl<S: Store> Signer<S> {
             Reason::StoreUnavailable,
             format!("no free nonce after {MAX_NONCE_TRIES} tries; nothing was issued"),
         ))
+    }
+
+    /// Charges the issuance quotas; a request over one is refused with `RATE_LIMITED`.
+    async fn charge_quotas(&self, subject: &str, secret_id: &str) -> Result<(), Refusal> {
+        let quotas = &self.settings.quotas;
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let subject = (!subject.is_empty()).then_some(subject);
+        if subject.is_none()
+            && !self.settings.allow_missing_subject
+            && quotas.iter().any(|q| q.scope == Scope::Subject)
+        {
+            return Err(Refusal::invalid(
+                "subject is required: a per-subject quota is on",
+            ));
+        }
+        for group in quota::charges(quotas, subject, secret_id) {
+            if let QuotaOutcome::Refused { name, retry_after } =
+                self.store.charge_quotas(&group).await?
+            {
+                return Err(Refusal::rate_limited(name, retry_after));
+            }
+        }
+        Ok(())
     }
 
     /// VerifySignature: checks the signature and reports its state; changes nothing.

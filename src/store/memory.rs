@@ -9,7 +9,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{ConsumeOutcome, Record, Signature, Status, Store, StoreError, idempotency_token};
+use super::{
+    ConsumeOutcome, QuotaOutcome, Record, Signature, Status, Store, StoreError, idempotency_token,
+};
+use crate::quota::{Charge, gcra};
 
 const SHARDS: usize = 16;
 
@@ -48,6 +51,8 @@ impl Shard {
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
+    /// Quota key → (GCRA TAT in Unix ms, when it may be forgotten).
+    quotas: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Default for MemoryStore {
@@ -62,6 +67,7 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            quotas: Mutex::default(),
         }
     }
 
@@ -135,6 +141,34 @@ impl Store for MemoryStore {
         Ok(self.with_record(sig, |r| {
             r.map_or(Status::NotIssued, |r| r.revoke(sig.fingerprint, now))
         }))
+    }
+
+    async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        if quotas.len() > 1024 {
+            // Keys whose TAT has passed hold no information any more.
+            quotas.retain(|_, (_, forget_at)| *forget_at > now);
+        }
+        let mut next = Vec::with_capacity(group.len());
+        for charge in group {
+            let tat = quotas.get(&charge.key).map_or(0, |(tat, _)| *tat);
+            match gcra(tat, now, charge.interval_ms, charge.tolerance_ms) {
+                Ok(new_tat) => next.push(new_tat),
+                Err(wait_ms) => {
+                    return Ok(QuotaOutcome::Refused {
+                        name: charge.name,
+                        retry_after: Duration::from_millis(wait_ms),
+                    });
+                }
+            }
+        }
+        for (charge, tat) in group.iter().zip(next) {
+            quotas.insert(charge.key.clone(), (tat, tat));
+        }
+        Ok(QuotaOutcome::Allowed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -24,6 +24,7 @@ pub use self::topology::Topology;
 
 use std::future::Future;
 
+use crate::quota::Charge;
 use crate::reason::Reason;
 
 /// Names one record: a signature's SecretId and nonce.
@@ -64,6 +65,20 @@ pub enum ConsumeOutcome {
     },
     /// Refused: the record was not in the `issued` state.
     Refused(Status),
+}
+
+/// The outcome of [`Store::charge_quotas`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    /// Every quota had room; all were charged.
+    Allowed,
+    /// This quota is exhausted; nothing was charged.
+    Refused {
+        /// Which quota.
+        name: &'static str,
+        /// When the next issue would be allowed.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// What one signature's record operations need to know about it.
@@ -120,6 +135,13 @@ pub trait Store: Send + Sync + 'static {
         sig: Signature<'_>,
         now: i64,
     ) -> impl Future<Output = Result<Status, StoreError>> + Send;
+
+    /// Charges every quota of `group` in one atomic step, all or nothing (SPEC section 6
+    /// quotas; GCRA, see `crate::quota`).
+    fn charge_quotas(
+        &self,
+        group: &[Charge],
+    ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
 
     /// Whether the store answers now.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -14,7 +14,10 @@ use redis::Script;
 
 use super::topology::{Conn, Connector};
 
-use super::{ConsumeOutcome, Record, Signature, Status, Store, StoreError, idempotency_token};
+use super::{
+    ConsumeOutcome, QuotaOutcome, Record, Signature, Status, Store, StoreError, idempotency_token,
+};
+use crate::quota::Charge;
 
 /// Consume: `issued` becomes `consumed` keeping the expiry; a repeat with the same
 /// idempotency token answers the same success. Returns `{outcome, at}`.
@@ -42,6 +45,27 @@ if state == 'issued' then
   return {'issued', ARGV[2]}
 end
 return {state, changed}
+"#;
+
+/// Quotas (GCRA, see `crate::quota`): checks every key of the group with the server's clock,
+/// and charges them all only if every one has room. Returns `{0, 0}` or `{index, wait_ms}`.
+const QUOTA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local new = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  if now < allow_at then return {i, allow_at - now} end
+  new[i] = tat + interval
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%d', new[i]), 'PX', string.format('%d', new[i] - now))
+end
+return {0, 0}
 "#;
 
 /// How to reach Redis.
@@ -85,6 +109,7 @@ pub struct RedisStore {
     min_replicas_ack: u32,
     consume: Script,
     revoke: Script,
+    quota: Script,
 }
 
 impl RedisStore {
@@ -97,6 +122,7 @@ impl RedisStore {
             min_replicas_ack: config.min_replicas_ack,
             consume: Script::new(CONSUME_LUA),
             revoke: Script::new(REVOKE_LUA),
+            quota: Script::new(QUOTA_LUA),
         })
     }
 
@@ -258,6 +284,23 @@ impl Store for RedisStore {
             self.replicated(&mut conn).await?;
         }
         Ok(before)
+    }
+
+    async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
+        let mut conn = self.conn()?;
+        let mut call = self.quota.prepare_invoke();
+        for charge in group {
+            call.key(format!("{}{}", self.prefix, charge.key));
+            call.arg(charge.interval_ms).arg(charge.tolerance_ms);
+        }
+        let (index, wait_ms): (usize, u64) = self.bounded(call.invoke_async(&mut conn)).await?;
+        match index.checked_sub(1).and_then(|i| group.get(i)) {
+            None => Ok(QuotaOutcome::Allowed),
+            Some(charge) => Ok(QuotaOutcome::Refused {
+                name: charge.name,
+                retry_after: Duration::from_millis(wait_ms),
+            }),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

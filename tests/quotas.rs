@@ -1,0 +1,276 @@
+//! Issuance quotas per subject and per SecretId, on the in-memory store and on Redis: exact
+//! counts, rolling windows, racing issuers, two replicas sharing one quota, Redis down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tonic_types::StatusExt as _;
+use vod_signer::proto::{IssueSignatureRequest, RevokeSignatureRequest};
+use vod_signer::quota::{Quota, Scope};
+use vod_signer::reason::Reason;
+use vod_signer::service::Settings;
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(super::Backend::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Backend::Redis).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    exact_count_at_the_limit,
+    the_window_rolls_over,
+    subject_is_required,
+    per_secret_id_and_burst_quotas,
+    racing_issuers_never_exceed_the_quota,
+);
+
+fn with_quotas(quotas: &[(Scope, &'static str, &str)]) -> Settings {
+    Settings {
+        quotas: quotas
+            .iter()
+            .map(|(scope, name, q)| Quota::parse(*scope, name, q).unwrap())
+            .collect(),
+        ..Settings::default()
+    }
+}
+
+fn for_subject(subject: &str) -> IssueSignatureRequest {
+    IssueSignatureRequest {
+        subject: subject.into(),
+        ..Default::default()
+    }
+}
+
+async fn exact_count_at_the_limit(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, with_quotas(&[(Scope::Subject, "subject", "5/1h")])).await;
+    let mut client = server.client().await;
+    let mut issued = Vec::new();
+    for _ in 0..5 {
+        issued.push(
+            client
+                .issue_signature(for_subject("alice"))
+                .await
+                .unwrap()
+                .into_inner()
+                .signature,
+        );
+    }
+    let status = client
+        .issue_signature(for_subject("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&status), Reason::RateLimited);
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(
+        info.metadata.get("quota").map(String::as_str),
+        Some("subject")
+    );
+    let wait_ms: u64 = info.metadata["retry_after_ms"].parse().unwrap();
+    assert!(
+        (700_000..=720_000).contains(&wait_ms),
+        "one more every 12 min: {wait_ms}"
+    );
+    assert!(
+        status
+            .get_details_retry_info()
+            .unwrap()
+            .retry_delay
+            .is_some()
+    );
+    // Another subject has its own quota.
+    client.issue_signature(for_subject("bob")).await.unwrap();
+    // The quota is on issuing: revoking what was issued gives nothing back.
+    for signature in issued {
+        client
+            .revoke_signature(RevokeSignatureRequest { signature })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        refused(client.issue_signature(for_subject("alice")).await),
+        Reason::RateLimited
+    );
+}
+
+async fn the_window_rolls_over(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, with_quotas(&[(Scope::Subject, "subject", "3/3s")])).await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        client.issue_signature(for_subject("carol")).await.unwrap();
+    }
+    let status = client
+        .issue_signature(for_subject("carol"))
+        .await
+        .unwrap_err();
+    let wait = status
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    client.issue_signature(for_subject("carol")).await.unwrap();
+    assert_eq!(
+        refused(client.issue_signature(for_subject("carol")).await),
+        Reason::RateLimited
+    );
+    // A whole period of silence brings the whole burst back.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    for _ in 0..3 {
+        client.issue_signature(for_subject("carol")).await.unwrap();
+    }
+}
+
+async fn subject_is_required(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, with_quotas(&[(Scope::Subject, "subject", "5/1h")])).await;
+    let mut client = server.client().await;
+    let status = client
+        .issue_signature(IssueSignatureRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&status), Reason::InvalidRequest);
+    assert!(status.message().contains("subject"), "{}", status.message());
+
+    let lenient = Settings {
+        allow_missing_subject: true,
+        ..with_quotas(&[(Scope::Subject, "subject", "1/1h")])
+    };
+    let server = TestServer::start_with(backend, lenient).await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        client
+            .issue_signature(IssueSignatureRequest::default())
+            .await
+            .unwrap();
+    }
+}
+
+async fn per_secret_id_and_burst_quotas(backend: Backend) {
+    let quotas = [
+        (Scope::Subject, "subject", "100/1h"),
+        (Scope::Subject, "subject-burst", "2/1m"),
+        (Scope::SecretId, "secret-id", "5/1h"),
+    ];
+    let server = TestServer::start_with(backend, with_quotas(&quotas)).await;
+    let mut client = server.client().await;
+    client.issue_signature(for_subject("dave")).await.unwrap();
+    client.issue_signature(for_subject("dave")).await.unwrap();
+    let status = client
+        .issue_signature(for_subject("dave"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.get_details_error_info().unwrap().metadata["quota"],
+        "subject-burst"
+    );
+    for subject in ["erin", "frank", "grace"] {
+        client.issue_signature(for_subject(subject)).await.unwrap();
+    }
+    // Five issued in all for this SecretId.
+    let status = client
+        .issue_signature(for_subject("heidi"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&status), Reason::RateLimited);
+    assert_eq!(
+        status.get_details_error_info().unwrap().metadata["quota"],
+        "secret-id"
+    );
+    // Another key has its own per-SecretId quota.
+    let other = IssueSignatureRequest {
+        secret_id: OTHER_ID.into(),
+        subject: "heidi".into(),
+        ..Default::default()
+    };
+    client.issue_signature(other).await.unwrap();
+}
+
+async fn racing_issuers_never_exceed_the_quota(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        with_quotas(&[(Scope::Subject, "subject", "10/1h")]),
+    )
+    .await;
+    let client = server.client().await;
+    let mut tasks = Vec::new();
+    for _ in 0..48 {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.issue_signature(for_subject("mallory")).await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => assert_eq!(reason_of(&status), Reason::RateLimited),
+        }
+    }
+    assert_eq!(ok, 10);
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_quota_and_redis_down_is_not_unlimited() {
+    let mut redis = RedisServer::start();
+    let keys = keys_dir();
+    let args = ["--redis-url", &redis.url(), "--quota-per-subject", "6/1h"];
+    let a = ServerProcess::start(keys.path(), &args);
+    let b = ServerProcess::start(keys.path(), &args);
+    let (mut ca, mut cb) = (connect(a.addr).await, connect(b.addr).await);
+    for _ in 0..3 {
+        ca.issue_signature(for_subject("trent")).await.unwrap();
+        cb.issue_signature(for_subject("trent")).await.unwrap();
+    }
+    assert_eq!(
+        refused(ca.issue_signature(for_subject("trent")).await),
+        Reason::RateLimited
+    );
+    assert_eq!(
+        refused(cb.issue_signature(for_subject("trent")).await),
+        Reason::RateLimited
+    );
+    let keys_in_redis = redis.cli(&["KEYS", "vodsigner:quota:*"]).unwrap();
+    assert!(
+        keys_in_redis.contains("vodsigner:quota:{s:"),
+        "{keys_in_redis}"
+    );
+
+    redis.stop();
+    let started = Instant::now();
+    assert_eq!(
+        refused(ca.issue_signature(for_subject("victor")).await),
+        Reason::StoreUnavailable
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn bad_quota_flags_stop_the_start() {
+    let keys = keys_dir();
+    let out = serve_command()
+        .arg("--keys-dir")
+        .arg(keys.path())
+        .args(["--active-key", SECRET_ID, "--quota-per-subject", "lots/1h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lots"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
