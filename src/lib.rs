@@ -18,11 +18,13 @@
 //! - [`wire`]: the protobuf codec of the service, refusing undecodable requests with a type.
 //! - [`tls`]: TLS and mTLS on the gRPC port, reloading certificate files as they rotate.
 //! - [`server`]: runs the gRPC server: health, reflection, store health checks, shutdown.
+//! - [`client`]: a typed client (TLS, tokens, deadlines, safe retries) for Rust callers.
 //! - [`config`]: the command line and its `VOD_SIGNER_*` environment variables.
 //! - [`cli`]: the offline subcommands (`issue`, `inspect`).
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod events;
 pub mod keys;

@@ -1,0 +1,173 @@
+//! The typed client: refusals as reasons, safe retries (consume only with its idempotency
+//! key, through a lost reply), TLS with a bearer token.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::pki::Ca;
+use common::proxy::{Fault, FaultProxy};
+use common::*;
+use vod_signer::client::{Client, ClientConfig, ClientError, ClientTls};
+use vod_signer::proto::{IssueSignatureRequest, SignatureState};
+use vod_signer::quota::{Quota, Scope};
+use vod_signer::reason::Reason;
+use vod_signer::service::Settings;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_reasons_and_retries_are_safe() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port).await;
+    let store = Arc::new(redis_store(&proxy.url(), "vodsigner:"));
+    let settings = Settings {
+        quotas: vec![Quota::parse(Scope::Subject, "subject", "100/1h").unwrap()],
+        ..Settings::default()
+    };
+    let server = TestServer::start_on(store, Some(redis), settings).await;
+    let client = Client::connect(ClientConfig::new(format!("http://{}", server.addr))).unwrap();
+
+    let issued = client
+        .issue(IssueSignatureRequest {
+            subject: "u".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sig = issued.signature;
+    assert_eq!(
+        client.verify(&sig).await.unwrap().state,
+        SignatureState::Issued as i32
+    );
+    let warm = client
+        .issue(IssueSignatureRequest {
+            subject: "u".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client.consume(&warm.signature, None, None).await.unwrap(); // loads the script
+
+    // The reply of the first attempt is lost; the client retries with the same key and gets
+    // the success the first attempt earned.
+    proxy.set(Fault::LoseReplies);
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        proxy.set(Fault::Pass);
+        proxy
+    });
+    let consumed = client.consume(&sig, None, Some("upload-77")).await.unwrap();
+    let _proxy = heal.await.unwrap();
+    assert!(consumed.consumed_at > 0);
+    // Any other consumer is refused, with the reason as a type.
+    match client.consume(&sig, None, None).await {
+        Err(ClientError::Refused {
+            reason: Reason::SignatureAlreadyUsed,
+            message,
+            ..
+        }) => {
+            assert!(
+                message.starts_with("signature was consumed at"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        client
+            .consume("garbage", None, None)
+            .await
+            .unwrap_err()
+            .reason(),
+        Some(Reason::SignatureMalformed)
+    );
+    let unknown = client.issue(IssueSignatureRequest {
+        subject: "u".into(),
+        secret_id: "AKIDnone".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        unknown.await.unwrap_err().reason(),
+        Some(Reason::UnknownSecretId)
+    );
+    assert_eq!(
+        client.revoke(&sig).await.unwrap().previous_state,
+        SignatureState::Consumed as i32
+    );
+}
+
+#[tokio::test]
+async fn quota_refusals_carry_when_to_retry() {
+    let settings = Settings {
+        quotas: vec![Quota::parse(Scope::Subject, "subject", "1/1h").unwrap()],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(Backend::Memory, settings).await;
+    let client = Client::connect(ClientConfig::new(format!("http://{}", server.addr))).unwrap();
+    let req = IssueSignatureRequest {
+        subject: "q".into(),
+        ..Default::default()
+    };
+    client.issue(req.clone()).await.unwrap();
+    match client.issue(req).await {
+        Err(ClientError::Refused {
+            reason: Reason::RateLimited,
+            retry_after: Some(after),
+            ..
+        }) => {
+            assert!(after > Duration::from_secs(3000))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tls_and_a_bearer_token() {
+    let ca = Ca::new("client test CA");
+    let files = tempfile::tempdir().unwrap();
+    let leaf = ca.leaf(&["localhost"]);
+    std::fs::write(files.path().join("tls.crt"), &leaf.cert).unwrap();
+    std::fs::write(files.path().join("tls.key"), &leaf.key).unwrap();
+    let digest = vod_signer::auth::token_digest("ops-token-4f1d2a");
+    let policy =
+        format!("[[caller]]\nname = \"ops\"\nroles = [\"admin\"]\ntoken_sha256 = [\"{digest}\"]\n");
+    std::fs::write(files.path().join("policy.toml"), policy).unwrap();
+    let path = |name: &str| files.path().join(name).to_str().unwrap().to_owned();
+    let keys = keys_dir();
+    let args = [
+        "--tls-cert",
+        &path("tls.crt"),
+        "--tls-key",
+        &path("tls.key"),
+        "--caller-policy",
+        &path("policy.toml"),
+    ];
+    let server = ServerProcess::start(keys.path(), &args);
+    let tls = ClientTls {
+        ca_pem: Some(ca.pem()),
+        identity: None,
+        domain: Some("localhost".into()),
+    };
+    let endpoint = format!("https://localhost:{}", server.addr.port());
+    let config = ClientConfig {
+        tls: Some(tls),
+        ..ClientConfig::new(endpoint)
+    };
+    let anonymous = Client::connect(config.clone()).unwrap();
+    let err = anonymous
+        .issue(IssueSignatureRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some(Reason::CallerUnauthenticated));
+    let ops = Client::connect(ClientConfig {
+        token: Some("ops-token-4f1d2a".into()),
+        ..config
+    })
+    .unwrap();
+    let sig = ops
+        .issue(IssueSignatureRequest::default())
+        .await
+        .unwrap()
+        .signature;
+    ops.consume(&sig, None, None).await.unwrap();
+}
