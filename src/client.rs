@@ -106,8 +106,9 @@ impl ClientError {
         }
     }
 
-    /// Whether the outcome is unknown or transient: retrying may succeed.
-    fn retryable(&self) -> bool {
+    /// Whether the outcome is unknown or transient, so a retry may succeed (for consume: with
+    /// the same idempotency key); otherwise the refusal is final.
+    pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Refused { reason, .. } => *reason == Reason::StoreUnavailable,
             ClientError::Failed { code, .. } => matches!(
@@ -240,7 +241,7 @@ impl Client {
                 }),
             };
             match result {
-                Err(e) if e.retryable() && attempt < self.attempts => {
+                Err(e) if e.is_retryable() && attempt < self.attempts => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
