@@ -32,6 +32,11 @@ pub const MAX_VALIDITY_SECONDS: i64 = 7_776_000;
 pub const MAX_SOURCE_CONTEXT: usize = 250;
 /// Longest `sessionContext`, in bytes.
 pub const MAX_SESSION_CONTEXT: usize = 1000;
+/// Longest `procedure` name, in bytes (a cap of vod-signer's, so every valid policy signs
+/// into a signature the parser accepts).
+pub const MAX_PROCEDURE: usize = 1000;
+/// Longest `storageRegion`, in bytes.
+pub const MAX_STORAGE_REGION: usize = 64;
 /// Longest signature the parser looks at; a real one is a few hundred bytes, at most a few KiB.
 pub const MAX_SIGNATURE_LEN: usize = 16 * 1024;
 /// Longest SecretId (SPEC section 5).
@@ -113,6 +118,8 @@ impl UploadPolicy {
                 return Err(PolicyError::NeedsProcedure("taskNotifyMode"));
             }
         }
+        check_len("procedure", &self.procedure, MAX_PROCEDURE)?;
+        check_len("storageRegion", &self.storage_region, MAX_STORAGE_REGION)?;
         check_len("sourceContext", &self.source_context, MAX_SOURCE_CONTEXT)?;
         check_len("sessionContext", &self.session_context, MAX_SESSION_CONTEXT)?;
         Ok(())
@@ -378,8 +385,9 @@ pub fn parse(signature: &str) -> Result<Parsed, SignatureError> {
     }
     let mut tag = [0u8; TAG_LEN];
     tag.copy_from_slice(&raw[..TAG_LEN]);
-    let original = String::from_utf8(raw[TAG_LEN..].to_vec())
-        .map_err(|_| malformed("the signed text is not UTF-8"))?;
+    let mut raw = raw;
+    raw.drain(..TAG_LEN);
+    let original = String::from_utf8(raw).map_err(|_| malformed("the signed text is not UTF-8"))?;
     let claims = parse_original(original)?;
     Ok(Parsed { tag, claims })
 }
@@ -393,7 +401,7 @@ pub fn parse_original(original: String) -> Result<Claims, SignatureError> {
     let mut one_time = None;
     let mut policy = UploadPolicy::default();
     let mut extra = BTreeMap::new();
-    let mut seen: Vec<String> = Vec::with_capacity(8);
+    let mut seen: u16 = 0;
 
     for pair in original.split('&') {
         let (raw_name, raw_value) = pair
@@ -406,43 +414,60 @@ pub fn parse_original(original: String) -> Result<Claims, SignatureError> {
         }
         let value = decode_component(raw_value)
             .map_err(|_| malformed(format!("parameter {} is badly encoded", printable(&name))))?;
-        if seen.contains(&name) {
+        let bit: u16 = match &*name {
+            "secretId" => 1,
+            "currentTimeStamp" => 1 << 1,
+            "expireTime" => 1 << 2,
+            "random" => 1 << 3,
+            "oneTimeValid" => 1 << 4,
+            "classId" => 1 << 5,
+            "procedure" => 1 << 6,
+            "taskPriority" => 1 << 7,
+            "taskNotifyMode" => 1 << 8,
+            "sourceContext" => 1 << 9,
+            "sessionContext" => 1 << 10,
+            "vodSubAppId" => 1 << 11,
+            "storageRegion" => 1 << 12,
+            "maxFileSize" => 1 << 13,
+            _ => 0,
+        };
+        if (bit != 0 && seen & bit != 0) || (bit == 0 && extra.contains_key(&*name)) {
             return Err(malformed(format!(
                 "parameter {} appears twice",
                 printable(&name)
             )));
         }
-        seen.push(name.clone());
-        match name.as_str() {
+        seen |= bit;
+        match &*name {
             "secretId" => {
                 if !is_valid_secret_id(&value) {
                     return Err(malformed(
                         "secretId is not 1-128 characters of A-Z a-z 0-9 _ -",
                     ));
                 }
-                secret_id = Some(value);
+                secret_id = Some(value.into_owned());
             }
             "currentTimeStamp" => current = Some(number::<i64>(&name, &value)?),
             "expireTime" => expire = Some(number::<i64>(&name, &value)?),
             "random" => random = Some(number::<u32>(&name, &value)?),
             "oneTimeValid" => {
-                one_time = Some(match value.as_str() {
+                one_time = Some(match &*value {
                     "0" => false,
                     "1" => true,
                     _ => return Err(malformed("oneTimeValid must be 0 or 1")),
                 })
             }
             "classId" => policy.class_id = Some(number(&name, &value)?),
-            "procedure" => policy.procedure = Some(value),
+            "procedure" => policy.procedure = Some(value.into_owned()),
             "taskPriority" => policy.task_priority = Some(number(&name, &value)?),
-            "taskNotifyMode" => policy.task_notify_mode = Some(value),
-            "sourceContext" => policy.source_context = Some(value),
-            "sessionContext" => policy.session_context = Some(value),
+            "taskNotifyMode" => policy.task_notify_mode = Some(value.into_owned()),
+            "sourceContext" => policy.source_context = Some(value.into_owned()),
+            "sessionContext" => policy.session_context = Some(value.into_owned()),
             "vodSubAppId" => policy.vod_sub_app_id = Some(number(&name, &value)?),
-            "storageRegion" => policy.storage_region = Some(value),
+            "storageRegion" => policy.storage_region = Some(value.into_owned()),
             "maxFileSize" => policy.max_file_size = Some(number(&name, &value)?),
             _ => {
-                extra.insert(name, value);
+                extra.insert(name.into_owned(), value.into_owned());
             }
         }
     }

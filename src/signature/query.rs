@@ -40,10 +40,10 @@ pub enum DecodeError {
 }
 
 /// Decodes one query component: `%XX` escapes and `+` as space; the result must be UTF-8.
-pub fn decode_component(raw: &str) -> Result<String, DecodeError> {
+pub fn decode_component(raw: &str) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
     // Fast path: nothing to decode (the common case for issued signatures' numeric fields).
     if !raw.bytes().any(|b| b == b'%' || b == b'+') {
-        return Ok(raw.to_owned());
+        return Ok(std::borrow::Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -69,7 +69,9 @@ pub fn decode_component(raw: &str) -> Result<String, DecodeError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| DecodeError::NotUtf8)
+    String::from_utf8(out)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| DecodeError::NotUtf8)
 }
 
 fn hex_value(b: u8) -> Option<u8> {
