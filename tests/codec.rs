@@ -105,7 +105,7 @@ fn valid_policy() -> impl Strategy<Value = UploadPolicy> {
         proptest::option::of(text(260, signature::MAX_SOURCE_CONTEXT)),
         proptest::option::of(text(1010, signature::MAX_SESSION_CONTEXT)),
         proptest::option::of(any::<u64>()),
-        proptest::option::of(text(30, 120)),
+        proptest::option::of(text(30, signature::MAX_STORAGE_REGION)),
         proptest::option::of(any::<u64>()),
     )
         .prop_map(

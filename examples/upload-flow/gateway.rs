@@ -205,7 +205,11 @@ async fn upload(
     let name = headers
         .get(FILE_NAME_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| vod_signer::signature::decode_component(v).ok())
+        .and_then(|v| {
+            vod_signer::signature::decode_component(v)
+                .ok()
+                .map(|n| n.into_owned())
+        })
         .unwrap_or_else(|| "upload.bin".into());
     // Served back as is only for media types: never text/html from the gateway's origin.
     let content_type = headers
