@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: a request allocates many small buffers, and glibc malloc showed up at 15% of
+/// server CPU in the profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 use vod_signer::config::{Cli, Command};
 use vod_signer::{cli, server};

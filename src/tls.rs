@@ -154,6 +154,8 @@ impl ReloadingAcceptor {
                 if tx.is_closed() {
                     return;
                 }
+                // See server::nodelay: without it every answer waits for a delayed ACK.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = current.load_full();
                 let tx = tx.clone();
                 tokio::spawn(async move {

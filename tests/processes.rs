@@ -281,3 +281,20 @@ fn serve_without_keys_says_what_is_missing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--keys-dir"), "{stderr}");
 }
+
+/// A gRPC answer is several small writes; without TCP_NODELAY each waits ~40 ms for the
+/// client's delayed ACK (Nagle). 20 calls one after another then take ~800 ms instead of a
+/// few; the bound below is 10 times looser than what the fixed server needs on a busy machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_not_held_back_by_nagle() {
+    let keys = keys_dir();
+    let server = ServerProcess::start(keys.path(), &[]);
+    let mut client = connect(server.addr).await;
+    client.issue_signature(IssueSignatureRequest::default()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        client.issue_signature(IssueSignatureRequest::default()).await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(400), "20 calls took {took:?}: is TCP_NODELAY off?");
+}
