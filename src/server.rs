@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
@@ -481,9 +481,7 @@ pub async fn serve<S: Store>(
             let acceptor = ReloadingAcceptor::start(files.clone(), options.tls_reload_interval)?;
             Box::pin(router.serve_with_incoming_shutdown(acceptor.incoming(listener), stop))
         }
-        None => {
-            Box::pin(router.serve_with_incoming_shutdown(nodelay(listener), stop))
-        }
+        None => Box::pin(router.serve_with_incoming_shutdown(nodelay(listener), stop)),
     };
     let mut server = server;
     if let Some(addr) = local {

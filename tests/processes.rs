@@ -290,11 +290,20 @@ async fn answers_are_not_held_back_by_nagle() {
     let keys = keys_dir();
     let server = ServerProcess::start(keys.path(), &[]);
     let mut client = connect(server.addr).await;
-    client.issue_signature(IssueSignatureRequest::default()).await.unwrap();
+    client
+        .issue_signature(IssueSignatureRequest::default())
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     for _ in 0..20 {
-        client.issue_signature(IssueSignatureRequest::default()).await.unwrap();
+        client
+            .issue_signature(IssueSignatureRequest::default())
+            .await
+            .unwrap();
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(400), "20 calls took {took:?}: is TCP_NODELAY off?");
+    assert!(
+        took < Duration::from_millis(400),
+        "20 calls took {took:?}: is TCP_NODELAY off?"
+    );
 }
