@@ -61,7 +61,7 @@ STANDARD_LABELS = {
 }
 SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
-INLINE = {"keys": {"inline": {SECRET_ID: SECRET_KEY}}}
+INLINE = {"keys": {"inline": {SECRET_ID: SECRET_KEY}}, "callerPolicy": {"allowAnyCaller": True}}
 
 PASSED = 0
 FAILED: list[str] = []
@@ -638,7 +638,8 @@ def main() -> int:
     check("NOT FOR PRODUCTION" in values_text, "values.yaml marks redis.internal NOT FOR PRODUCTION")
 
     section("helm lint (Helm v4, strict)")
-    redis_values = {"keys": {"existingSecret": "vod-signer-keys"}, "redis": {"url": "redis://redis:6379/0"}}
+    redis_values = {"keys": {"existingSecret": "vod-signer-keys"}, "redis": {"url": "redis://redis:6379/0"},
+                    "callerPolicy": {"existingSecret": "vod-signer-callers"}}
     lint_sets = {"defaults": {}, "inline, 1 replica": merge(INLINE, {"replicaCount": 1}),
                  "redis.url": redis_values}
     for label, values in lint_sets.items():
@@ -909,6 +910,8 @@ def main() -> int:
         ("autoscaling without Redis", merge(INLINE, {"replicaCount": 1, "autoscaling": {"enabled": True}}),
          "autoscaling.enabled needs a Redis"),
         ("keys.inline and keys.existingSecret", merge(redis_values, INLINE), "are exclusive"),
+        ("no caller policy by default", {"replicaCount": 1, "keys": {"inline": {SECRET_ID: SECRET_KEY}}},
+         "no caller policy"),
         ("redis.url and redis.internal", merge(redis_values, {"redis": {"internal": {"enabled": True}}}), "are exclusive"),
         ("activeKey not among inline keys", merge(INLINE, {"replicaCount": 1, "keys": {"activeKey": "AKIDother"}}),
          "is not one of the keys"),

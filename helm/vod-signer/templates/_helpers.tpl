@@ -202,6 +202,9 @@ Refuses values that would deploy something broken or unsafe, with a message sayi
 {{- if and (or $v.redis.tls.caSecretName $v.redis.tls.clientCertSecretName) (not (hasPrefix "rediss" $v.redis.url)) }}
 {{- fail "redis.tls.* needs a TLS Redis URL: redis.url=rediss://... (or rediss+cluster://...)" }}
 {{- end }}
+{{- if and (not $v.callerPolicy.existingSecret) (not $v.callerPolicy.allowAnyCaller) }}
+{{- fail "no caller policy: set callerPolicy.existingSecret to a Secret holding the policy TOML (who may issue, who may consume), or callerPolicy.allowAnyCaller=true to let every pod that reaches the port call every RPC (for trying it out only)" }}
+{{- end }}
 {{- if and $v.tls.clientCaSecretName (not $v.tls.secretName) }}
 {{- fail "tls.clientCaSecretName (mTLS) needs tls.secretName: the server's own certificate" }}
 {{- end }}
