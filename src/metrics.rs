@@ -61,6 +61,7 @@ pub struct Metrics {
     store_errors: Family<OpLabel, Counter>,
     inflight: Gauge,
     store_up: Gauge,
+    store_records: Gauge,
 }
 
 impl Default for Metrics {
@@ -111,6 +112,12 @@ impl Metrics {
             "1 while the store answers health pings, else 0",
             store_up.clone(),
         );
+        let store_records = Gauge::default();
+        registry.register(
+            "vodsigner_store_records",
+            "Signature records held (in-memory store only: issued, consumed or revoked, not yet expired)",
+            store_records.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
             "vodsigner_build_info",
@@ -130,6 +137,7 @@ impl Metrics {
             store_errors,
             inflight,
             store_up,
+            store_records,
         }
     }
 
@@ -155,6 +163,12 @@ impl Metrics {
         self.request_duration
             .get_or_create(&RpcLabel { rpc })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how many signature records the store holds.
+    pub fn set_store_records(&self, records: usize) {
+        self.store_records
+            .set(records.min(i64::MAX as usize) as i64);
     }
 
     /// Records whether the store answers health pings.
@@ -238,6 +252,10 @@ impl<S: Store> Store for Instrumented<S> {
         let result = self.inner.charge_quotas(group).await;
         self.metrics.store_call("quota", started, &result);
         result
+    }
+
+    fn records(&self) -> Option<usize> {
+        self.inner.records()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -384,6 +384,9 @@ async fn watch_store<S: Store>(
         let result = store.ping().await;
         let ok = result.is_ok();
         metrics.set_store_up(ok);
+        if let Some(records) = store.records() {
+            metrics.set_store_records(records);
+        }
         if serving != Some(ok) {
             match &result {
                 Ok(()) => info!("store answers: health SERVING"),

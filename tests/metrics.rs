@@ -122,3 +122,29 @@ async fn metrics_can_be_turned_off() {
     let log = server.stderr.lock().unwrap().join("\n");
     assert!(!log.contains("serving metrics"), "{log}");
 }
+
+#[tokio::test]
+async fn the_in_memory_store_reports_its_records() {
+    let keys = keys_dir();
+    let server = ServerProcess::start(keys.path(), &[]);
+    let metrics = server.metrics_addr();
+    let mut client = connect(server.addr).await;
+    for _ in 0..3 {
+        client
+            .issue_signature(IssueSignatureRequest::default())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Updated with each health check (every 100 ms in tests).
+        if sample(&scrape(metrics).await, "vodsigner_store_records") == Some(3.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vodsigner_store_records never reached 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -171,6 +171,10 @@ impl Store for MemoryStore {
         Ok(QuotaOutcome::Allowed)
     }
 
+    fn records(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -143,6 +143,12 @@ pub trait Store: Send + Sync + 'static {
         group: &[Charge],
     ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
 
+    /// How many signature records the store holds, where that is cheap to know (the
+    /// in-memory store; Redis shares its key count with other data, so it says `None`).
+    fn records(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the store answers now.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
