@@ -157,7 +157,13 @@ async fn black_holed_redis_answers_within_the_timeout_and_accepts_nothing() {
 async fn slow_redis_within_and_beyond_the_timeout() {
     let (server, proxy) = behind_proxy(Settings::default()).await;
     let mut client = server.client().await;
-    proxy.set(Fault::Delay(Duration::from_millis(60)));
+    // Load the script first, so the slow consume below is one round trip.
+    let warm = issue(&mut client).await;
+    client
+        .consume_signature(consume_with(&warm, ""))
+        .await
+        .unwrap();
+    proxy.set(Fault::Delay(Duration::from_millis(40)));
     let sig = issue(&mut client).await;
     client
         .consume_signature(consume_with(&sig, ""))
@@ -326,19 +332,15 @@ async fn the_callers_deadline_is_respected() {
     let (server, proxy) = behind_proxy(Settings::default()).await;
     let mut client = server.client().await;
     let sig = issue(&mut client).await;
-    proxy.set(Fault::Delay(Duration::from_millis(200)));
+    // Redis answers after 1 s, past the 250 ms store timeout: a server that ignored the
+    // 50 ms deadline would answer STORE_UNAVAILABLE at 250 ms instead of ending the call.
+    proxy.set(Fault::Delay(Duration::from_millis(1000)));
     let mut request = tonic::Request::new(VerifySignatureRequest { signature: sig });
     request.set_timeout(Duration::from_millis(50));
-    let started = Instant::now();
     let status = client.verify_signature(request).await.unwrap_err();
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(180),
-        "took {:?}",
-        started.elapsed()
     );
 }
 

@@ -284,7 +284,7 @@ fn serve_without_keys_says_what_is_missing() {
 
 /// A gRPC answer is several small writes; without TCP_NODELAY each waits ~40 ms for the
 /// client's delayed ACK (Nagle). 20 calls one after another then take ~800 ms instead of a
-/// few; the bound below is 10 times looser than what the fixed server needs on a busy machine.
+/// few; the bound below leaves room for a busy machine and still catches the stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_not_held_back_by_nagle() {
     let keys = keys_dir();
@@ -303,7 +303,7 @@ async fn answers_are_not_held_back_by_nagle() {
     }
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(400),
+        took < Duration::from_millis(600),
         "20 calls took {took:?}: is TCP_NODELAY off?"
     );
 }
