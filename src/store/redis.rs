@@ -158,16 +158,22 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
-                    // A demoted master: ask the sentinels where the master is now.
-                    self.connector.master_moved();
+                let demoted =
+                    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+                if demoted || e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+                    // A demoted master, or a connection that stopped answering: look again
+                    // (sentinels: where the master is; cluster: a fresh connection).
+                    self.connector.refresh();
                 }
                 Err(StoreError::Unavailable(e.to_string()))
             }
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => {
+                self.connector.refresh();
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
         }
     }
 

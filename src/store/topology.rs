@@ -165,7 +165,8 @@ impl ConnectionLike for Conn {
 #[derive(Clone)]
 pub struct Connector {
     current: Arc<ArcSwapOption<Conn>>,
-    /// Wakes the sentinel watcher at once (a `READONLY` reply means the master moved).
+    /// Wakes the sentinel watcher (a `READONLY` reply means the master moved) or the cluster
+    /// keeper (calls keep failing) at once.
     resolve_now: Option<Arc<tokio::sync::Notify>>,
 }
 
@@ -247,28 +248,15 @@ impl Connector {
                     .build()
                     .map_err(|e| format!("bad Redis Cluster settings: {e}"))?;
                 let current = Arc::new(ArcSwapOption::empty());
-                let slot = current.clone();
-                tokio::spawn(async move {
-                    // The cluster client needs the cluster to answer once; until then, retry.
-                    let mut delay = Duration::from_millis(100);
-                    loop {
-                        match client.get_async_connection().await {
-                            Ok(conn) => {
-                                info!("connected to Redis Cluster");
-                                slot.store(Some(Arc::new(Conn::Cluster(conn))));
-                                return;
-                            }
-                            Err(e) => {
-                                warn!("Redis Cluster not reachable yet ({e}); retrying");
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(2));
-                            }
-                        }
-                    }
-                });
+                let notify = Arc::new(tokio::sync::Notify::new());
+                tokio::spawn(keep_cluster_connection(
+                    client,
+                    current.clone(),
+                    notify.clone(),
+                ));
                 Ok(Connector {
                     current,
-                    resolve_now: None,
+                    resolve_now: Some(notify),
                 })
             }
             Topology::Sentinel {
@@ -335,10 +323,44 @@ impl Connector {
         self.current.load().as_deref().cloned()
     }
 
-    /// Tells the connector a reply said the node is no longer the master.
-    pub fn master_moved(&self) {
+    /// Tells the connector a call failed in a way a fresh view of the topology may cure
+    /// (`READONLY` from a demoted master, timeouts, broken connections).
+    pub fn refresh(&self) {
         if let Some(notify) = &self.resolve_now {
             notify.notify_one();
+        }
+    }
+}
+
+/// Connects to the cluster (retrying until it answers), then builds a fresh connection when
+/// told calls keep failing (at most once a second). After a resharding under load the redis
+/// crate's cluster connection was seen timing out every call for 20 s and more; a new one
+/// reads the slot map afresh and works at once.
+async fn keep_cluster_connection(
+    client: redis::cluster::ClusterClient,
+    current: Arc<ArcSwapOption<Conn>>,
+    rebuild: Arc<tokio::sync::Notify>,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.get_async_connection().await {
+            Ok(conn) => {
+                let first = current.load().is_none();
+                current.store(Some(Arc::new(Conn::Cluster(conn))));
+                if first {
+                    info!("connected to Redis Cluster");
+                } else {
+                    info!("reconnected to Redis Cluster after failing calls");
+                }
+                delay = Duration::from_millis(100);
+                rebuild.notified().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                warn!("Redis Cluster not reachable ({e}); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }
