@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::reason::Reason;
 
@@ -147,10 +146,7 @@ pub struct CallerPolicy {
 
 /// SHA-256 of a token, lower-case hex: the form the policy file stores.
 pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::digest::sha256_hex(token.as_bytes(), 32)
 }
 
 impl CallerPolicy {

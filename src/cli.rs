@@ -70,7 +70,7 @@ pub fn inspect(args: &InspectArgs) -> Result<String, String> {
     }
     let parsed =
         signature::parse(input.trim()).map_err(|e| format!("not a valid signature: {e}"))?;
-    let tag: String = parsed.tag.iter().map(|b| format!("{b:02x}")).collect();
+    let tag = crate::digest::hex(&parsed.tag);
     let out = json!({ "claims": parsed.claims, "tag_hex": tag, "verified": false });
     Ok(serde_json::to_string_pretty(&out).expect("claims serialize"))
 }

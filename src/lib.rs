@@ -4,6 +4,7 @@
 //!
 //! - [`reason`]: the refusal reasons of the contract (SPEC section 3), shared by all layers.
 //! - [`signature`]: the codec: sign, parse, verify, clock checks. Knows no gRPC, no store.
+//! - [`digest`]: hex and short SHA-256 fingerprints, shared by records, quotas and callers.
 //! - [`keys`]: the SecretKeys, loaded from a keys directory; which one issues.
 //! - [`auth`]: the caller policy: which caller (token or certificate SAN) may call which RPC.
 //! - [`events`]: audit and upload events: the [`events::EventLog`] interface, the log-backed
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod digest;
 pub mod events;
 pub mod keys;
 pub mod metrics;

@@ -11,8 +11,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 /// What a quota counts per.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -101,9 +99,10 @@ pub fn gcra(tat: u64, now_ms: u64, interval_ms: u64, tolerance_ms: u64) -> Resul
 /// braces make every per-subject key of one subject a Redis Cluster hash tag (one slot, one
 /// atomic script).
 pub fn subject_tag(subject: &str) -> String {
-    let digest = Sha256::digest(subject.as_bytes());
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{{s:{hex}}}")
+    format!(
+        "{{s:{}}}",
+        crate::digest::sha256_hex(subject.as_bytes(), 12)
+    )
 }
 
 /// The quotas that apply to one issue, grouped as the store charges them: all per-subject

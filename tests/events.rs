@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::*;
 use tonic::Streaming;
 use vod_signer::proto::{
-    ConsumeSignatureRequest, Event, EventKind, IssueSignatureRequest, RevokeSignatureRequest,
-    UploadPolicy, WatchEventsRequest,
+    Event, EventKind, IssueSignatureRequest, RevokeSignatureRequest, UploadPolicy,
+    WatchEventsRequest,
 };
 use vod_signer::reason::Reason;
 
@@ -28,13 +28,6 @@ fn issue_for(subject: &str, source_context: &str) -> IssueSignatureRequest {
             source_context: source_context.into(),
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-fn consume(signature: &str) -> ConsumeSignatureRequest {
-    ConsumeSignatureRequest {
-        signature: signature.to_owned(),
         ..Default::default()
     }
 }
@@ -68,11 +61,15 @@ async fn redis_stream_watch_resume_and_filter() {
         .into_inner();
     let random = reply.claims.unwrap().random;
     client
-        .consume_signature(consume(&reply.signature))
+        .consume_signature(consume_req(&reply.signature))
         .await
         .unwrap();
     assert_eq!(
-        refused(client.consume_signature(consume(&reply.signature)).await),
+        refused(
+            client
+                .consume_signature(consume_req(&reply.signature))
+                .await
+        ),
         Reason::SignatureAlreadyUsed
     );
     let other = client
@@ -203,7 +200,7 @@ async fn in_memory_events_go_to_the_log_and_to_watchers() {
         .unwrap()
         .into_inner()
         .signature;
-    client.consume_signature(consume(&sig)).await.unwrap();
+    client.consume_signature(consume_req(&sig)).await.unwrap();
     assert_eq!(next(&mut live).await.kind, EventKind::Issued as i32);
     let consumed = next(&mut live).await;
     assert_eq!(

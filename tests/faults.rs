@@ -12,8 +12,7 @@ use common::proxy::{Fault, FaultProxy};
 use common::*;
 use tonic::Code;
 use vod_signer::proto::{
-    ConsumeSignatureRequest, IssueSignatureRequest, RevokeSignatureRequest, SignatureState,
-    VerifySignatureRequest,
+    IssueSignatureRequest, RevokeSignatureRequest, SignatureState, VerifySignatureRequest,
 };
 use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
@@ -27,14 +26,6 @@ async fn behind_proxy(settings: Settings) -> (TestServer, FaultProxy) {
         TestServer::start_on(store, Some(redis), settings).await,
         proxy,
     )
-}
-
-fn consume_with(signature: &str, key: &str) -> ConsumeSignatureRequest {
-    ConsumeSignatureRequest {
-        signature: signature.to_owned(),
-        idempotency_key: key.to_owned(),
-        ..Default::default()
-    }
 }
 
 async fn issue(

@@ -8,17 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use vod_signer::proto::{
-    ConsumeSignatureRequest, IssueSignatureRequest, SignatureState, VerifySignatureRequest,
-};
+use vod_signer::proto::{IssueSignatureRequest, SignatureState, VerifySignatureRequest};
 use vod_signer::reason::Reason;
-
-fn consume_req(signature: &str) -> ConsumeSignatureRequest {
-    ConsumeSignatureRequest {
-        signature: signature.to_owned(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn two_replicas_share_one_redis() {

@@ -8,16 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vod_signer::proto::{ConsumeSignatureRequest, IssueSignatureRequest, VerifySignatureRequest};
+use vod_signer::proto::{IssueSignatureRequest, VerifySignatureRequest};
 use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
-
-fn consume_req(signature: &str) -> ConsumeSignatureRequest {
-    ConsumeSignatureRequest {
-        signature: signature.to_owned(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn data_lost_means_refused_never_accepted() {

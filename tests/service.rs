@@ -56,13 +56,6 @@ fn issue_req(policy: UploadPolicy) -> IssueSignatureRequest {
     }
 }
 
-fn consume_req(signature: &str) -> ConsumeSignatureRequest {
-    ConsumeSignatureRequest {
-        signature: signature.to_owned(),
-        ..Default::default()
-    }
-}
-
 fn verify_req(signature: &str) -> VerifySignatureRequest {
     VerifySignatureRequest {
         signature: signature.to_owned(),

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tonic::transport::Channel;
 use vod_signer::proto::signature_service_client::SignatureServiceClient;
-use vod_signer::proto::{
-    ConsumeSignatureRequest, IssueSignatureRequest, RevokeSignatureRequest, SignatureState,
-};
+use vod_signer::proto::{IssueSignatureRequest, RevokeSignatureRequest, SignatureState};
 use vod_signer::reason::Reason;
 
 #[derive(Default)]
@@ -53,14 +51,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn consume_req(signature: &str, key: &str) -> ConsumeSignatureRequest {
-    ConsumeSignatureRequest {
-        signature: signature.to_owned(),
-        idempotency_key: key.to_owned(),
-        ..Default::default()
-    }
-}
-
 /// Consumes with one idempotency key, retrying while the store is unavailable.
 async fn consume_retrying(
     client: &mut SignatureServiceClient<Channel>,
@@ -70,7 +60,7 @@ async fn consume_retrying(
 ) -> Result<i64, Reason> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match client.consume_signature(consume_req(sig, key)).await {
+        match client.consume_signature(consume_with(sig, key)).await {
             Ok(r) => return Ok(r.into_inner().consumed_at),
             Err(s) => {
                 let reason = reason_of(&s);
@@ -174,7 +164,7 @@ async fn client_loop(
             n as u32,
             &Default::default(),
         );
-        match a.consume_signature(consume_req(&forged, "")).await {
+        match a.consume_signature(consume_with(&forged, "")).await {
             Ok(_) => ledger.violation("forged signature accepted".into()),
             Err(s) => {
                 if reason_of(&s) == Reason::SignatureMismatch {

@@ -17,7 +17,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
 use zeroize::Zeroizing;
@@ -534,13 +533,7 @@ pub fn check_time(claims: &Claims, now: i64, leeway: i64) -> Result<(), Signatur
 /// A short fingerprint of a tag: enough to tell two signatures with the same nonce apart,
 /// without storing anything that would help forge one.
 pub fn fingerprint(tag: &[u8; TAG_LEN]) -> String {
-    let digest = Sha256::digest(tag);
-    let mut out = String::with_capacity(24);
-    for b in &digest[..12] {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    crate::digest::sha256_hex(tag, 12)
 }
 
 #[cfg(test)]

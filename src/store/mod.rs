@@ -158,7 +158,5 @@ pub fn idempotency_token(key: &str) -> String {
     if key.is_empty() {
         return String::new();
     }
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::sha256_hex(key.as_bytes(), 8)
 }

@@ -469,6 +469,20 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// A consume of `signature` without file size or idempotency key.
+pub fn consume_req(signature: &str) -> vod_signer::proto::ConsumeSignatureRequest {
+    consume_with(signature, "")
+}
+
+/// A consume of `signature` with an idempotency key.
+pub fn consume_with(signature: &str, key: &str) -> vod_signer::proto::ConsumeSignatureRequest {
+    vod_signer::proto::ConsumeSignatureRequest {
+        signature: signature.to_owned(),
+        idempotency_key: key.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// Consumes with one idempotency key, retrying while the store is unavailable (up to
 /// `within`): the success (its `consumed_at`) or the final refusal.
 pub async fn consume_retrying(
@@ -479,12 +493,7 @@ pub async fn consume_retrying(
 ) -> Result<i64, Reason> {
     let deadline = Instant::now() + within;
     loop {
-        let request = vod_signer::proto::ConsumeSignatureRequest {
-            signature: signature.to_owned(),
-            idempotency_key: key.to_owned(),
-            ..Default::default()
-        };
-        match client.consume_signature(request).await {
+        match client.consume_signature(consume_with(signature, key)).await {
             Ok(r) => return Ok(r.into_inner().consumed_at),
             Err(s) => {
                 let reason = reason_of(&s);
