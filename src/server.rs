@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -19,7 +20,8 @@ use crate::events::{EventLog, LogEvents, NoEvents};
 use crate::keys::{KeyRing, SharedKeys};
 use crate::metrics::{Instrumented, Metrics, serve_metrics};
 use crate::proto::signature_service_server::SignatureServiceServer;
-use crate::service::{Settings, SharedPolicy, Signer};
+use crate::reason::Reason;
+use crate::service::{Refusal, Settings, SharedPolicy, Signer};
 use crate::signature::SecretKey;
 use crate::store::{MemoryStore, RedisConfig, RedisStore, Store};
 use crate::tls::{ReloadingAcceptor, TlsFiles};
@@ -35,8 +37,36 @@ fn nodelay(listener: TcpListener) -> TcpIncoming {
 }
 
 /// Largest request message accepted (a real one is at most a few KiB; signatures are capped
-/// at 16 KiB). Larger ones are refused by the transport with OUT_OF_RANGE before decoding.
+/// at 16 KiB). Larger ones are refused before decoding, as `INVALID_REQUEST`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// tonic refuses a request above [`MAX_REQUEST_BYTES`] itself, before any service code runs,
+/// with OUT_OF_RANGE and a message of its own. No refusal of this service travels as
+/// OUT_OF_RANGE, so every such answer is that cap: it is answered like every other refusal,
+/// with the reason token and an `ErrorInfo`.
+fn typed_size_refusal<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if out_of_range {
+        let refusal = Refusal::new(
+            Reason::InvalidRequest,
+            format!(
+                "the request message is larger than the {} KiB limit; it was not decoded",
+                MAX_REQUEST_BYTES / 1024
+            ),
+        );
+        let headers = response.headers_mut();
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            headers.remove(name);
+        }
+        if let Err(e) = tonic::Status::from(refusal).add_header(headers) {
+            error!("cannot type an oversize refusal: {e}");
+        }
+    }
+    response
+}
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
@@ -468,6 +498,7 @@ pub async fn serve<S: Store>(
     .with_events(options.events.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(typed_size_refusal))
         .add_service(health)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

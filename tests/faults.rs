@@ -144,6 +144,51 @@ async fn black_holed_redis_answers_within_the_timeout_and_accepts_nothing() {
     }
 }
 
+/// The open connection goes dark (a dead peer: silence, no reset) while new connections would
+/// pass. TCP alone would notice after ~15 minutes; the store notices from its own timeouts
+/// (calls, or the health PING), drops the connection and dials a new one.
+#[tokio::test]
+async fn a_connection_that_goes_dark_is_replaced_within_5_s() {
+    let (server, proxy) = behind_proxy(Settings::default()).await;
+    let mut client = server.client().await;
+    let sigs = [issue(&mut client).await, issue(&mut client).await];
+    assert!(
+        proxy.darken_open_connections() >= 1,
+        "a connection was open"
+    );
+    let dark = Instant::now();
+    // The first call after it went dark is refused within the store timeout, never hangs.
+    let first = client.consume_signature(consume_with(&sigs[0], "k0")).await;
+    assert_eq!(refused(first), Reason::StoreUnavailable);
+    // The promise: consuming and SERVING again within 5 s.
+    let promise = Duration::from_secs(5);
+    consume_retrying(&mut client, &sigs[0], "k0", promise)
+        .await
+        .unwrap();
+    wait_health(
+        server.addr,
+        "",
+        true,
+        promise.saturating_sub(dark.elapsed()),
+    )
+    .await;
+    let healed = dark.elapsed();
+    println!("dark connection replaced: consuming and SERVING again after {healed:?}");
+    assert!(healed < promise, "took {healed:?}");
+    // Only the dark connection's calls were lost; nothing was accepted twice.
+    consume_retrying(&mut client, &sigs[1], "k1", promise)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(
+            client
+                .consume_signature(consume_with(&sigs[0], "other"))
+                .await
+        ),
+        Reason::SignatureAlreadyUsed
+    );
+}
+
 #[tokio::test]
 async fn slow_redis_within_and_beyond_the_timeout() {
     let (server, proxy) = behind_proxy(Settings::default()).await;

@@ -190,21 +190,30 @@ async fn invalid_utf8_and_oversized_requests() {
         refused(client.consume_signature(long).await),
         Reason::SignatureMalformed
     );
-    // A 1 MiB request is refused by the transport before it is decoded.
-    let huge = ConsumeSignatureRequest {
-        signature: "A".repeat(1 << 20),
-        ..Default::default()
-    };
-    let code = client.consume_signature(huge).await.unwrap_err().code();
-    assert!(
-        matches!(code, Code::OutOfRange | Code::ResourceExhausted),
-        "{code:?}"
-    );
+    // A request over the 64 KiB cap is refused before it is decoded, typed like every refusal
+    // (just over the cap, and far over it).
+    for len in [64 * 1024 + 1, 1 << 20] {
+        let huge = ConsumeSignatureRequest {
+            signature: "A".repeat(len),
+            ..Default::default()
+        };
+        let status = client.consume_signature(huge).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(reason_of(&status), Reason::InvalidRequest, "{status:?}");
+        assert!(
+            status.message().starts_with("INVALID_REQUEST: "),
+            "{status:?}"
+        );
+        assert!(status.message().contains("64 KiB"), "{status:?}");
+    }
     let huge_subject = IssueSignatureRequest {
         subject: "s".repeat(1 << 20),
         ..Default::default()
     };
-    assert!(client.issue_signature(huge_subject).await.is_err());
+    assert_eq!(
+        refused(client.issue_signature(huge_subject).await),
+        Reason::InvalidRequest
+    );
     // Still serving.
     let sig = client
         .issue_signature(IssueSignatureRequest::default())

@@ -12,9 +12,16 @@ use vod_signer::proto::{IssueSignatureRequest, VerifySignatureRequest};
 use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
 
+/// A server on a fresh Redis, with the default 250 ms store timeout.
+async fn on_redis() -> TestServer {
+    let redis = RedisServer::start();
+    let store = Arc::new(redis_store(&redis.url(), "vodsigner:"));
+    TestServer::start_on(store, Some(redis), Settings::default()).await
+}
+
 #[tokio::test]
 async fn data_lost_means_refused_never_accepted() {
-    let mut server = TestServer::start(Backend::Redis).await;
+    let mut server = on_redis().await;
     let mut client = server.client().await;
     let mut outstanding = Vec::new();
     for _ in 0..5 {
@@ -64,7 +71,7 @@ async fn data_lost_means_refused_never_accepted() {
 
 #[tokio::test]
 async fn redis_down_fails_closed_fast_and_recovers() {
-    let mut server = TestServer::start(Backend::Redis).await;
+    let mut server = on_redis().await;
     let mut client = server.client().await;
     let sig = client
         .issue_signature(IssueSignatureRequest::default())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::topology::{Conn, Connector};
+use super::topology::{Conn, Connector, Failure};
 
 use super::{
     ConsumeOutcome, QuotaOutcome, Record, Signature, Status, Store, StoreError, idempotency_token,
@@ -151,47 +151,68 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Unavailable("not connected to Redis yet".into()))
     }
 
+    /// Runs one call on `conn`, bounded by the store timeout, and tells the connector how it
+    /// went: a connection that keeps timing out, breaks, or belongs to a demoted master is
+    /// replaced. Any failure fails closed.
     async fn bounded<T>(
         &self,
-        fut: impl Future<Output = redis::RedisResult<T>>,
+        conn: &mut Conn,
+        call: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
+        let failure = match tokio::time::timeout(self.timeout, call(conn)).await {
+            Ok(Ok(v)) => {
+                self.connector.answered(conn);
+                return Ok(v);
+            }
             Ok(Err(e)) => {
                 let demoted =
                     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
-                if demoted || e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
-                    // A demoted master, or a connection that stopped answering: look again
-                    // (sentinels: where the master is; cluster: a fresh connection).
-                    self.connector.refresh();
+                if demoted || e.is_io_error() || e.is_connection_dropped() {
+                    self.connector.failed(conn, Failure::Broken);
+                } else if e.is_timeout() {
+                    self.connector.failed(conn, Failure::Timeout);
+                } else {
+                    // The server answered (a script error, say): the connection is alive.
+                    self.connector.answered(conn);
                 }
-                Err(StoreError::Unavailable(e.to_string()))
+                e.to_string()
             }
             Err(_) => {
-                self.connector.refresh();
-                Err(StoreError::Unavailable(format!(
-                    "no answer within {} ms",
-                    self.timeout.as_millis()
-                )))
+                self.connector.failed(conn, Failure::Timeout);
+                format!("no answer within {} ms", self.timeout.as_millis())
             }
-        }
+        };
+        Err(StoreError::Unavailable(failure))
     }
 
     /// With `--min-replicas-ack N`, waits (bounded) until N replicas acknowledged the writes
     /// made so far on `conn` (issue, consume, revoke); fewer means success cannot be promised.
-    async fn replicated(&self, conn: &mut Conn) -> Result<(), StoreError> {
+    async fn replicated(&self, conn: &Conn) -> Result<(), StoreError> {
         if self.min_replicas_ack == 0 {
             return Ok(());
         }
-        let wait_ms = (self.timeout.as_millis() as u64 * 3 / 4).max(1);
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(self.min_replicas_ack).arg(wait_ms);
-        let acked: i64 = self.bounded(wait.query_async(conn)).await?;
-        if acked < i64::from(self.min_replicas_ack) {
+        // With Sentinel, every replica it could promote must have the write: a failover that
+        // picks one lacking it would bring back an `issued` state (a second acceptance) or lose
+        // an issue record.
+        let needed = self.min_replicas_ack.max(conn.promotable_replicas());
+        let acked = match tokio::time::timeout(self.timeout, conn.replicated(needed)).await {
+            Ok(Ok(acked)) => acked,
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e,
+                    _ => format!("no answer within {} ms", self.timeout.as_millis()),
+                };
+                self.connector.failed(conn, Failure::Timeout);
+                return Err(StoreError::Unavailable(format!(
+                    "applied on the master, but whether replicas have it is unknown ({e}); the \
+                     outcome is unknown until a retry with the same idempotency key"
+                )));
+            }
+        };
+        if acked < i64::from(needed) {
             return Err(StoreError::Unavailable(format!(
-                "applied on the master but acknowledged by {acked} of {} replicas in time; \
-                 the outcome is unknown until a retry with the same idempotency key",
-                self.min_replicas_ack
+                "applied on the master but acknowledged by {acked} of {needed} replicas in time; \
+                 the outcome is unknown until a retry with the same idempotency key"
             )));
         }
         Ok(())
@@ -233,13 +254,15 @@ impl Store for RedisStore {
             .arg("EX")
             .arg(ttl_seconds.max(1));
         let inserted = self
-            .bounded(set.query_async::<Option<String>>(&mut conn))
+            .bounded(&mut conn, async |c| {
+                set.query_async::<Option<String>>(c).await
+            })
             .await?
             .is_some();
         if inserted {
             // A record only the old master had would vanish in a failover, and a legitimate
             // upload would then be refused: with --min-replicas-ack, issue waits too.
-            self.replicated(&mut conn).await?;
+            self.replicated(&conn).await?;
         }
         Ok(inserted)
     }
@@ -249,7 +272,9 @@ impl Store for RedisStore {
         let mut get = redis::cmd("GET");
         get.arg(self.record_key(&sig));
         let text = self
-            .bounded(get.query_async::<Option<String>>(&mut conn))
+            .bounded(&mut conn, async |c| {
+                get.query_async::<Option<String>>(c).await
+            })
             .await?;
         Ok(text
             .as_deref()
@@ -268,13 +293,15 @@ impl Store for RedisStore {
         call.arg(sig.fingerprint)
             .arg(now)
             .arg(idempotency_token(idempotency_key));
-        let reply: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<String> = self
+            .bounded(&mut conn, async |c| call.invoke_async(c).await)
+            .await?;
         if reply.first().map(String::as_str) == Some("ok") {
             let at = reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
                 StoreError::Unavailable(format!("unexpected script reply {reply:?}"))
             })?;
             // Also on an idempotent repeat: success is only promised once replicated.
-            self.replicated(&mut conn).await?;
+            self.replicated(&conn).await?;
             return Ok(ConsumeOutcome::Consumed { at });
         }
         scripted_status(&reply).map(ConsumeOutcome::Refused)
@@ -284,10 +311,12 @@ impl Store for RedisStore {
         let mut conn = self.conn()?;
         let mut call = self.revoke.key(self.record_key(&sig));
         call.arg(sig.fingerprint).arg(now);
-        let reply: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<String> = self
+            .bounded(&mut conn, async |c| call.invoke_async(c).await)
+            .await?;
         let before = scripted_status(&reply)?;
         if before == Status::Issued {
-            self.replicated(&mut conn).await?;
+            self.replicated(&conn).await?;
         }
         Ok(before)
     }
@@ -299,7 +328,9 @@ impl Store for RedisStore {
             call.key(format!("{}{}", self.prefix, charge.key));
             call.arg(charge.interval_ms).arg(charge.tolerance_ms);
         }
-        let (index, wait_ms): (usize, u64) = self.bounded(call.invoke_async(&mut conn)).await?;
+        let (index, wait_ms): (usize, u64) = self
+            .bounded(&mut conn, async |c| call.invoke_async(c).await)
+            .await?;
         match index.checked_sub(1).and_then(|i| group.get(i)) {
             None => Ok(QuotaOutcome::Allowed),
             Some(charge) => Ok(QuotaOutcome::Refused {
@@ -312,8 +343,14 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let ping = redis::cmd("PING");
-        self.bounded(ping.query_async::<String>(&mut conn))
-            .await
-            .map(|_| ())
+        let answer = self
+            .bounded(&mut conn, async |c| ping.query_async::<String>(c).await)
+            .await;
+        if answer.is_err() {
+            // Health checks ping on an otherwise idle connection too: one that does not answer
+            // a PING in time is replaced at once.
+            self.connector.failed(&conn, Failure::PingFailed);
+        }
+        answer.map(|_| ())
     }
 }

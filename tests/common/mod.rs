@@ -272,7 +272,11 @@ impl TestServer {
             }
             Backend::Redis => {
                 let redis = RedisServer::start();
-                let store = Arc::new(redis_store(&redis.url(), "vodsigner:"));
+                let store = Arc::new(redis_store_within(
+                    &redis.url(),
+                    "vodsigner:",
+                    SEMANTIC_STORE_TIMEOUT,
+                ));
                 TestServer::start_on(store, Some(redis), settings).await
             }
             Backend::Cluster => {
@@ -280,7 +284,11 @@ impl TestServer {
                     tokio::task::spawn_blocking(|| topology::RedisCluster::start(3, false))
                         .await
                         .unwrap();
-                let store = Arc::new(redis_store(&cluster.url(), "vodsigner:"));
+                let store = Arc::new(redis_store_within(
+                    &cluster.url(),
+                    "vodsigner:",
+                    SEMANTIC_STORE_TIMEOUT,
+                ));
                 let mut server = TestServer::start_on(store, None, settings).await;
                 server.cluster = Some(cluster);
                 server
@@ -355,16 +363,26 @@ impl Drop for TestServer {
     }
 }
 
-/// A Redis store for tests: 250 ms timeout.
+/// A Redis store for tests: the default 250 ms timeout, which the fault tests rely on.
 pub fn redis_store(url: &str, prefix: &str) -> RedisStore {
+    redis_store_within(url, prefix, Duration::from_millis(250))
+}
+
+/// A Redis store whose calls may take up to `timeout`.
+pub fn redis_store_within(url: &str, prefix: &str, timeout: Duration) -> RedisStore {
     RedisStore::new(&RedisConfig {
         url: url.to_owned(),
         key_prefix: prefix.to_owned(),
-        timeout: Duration::from_millis(250),
+        timeout,
         ..Default::default()
     })
     .unwrap()
 }
+
+/// The store timeout of the semantic suites (`TestServer::start` on Redis or Cluster): they
+/// test what the service answers, not how fast, so a busy machine must not turn a racing
+/// consume's refusal into `STORE_UNAVAILABLE`.
+pub const SEMANTIC_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client of the server at `addr`.
 pub async fn connect(addr: SocketAddr) -> SignatureServiceClient<Channel> {
@@ -492,6 +510,8 @@ pub async fn consume_retrying(
     within: Duration,
 ) -> Result<i64, Reason> {
     let deadline = Instant::now() + within;
+    // Exponential backoff with jitter, as a well-behaved gateway retries.
+    let mut backoff = Duration::from_millis(25);
     loop {
         match client.consume_signature(consume_with(signature, key)).await {
             Ok(r) => return Ok(r.into_inner().consumed_at),
@@ -500,7 +520,9 @@ pub async fn consume_retrying(
                 if reason != Reason::StoreUnavailable || Instant::now() > deadline {
                     return Err(reason);
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let jitter = rand::random_range(0..=backoff.as_millis() as u64);
+                tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(400));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! A TCP proxy between the service and a real `redis-server` that a test can slow down,
 //! stall (black-hole), make lose replies, or cut.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,8 +31,14 @@ pub struct FaultProxy {
     /// The port the service should connect to.
     pub port: u16,
     fault: Arc<Mutex<Fault>>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    connections: Arc<Mutex<Vec<Carried>>>,
     accept: JoinHandle<()>,
+}
+
+/// One carried connection, and whether it went dark.
+struct Carried {
+    task: JoinHandle<()>,
+    dark: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
@@ -40,7 +47,7 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let fault = Arc::new(Mutex::new(Fault::Pass));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let connections: Arc<Mutex<Vec<Carried>>> = Arc::default();
         let (f, conns) = (fault.clone(), connections.clone());
         let accept = tokio::spawn(async move {
             loop {
@@ -54,10 +61,11 @@ impl FaultProxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     continue;
                 };
-                let handle = tokio::spawn(carry(client, server, f.clone()));
+                let dark = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(carry(client, server, f.clone(), dark.clone()));
                 let mut conns = conns.lock().unwrap();
-                conns.retain(|h| !h.is_finished());
-                conns.push(handle);
+                conns.retain(|c| !c.task.is_finished());
+                conns.push(Carried { task, dark });
             }
         });
         FaultProxy {
@@ -80,9 +88,21 @@ impl FaultProxy {
 
     /// Closes every open connection, both ways.
     pub fn cut_all(&self) {
-        for handle in self.connections.lock().unwrap().drain(..) {
-            handle.abort();
+        for carried in self.connections.lock().unwrap().drain(..) {
+            carried.task.abort();
         }
+    }
+
+    /// The connections open now go dark for good (bytes held both ways, no reset: a dead
+    /// host, or a stale conntrack entry after the server moved); new connections pass.
+    /// Returns how many went dark.
+    pub fn darken_open_connections(&self) -> usize {
+        let conns = self.connections.lock().unwrap();
+        let open: Vec<&Carried> = conns.iter().filter(|c| !c.task.is_finished()).collect();
+        for carried in &open {
+            carried.dark.store(true, Ordering::SeqCst);
+        }
+        open.len()
     }
 }
 
@@ -93,11 +113,22 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn carry(client: TcpStream, server: TcpStream, fault: Arc<Mutex<Fault>>) {
+async fn carry(
+    client: TcpStream,
+    server: TcpStream,
+    fault: Arc<Mutex<Fault>>,
+    dark: Arc<AtomicBool>,
+) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let requests = pump(client_read, server_write, fault.clone(), false);
-    let replies = pump(server_read, client_write, fault, true);
+    let requests = pump(
+        client_read,
+        server_write,
+        fault.clone(),
+        dark.clone(),
+        false,
+    );
+    let replies = pump(server_read, client_write, fault, dark, true);
     // When either direction ends (or is cut), the connection is closed both ways.
     tokio::select! {
         () = requests => {}
@@ -111,6 +142,7 @@ async fn pump(
     mut from: impl AsyncReadExt + Unpin,
     mut to: impl AsyncWriteExt + Unpin,
     fault: Arc<Mutex<Fault>>,
+    dark: Arc<AtomicBool>,
     is_reply: bool,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
@@ -140,7 +172,7 @@ async fn pump(
     let writer = async move {
         while let Some((due, bytes)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
-            while *fault.lock().unwrap() == Fault::Stall {
+            while *fault.lock().unwrap() == Fault::Stall || dark.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             if to.write_all(&bytes).await.is_err() {

@@ -171,27 +171,45 @@ impl Drop for Sentinel {
     }
 }
 
-/// A master, one replica, and three sentinels watching them as `mymaster`.
+/// A master, two replicas, and three sentinels watching them as `mymaster`: the shape to run
+/// with `--min-replicas-ack 1` (after a failover the new master still has a replica).
 pub struct SentinelGroup {
     pub master: RedisServer,
-    pub replica: RedisServer,
+    pub replicas: Vec<RedisServer>,
     pub sentinels: Vec<Sentinel>,
 }
 
 impl SentinelGroup {
-    /// Starts the group and waits until the sentinels see the replica.
+    /// Starts the group and waits until the master has both replicas and the sentinels see
+    /// them linked (so they count as promotable).
     pub fn start() -> SentinelGroup {
-        let master = RedisServer::start();
+        // The README's recommended settings: a master that lost every replica stops taking
+        // writes (split brain), and a replica resyncing after a failover is not held back 5 s
+        // by the diskless-sync delay.
+        let recommended = [
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "5",
+            "--repl-diskless-sync-delay",
+            "0",
+        ];
+        let master = RedisServer::start_configured(&recommended, &[]);
         let replica_of = master.port.to_string();
-        let replica =
-            RedisServer::start_configured(&["--replicaof", "127.0.0.1", &replica_of], &[]);
+        let replicas: Vec<RedisServer> = (0..2)
+            .map(|_| {
+                let mut args = recommended.to_vec();
+                args.extend(["--replicaof", "127.0.0.1", &replica_of]);
+                RedisServer::start_configured(&args, &[])
+            })
+            .collect();
         let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
         let group = SentinelGroup {
             master,
-            replica,
+            replicas,
             sentinels,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let replicas = group.sentinels[0]
                 .cli(&["SENTINEL", "REPLICAS", "mymaster"])
@@ -203,8 +221,8 @@ impl SentinelGroup {
                 .master
                 .cli(&["INFO", "replication"])
                 .unwrap_or_default()
-                .contains("connected_slaves:1");
-            if replicas.contains(&group.replica.port.to_string())
+                .contains("connected_slaves:2");
+            if replicas.matches("master-link-status\nok").count() == 2
                 && sentinels.matches("name").count() >= 2
                 && linked
             {
