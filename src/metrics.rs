@@ -62,6 +62,7 @@ pub struct Metrics {
     inflight: Gauge,
     store_up: Gauge,
     store_records: Gauge,
+    active_key_missing: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +119,12 @@ impl Metrics {
             "Signature records held (in-memory store only: issued, consumed or revoked, not yet expired)",
             store_records.clone(),
         );
+        let active_key_missing = Gauge::default();
+        registry.register(
+            "vodsigner_active_key_missing",
+            "1 while IssueSignature is refused with NO_ACTIVE_KEY (the active key is not in the keys directory), else 0",
+            active_key_missing.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
             "vodsigner_build_info",
@@ -138,6 +145,7 @@ impl Metrics {
             inflight,
             store_up,
             store_records,
+            active_key_missing,
         }
     }
 
@@ -174,6 +182,11 @@ impl Metrics {
     /// Records whether the store answers health pings.
     pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
+    }
+
+    /// Records whether the active key is missing from the loaded keys (issuing refused).
+    pub fn set_active_key_missing(&self, missing: bool) {
+        self.active_key_missing.set(i64::from(missing));
     }
 
     fn store_call<T>(&self, op: &'static str, started: Instant, result: &Result<T, StoreError>) {

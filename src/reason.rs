@@ -35,13 +35,16 @@ pub enum Reason {
     PermissionDenied,
     /// No credential, or one that names no known caller (extension: the SPEC is silent).
     CallerUnauthenticated,
+    /// IssueSignature for the active key while it is not loaded (removed from the keys
+    /// directory); verify, consume and revoke go on with the keys that remain.
+    NoActiveKey,
     /// The store did not answer in time; nothing was accepted.
     StoreUnavailable,
 }
 
 impl Reason {
     /// Every reason, in SPEC order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::InvalidRequest,
         Reason::SignatureMalformed,
         Reason::UnknownSecretId,
@@ -55,6 +58,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::PermissionDenied,
         Reason::CallerUnauthenticated,
+        Reason::NoActiveKey,
         Reason::StoreUnavailable,
     ];
 
@@ -74,6 +78,7 @@ impl Reason {
             Reason::RateLimited => "RATE_LIMITED",
             Reason::PermissionDenied => "PERMISSION_DENIED",
             Reason::CallerUnauthenticated => "CALLER_UNAUTHENTICATED",
+            Reason::NoActiveKey => "NO_ACTIVE_KEY",
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
         }
     }

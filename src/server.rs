@@ -12,7 +12,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::CallerPolicy;
 use crate::config::{LogFormat, RuntimeFlavor, ServeArgs};
@@ -237,7 +237,25 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         });
     }
     if !args.dev {
-        tokio::spawn(reload_keys_and_policy(args.clone(), keys.clone(), policy));
+        // The SIGHUP handler is in place before the server says it serves, so an early
+        // SIGHUP reloads rather than ends the process.
+        #[cfg(unix)]
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!("cannot listen for SIGHUP ({e}): keys reload on the interval only");
+                None
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = None;
+        tokio::spawn(reload_keys_and_policy(
+            args.clone(),
+            keys.clone(),
+            policy,
+            options.metrics.clone(),
+            hangup,
+        ));
     }
     match &args.redis_url {
         Some(url) => {
@@ -299,16 +317,36 @@ fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, String> {
     })
 }
 
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = std::convert::Infallible;
+
 /// Re-reads the keys directory and the caller policy on SIGHUP and every
-/// `--keys-reload-interval`. A directory or policy that fails to load leaves the previous one
-/// in force (and says so), so a half-written Secret never takes the service down.
-async fn reload_keys_and_policy(args: ServeArgs, keys: SharedKeys, policy: SharedPolicy) {
+/// `--keys-reload-interval`.
+///
+/// Keys ([`KeyRing::reload_dir`]): what the directory holds now is what verifies, so a removed
+/// key stops verifying at the next reload, always. Files that are not usable keys are skipped
+/// (logged at error level, naming each); when the active key is not there, issuing is refused
+/// with `NO_ACTIVE_KEY` (logged at error level naming the SecretId, and
+/// `vodsigner_active_key_missing` is 1) until a reload finds it again. Only a directory that
+/// cannot be listed keeps the previous keys. A caller policy that fails to load keeps the
+/// previous one.
+async fn reload_keys_and_policy(
+    args: ServeArgs,
+    keys: SharedKeys,
+    policy: SharedPolicy,
+    metrics: Arc<Metrics>,
+    #[cfg_attr(not(unix), allow(unused_mut))] mut hangup: Option<Hangup>,
+) {
     let Some(dir) = args.keys.keys_dir.clone() else {
         return;
     };
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    metrics.set_active_key_missing(!keys.load().has_active());
     let interval = Duration::from_secs(args.keys_reload_interval);
+    // What was last reported about skipped files, so an unchanged problem is not logged again
+    // every interval (a SIGHUP always logs it).
+    let mut reported_skipped: Vec<String> = Vec::new();
     loop {
         let timer = async {
             if interval.is_zero() {
@@ -317,29 +355,73 @@ async fn reload_keys_and_policy(args: ServeArgs, keys: SharedKeys, policy: Share
                 tokio::time::sleep(interval).await
             }
         };
-        #[cfg(unix)]
         let hup = async {
             match hangup.as_mut() {
+                #[cfg(unix)]
                 Some(s) => {
                     s.recv().await;
                 }
+                #[cfg(not(unix))]
+                Some(never) => match *never {},
                 None => std::future::pending::<()>().await,
             }
         };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<()>();
         let by_signal = tokio::select! {
             () = timer => false,
             () = hup => true,
         };
-        match KeyRing::load_dir(&dir, args.keys.active_key.as_deref()) {
-            Ok(ring) => {
-                let old = keys.load();
+        let old = keys.load_full();
+        match KeyRing::reload_dir(&dir, args.keys.active_key.as_deref(), &old) {
+            Ok(reloaded) => {
+                let ring = reloaded.ring;
+                let skipped: Vec<String> =
+                    reloaded.skipped.iter().map(ToString::to_string).collect();
+                if by_signal || skipped != reported_skipped {
+                    for problem in &skipped {
+                        error!("{problem}: skipped; the other keys are loaded");
+                    }
+                    if !reloaded.kept.is_empty() {
+                        warn!(secret_ids = ?reloaded.kept, "key files that cannot be read keep their previous key");
+                    }
+                    reported_skipped = skipped;
+                }
+                let removed: Vec<&str> = old
+                    .secret_ids()
+                    .filter(|id| ring.get(id).is_none())
+                    .collect();
+                let added: Vec<&str> = ring
+                    .secret_ids()
+                    .filter(|id| old.get(id).is_none())
+                    .collect();
                 let changed =
                     old.active_id() != ring.active_id() || !old.secret_ids().eq(ring.secret_ids());
                 if changed || by_signal {
-                    info!(secret_ids = ?ring.secret_ids().collect::<Vec<_>>(), active = ring.active_id(), "keys reloaded");
+                    info!(
+                        secret_ids = ?ring.secret_ids().collect::<Vec<_>>(),
+                        active = ring.active_id(),
+                        ?added,
+                        ?removed,
+                        "keys reloaded"
+                    );
                 }
+                let missing = !ring.has_active();
+                let was_missing = !old.has_active();
+                if missing && (by_signal || !was_missing || old.active_id() != ring.active_id()) {
+                    error!(
+                        active = ring.active_id(),
+                        "active key {} is not in the keys directory: IssueSignature is refused \
+                         with NO_ACTIVE_KEY until a reload finds it (or another key is made active); \
+                         verify, consume and revoke go on with the remaining keys",
+                        ring.active_id()
+                    );
+                } else if !missing && was_missing {
+                    info!(
+                        active = ring.active_id(),
+                        "active key {} is loaded: issuing resumes",
+                        ring.active_id()
+                    );
+                }
+                metrics.set_active_key_missing(missing);
                 keys.store(Arc::new(ring));
             }
             Err(e) => error!("keys directory reload failed ({e}); keeping the previous keys"),
@@ -350,6 +432,7 @@ async fn reload_keys_and_policy(args: ServeArgs, keys: SharedKeys, policy: Share
                 Err(e) => error!("caller policy reload failed ({e}); keeping the previous policy"),
             }
         }
+        debug!(by_signal, "keys reload done");
     }
 }
 

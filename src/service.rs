@@ -114,7 +114,8 @@ pub fn grpc_code(reason: Reason) -> Code {
         | Reason::SignatureAlreadyUsed
         | Reason::SignatureRevoked
         | Reason::SignatureNotIssued
-        | Reason::FileTooLarge => Code::FailedPrecondition,
+        | Reason::FileTooLarge
+        | Reason::NoActiveKey => Code::FailedPrecondition,
         Reason::RateLimited => Code::ResourceExhausted,
         Reason::PermissionDenied => Code::PermissionDenied,
         Reason::StoreUnavailable => Code::Unavailable,
@@ -326,18 +327,32 @@ impl<S: Store> Signer<S> {
             .validate()
             .map_err(|e| Refusal::invalid(format!("policy: {e}")))?;
         let keys = self.keys.load_full();
-        let secret_id = if req.secret_id.is_empty() {
-            keys.active_id()
+        let (secret_id, key) = if req.secret_id.is_empty() {
+            // The active key, which a reload may have found removed: refuse rather than
+            // fall back on another key nobody chose to issue with.
+            let key = keys.active_key().cloned().ok_or_else(|| {
+                Refusal::new(
+                    Reason::NoActiveKey,
+                    format!(
+                        "the active key {:?} is not in the keys directory; nothing is issued until \
+                         it is back (or another key is made active); verify, consume and revoke go on",
+                        keys.active_id()
+                    ),
+                )
+            })?;
+            (keys.active_id(), key)
         } else {
-            req.secret_id.as_str()
+            // A key named by the caller issues whenever it is loaded, active or not.
+            let secret_id = req.secret_id.as_str();
+            let key = keys.get(secret_id).cloned().ok_or_else(|| {
+                let shown: String = secret_id.chars().take(128).collect();
+                Refusal::new(
+                    Reason::UnknownSecretId,
+                    format!("no key with secret_id {shown:?}"),
+                )
+            })?;
+            (secret_id, key)
         };
-        let key = keys.get(secret_id).cloned().ok_or_else(|| {
-            let shown: String = secret_id.chars().take(128).collect();
-            Refusal::new(
-                Reason::UnknownSecretId,
-                format!("no key with secret_id {shown:?}"),
-            )
-        })?;
 
         self.charge_quotas(&req.subject, secret_id).await?;
         let now = unix_now();

@@ -212,7 +212,10 @@ async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response 
 fn issue_status(error: &ClientError) -> StatusCode {
     match error.reason() {
         Some(Reason::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
-        Some(Reason::StoreUnavailable) | None => StatusCode::SERVICE_UNAVAILABLE,
+        // NO_ACTIVE_KEY: vod-signer cannot issue until its active key is back.
+        Some(Reason::StoreUnavailable | Reason::NoActiveKey) | None => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         // Anything else is the app server's own mistake (its request or its credentials).
         Some(_) => StatusCode::BAD_GATEWAY,
     }
