@@ -118,6 +118,20 @@ def test_lost_consume_reply_is_retried_with_the_same_key(signer: Signer, proxy: 
         assert replay.value.reason is Reason.SIGNATURE_ALREADY_USED
 
 
+def test_the_lost_reply_is_a_real_unknown_outcome(signer: Signer, proxy: Proxy) -> None:
+    """With one attempt the caller sees UNAVAILABLE, yet the server had consumed: exactly
+    the case the idempotency key is for."""
+    with admin(signer.target) as direct, admin(proxy.target, attempts=1) as client:
+        sig = direct.issue("user-51").signature
+        proxy.lose_next_reply()
+        with pytest.raises(CallFailed) as lost:
+            client.consume(sig, idempotency_key="upload-51")
+        assert lost.value.code == grpc.StatusCode.UNAVAILABLE and lost.value.retryable
+        assert proxy.cuts == 1
+        assert direct.verify(sig).state == pb.CONSUMED
+        assert direct.consume(sig, idempotency_key="upload-51").consumed_at > 0
+
+
 def test_lost_consume_reply_without_a_key_uses_one_made_up_key(signer: Signer,
                                                                 proxy: Proxy) -> None:
     with admin(signer.target) as direct, admin(proxy.target) as client:
