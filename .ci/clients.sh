@@ -10,11 +10,28 @@ cd "$(dirname "$0")/.."
 source .ci/lib.sh
 which=${1:-all}
 
-# The binary the harnesses start: built once (a no-op after `cargo test`, which builds it).
-cargo build --locked --quiet --bin vod-signer
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-export VOD_SIGNER_BIN=$target_dir/debug/vod-signer
+# Node 20+ with npm (Debian's nodejs if the machine has none; the clients need Node 18+).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "ci: installing nodejs and npm (Debian packages)"
+    apt_install nodejs npm
+fi
+# openssl makes the test CA of the TLS tests.
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "ci: installing openssl (Debian package)"
+    apt_install openssl
+fi
+
+# The binary the harnesses start: $VOD_SIGNER_BIN when set (.ci/run passes the one `cargo test`
+# just built: a `cargo build` there would compile the crates again with other features),
+# else `cargo build` (a no-op when it is up to date).
+if [[ -z ${VOD_SIGNER_BIN:-} ]]; then
+    cargo build --locked --quiet --bin vod-signer
+    target_dir=$(cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    VOD_SIGNER_BIN=$target_dir/debug/vod-signer
+fi
+[[ -x $VOD_SIGNER_BIN ]] || { echo "ci: $VOD_SIGNER_BIN is not an executable"; exit 1; }
+export VOD_SIGNER_BIN
 
 if [[ $which == all || $which == python ]]; then
     ensure_venv target/pyclient-venv clients/python/requirements-dev.txt
