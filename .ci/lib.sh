@@ -23,11 +23,3 @@ apt_install() {
     apt-get install -y -qq "$@" >/dev/null
 }
 
-# step NAME COMMAND...: runs a step and prints how long it took.
-step() {
-    local name=$1 started=$SECONDS
-    shift
-    echo "ci: == $name"
-    "$@"
-    echo "ci: == $name took $((SECONDS - started)) s"
-}

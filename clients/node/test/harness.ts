@@ -116,8 +116,9 @@ export class Signer {
     writeFileSync(policy, Object.entries(TOKENS).map(([name, token]) =>
       `[[caller]]\nname = "${name}"\nroles = ["${ROLES[name as keyof typeof TOKENS]}"]\n`
       + `token_sha256 = ["${createHash('sha256').update(token).digest('hex')}"]\n`).join('\n'));
+    // Trace level, so the leak check (leaks()) sees every line the server can write.
     const args = ['serve', '--listen', '127.0.0.1:0', '--keys-dir', keys, '--active-key', SECRET_ID,
-      '--redis-url', redis.url, '--caller-policy', policy, '--log-format', 'json', '--log-level', 'debug',
+      '--redis-url', redis.url, '--caller-policy', policy, '--log-format', 'json', '--log-level', 'trace',
       '--health-interval-ms', '100'];
     if (tls) args.push('--tls-cert', tls.certPath, '--tls-key', tls.keyPath);
     const env: NodeJS.ProcessEnv = {};

@@ -119,9 +119,10 @@ class Signer:
             f'[[caller]]\nname = "{name}"\nroles = ["{ROLES[name]}"]\n'
             f'token_sha256 = ["{hashlib.sha256(token.encode()).hexdigest()}"]\n\n'
             for name, token in TOKENS.items()))
+        # Trace level, so the leak check (assert_no_secrets) sees every line the server can write.
         args = [str(binary()), "serve", "--listen", "127.0.0.1:0", "--keys-dir", str(keys),
                 "--active-key", SECRET_ID, "--redis-url", redis.url, "--caller-policy",
-                str(policy), "--log-format", "json", "--log-level", "debug",
+                str(policy), "--log-format", "json", "--log-level", "trace",
                 "--health-interval-ms", "100"]
         if tls:
             args += ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]
