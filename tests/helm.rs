@@ -1,7 +1,10 @@
 //! The Helm chart (`helm/vod-signer`): runs `helm/tests/test_chart.py`, which lints it with
 //! Helm v4, renders it with many value sets, validates the manifests against the Kubernetes
-//! schemas, checks the chart's promises and starts the built binary with the rendered
-//! configuration. Everything is offline after the first run.
+//! schemas (the ServiceMonitor and PrometheusRule CRDs, which those schemas do not know, field
+//! by field; the PrometheusRule must be `files/alerts.rules.yaml` exactly and the Grafana
+//! dashboard ConfigMap `files/dashboard.json`), checks the chart's promises and starts the
+//! built binary with the rendered configuration. Everything is offline after the first run.
+//! The alerts' promtool unit tests run from `.ci/alerts.sh`.
 //!
 //! The script runs in a Python virtual environment this test creates at `target/helm-venv`
 //! (packages pinned in `helm/tests/requirements.txt`, from PyPI), so only `python3` is needed.

@@ -59,6 +59,21 @@ STANDARD_LABELS = {
     "app.kubernetes.io/version": "0.1.0",
     "app.kubernetes.io/part-of": "vod-signer",
 }
+# Metric families whose names SPEC section 6 fixes, plus those the README adds
+# (vodsigner_store_up, vodsigner_store_records). The alerts and the dashboard may use only
+# these; the dashboard has a panel for each.
+METRIC_FAMILIES = {
+    "vodsigner_requests_total", "vodsigner_request_duration_seconds",
+    "vodsigner_store_duration_seconds", "vodsigner_store_errors_total",
+    "vodsigner_inflight_requests", "vodsigner_build_info", "vodsigner_active_key_missing",
+    "vodsigner_store_up", "vodsigner_store_records",
+}
+# The README's alerts ("Metrics, logs and what to alert on"), plus the active key one.
+ALERTS = {
+    "VodSignerStoreDown", "VodSignerStoreErrors", "VodSignerReplaysOrForgeries",
+    "VodSignerCallersRefused", "VodSignerSheddingLoad", "VodSignerSlow",
+    "VodSignerIssuedButNotConsumed", "VodSignerActiveKeyMissing",
+}
 SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
 INLINE = {"keys": {"inline": {SECRET_ID: SECRET_KEY}}, "callerPolicy": {"allowAnyCaller": True}}
@@ -193,8 +208,8 @@ def validate_manifests(r: Rendered, label: str) -> None:
     problems = []
     for doc in r.docs:
         body = {k: v for k, v in doc.items() if k != "__source__"}
-        if body["kind"] == "ServiceMonitor":
-            continue  # a CRD: kubernetes-validate has no schema for it; checked field by field
+        if body["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # CRDs: kubernetes-validate has no schema for them; checked field by field
         for version in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(body, version, strict=True)
@@ -356,6 +371,93 @@ def check_server(r: Rendered, label: str, values: dict[str, Any]) -> None:
                   f"[{label}] --{flag} {value} lies in a mounted Secret")
 
 
+# --------------------------------------------------------------------------- alerts, dashboard
+
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+# A metric name in PromQL: not part of a recording rule's level:name:ops name.
+METRIC_NAME = re.compile(r"(?<![:\w])vodsigner_[a-z_]+(?![:\w])")
+
+
+def metric_families(exprs: list[str]) -> set[str]:
+    """The vodsigner_* families the expressions read (a histogram's _bucket, _sum and _count
+    count as the histogram)."""
+    def family(name: str) -> str:
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        return base if base in METRIC_FAMILIES else name
+    return {family(name) for e in exprs for name in METRIC_NAME.findall(e)}
+
+
+def check_prometheus_rule(r: Rendered, label: str, extra_labels: dict[str, str]) -> None:
+    """The PrometheusRule: exactly files/alerts.rules.yaml, the CRD's fields checked by hand."""
+    rule = r.one("PrometheusRule", f"{RELEASE}-vod-signer")
+    shipped = yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())
+    check(rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == NAMESPACE
+          and selects(extra_labels, rule["metadata"]["labels"]),
+          f"[{label}] PrometheusRule monitoring.coreos.com/v1 in the release namespace, with the "
+          "extra labels (for the Prometheus' ruleSelector)")
+    check(rule["spec"] == shipped,
+          f"[{label}] the PrometheusRule's spec is files/alerts.rules.yaml exactly (what promtool tests)")
+    problems = []
+    alerts = {}
+    for group in rule["spec"].get("groups", []):
+        if not isinstance(group.get("name"), str) or not group.get("rules"):
+            problems.append(f"group {group.get('name')!r}: needs a name and rules")
+        for rr in group.get("rules", []):
+            name = rr.get("alert") or rr.get("record")
+            if bool(rr.get("alert")) == bool(rr.get("record")) or not isinstance(rr.get("expr"), str):
+                problems.append(f"{name}: needs exactly one of alert/record, and an expr")
+            if "for" in rr and not DURATION.match(str(rr["for"])):
+                problems.append(f"{name}: for {rr['for']!r} is not a duration")
+            for field in ("labels", "annotations"):
+                if not all(isinstance(k, str) and isinstance(v, str) for k, v in rr.get(field, {}).items()):
+                    problems.append(f"{name}: {field} must map strings to strings")
+            if rr.get("alert"):
+                alerts[rr["alert"]] = rr
+    check(not problems, f"[{label}] PrometheusRule (CRD, checked by hand): groups, rules, durations, "
+                        f"string labels and annotations {problems or ''}")
+    check(set(alerts) == ALERTS, f"[{label}] the alerts are the README's list plus the active key "
+                                 f"one {sorted(set(alerts) ^ ALERTS) or ''}")
+    bare = [a for a, rr in alerts.items()
+            if rr.get("labels", {}).get("severity") not in ("critical", "warning")
+            or not all(rr.get("annotations", {}).get(k) for k in ("summary", "description", "runbook"))]
+    check(not bare, f"[{label}] every alert has a severity (critical or warning) and summary, "
+                    f"description and runbook annotations {bare or ''}")
+    exprs = [rr["expr"] for g in shipped["groups"] for rr in g["rules"]]
+    unknown = metric_families(exprs) - METRIC_FAMILIES
+    check(not unknown, f"[{label}] the rules read only the metric names of SPEC section 6 and the "
+                       f"README {sorted(unknown) or ''}")
+
+
+def check_dashboard(r: Rendered, label: str, folder: str) -> None:
+    """The Grafana dashboard ConfigMap: sidecar label, the JSON of files/dashboard.json, a panel
+    per metric family."""
+    cm = r.one("ConfigMap", f"{RELEASE}-vod-signer-dashboard")
+    check(cm["metadata"]["labels"].get("grafana_dashboard") == "1"
+          and cm["metadata"].get("annotations", {}).get("grafana_folder") == folder,
+          f"[{label}] dashboard ConfigMap labelled grafana_dashboard: \"1\" for the Grafana "
+          f"sidecar, folder annotation {folder!r}")
+    shipped = json.loads((CHART / "files" / "dashboard.json").read_text())
+    try:
+        rendered = json.loads(cm["data"]["vod-signer.json"])
+    except (KeyError, ValueError) as e:
+        rendered = {"error": str(e)}
+    check(rendered == shipped, f"[{label}] the ConfigMap's vod-signer.json is files/dashboard.json")
+    panels = [p for p in shipped.get("panels", []) if p.get("type") != "row"]
+    ids = [p.get("id") for p in shipped.get("panels", [])]
+    variables = {v["name"] for v in shipped.get("templating", {}).get("list", [])}
+    check(shipped.get("uid") and len(ids) == len(set(ids)) and {"datasource", "namespace", "job"} <= variables
+          and all(p.get("datasource", {}).get("uid") == "${datasource}" for p in panels),
+          f"[{label}] dashboard: a uid, unique panel ids, datasource/namespace/job variables, every "
+          "panel on the chosen data source")
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    unscoped = [e for e in exprs for name in METRIC_NAME.findall(e)
+                if not re.search(re.escape(name) + r'\{[^}]*namespace=~"\$namespace", job=~"\$job"', e)]
+    check(not unscoped, f"[{label}] every query is scoped to $namespace and $job {unscoped[:2] or ''}")
+    used = metric_families(exprs)
+    check(used == METRIC_FAMILIES, f"[{label}] the dashboard has a panel for every metric family "
+                                   f"and reads no other {sorted(used ^ METRIC_FAMILIES) or ''}")
+
+
 # --------------------------------------------------------------------------- the binary
 
 
@@ -453,11 +555,13 @@ def self_signed_tls(directory: str) -> bool:
 
 def run_binary(binary: str, r: Rendered, label: str, expect_metrics: bool,
                mounts: dict[str, dict[str, bytes]] | None = None,
-               expect_health: int = SERVING) -> None:
-    """Starts `vod-signer` with the chart's ConfigMap and arguments, then SIGTERMs it.
+               expect_health: int = SERVING) -> str:
+    """Starts `vod-signer` with the chart's ConfigMap and arguments, then SIGTERMs it; returns
+    what its metrics endpoint served (empty without expect_metrics).
 
     The keys Secret, and each mount path of `mounts` (path -> files), become temporary
     directories; the arguments and variables naming them are rewritten to match."""
+    body = ""
     with tempfile.TemporaryDirectory() as tmp:
         secret = r.one("Secret", f"{RELEASE}-vod-signer-keys")
         files = {"/etc/vod-signer/keys": {k: base64.b64decode(v) for k, v in secret["data"].items()}}
@@ -508,7 +612,6 @@ def run_binary(binary: str, r: Rendered, label: str, expect_metrics: bool,
                       f"{probe['port']}, service {service!r}): {names.get(status, status)}")
             if expect_metrics and listening:
                 metrics_port = int(r.config["VOD_SIGNER_METRICS_LISTEN"].rpartition(":")[2])
-                body = ""
                 for _ in range(50):
                     try:
                         with urllib.request.urlopen(
@@ -542,6 +645,7 @@ def run_binary(binary: str, r: Rendered, label: str, expect_metrics: bool,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    return body
 
 
 # --------------------------------------------------------------------------- documentation
@@ -720,7 +824,10 @@ def main() -> int:
           and ports["grpc"]["targetPort"] == "grpc",
           "[production] Service ports named grpc (50051) and metrics")
     check(not r.kind("HorizontalPodAutoscaler") and not r.kind("NetworkPolicy")
-          and not r.kind("ServiceMonitor"), "[production] optional resources off by default")
+          and not r.kind("ServiceMonitor") and not r.kind("PrometheusRule")
+          and [c["metadata"]["name"] for c in r.kind("ConfigMap")] == [f"{RELEASE}-vod-signer"],
+          "[production] optional resources off by default (HPA, NetworkPolicy, ServiceMonitor, "
+          "PrometheusRule, dashboard ConfigMap)")
     check("Redis at redis+sentinel://" in r.notes and "port-forward svc/rel-vod-signer 50051:50051"
           in r.notes and "grpcurl -plaintext localhost:50051 list" in r.notes
           and "grpc.health.v1.Health/Check" in r.notes,
@@ -778,7 +885,9 @@ def main() -> int:
                   "tls": {"caSecretName": "redis-ca", "clientCertSecretName": "redis-client"}},
         "tls": {"secretName": "vod-signer-tls", "clientCaSecretName": "vod-signer-client-ca"},
         "callerPolicy": {"existingSecret": "vod-signer-callers"},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+                    "grafanaDashboard": {"enabled": True, "folder": "Video"}},
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12,
                         "targetMemoryUtilizationPercentage": 80},
         "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
@@ -854,6 +963,8 @@ def main() -> int:
           and sm["metadata"]["name"] == f"{RELEASE}-vod-signer",
           "[all features] ServiceMonitor (CRD, checked by hand): selects the server Service, "
           "scrapes its metrics port at /metrics, carries the extra labels")
+    check_prometheus_rule(r, "all features", {"release": "prom"})
+    check_dashboard(r, "all features", "Video")
     np = r.one("NetworkPolicy", f"{RELEASE}-vod-signer")
     server_pods = pod_labels(r.server)
     check(np["spec"]["podSelector"]["matchLabels"] == r.server["spec"]["selector"]["matchLabels"]
@@ -925,6 +1036,10 @@ def main() -> int:
          "needs networkPolicy.clientPodLabels"),
         ("ServiceMonitor without metrics", merge(redis_values, {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}),
          "needs metrics.enabled"),
+        ("PrometheusRule without metrics", merge(redis_values, {"metrics": {"enabled": False, "prometheusRule": {"enabled": True}}}),
+         "metrics.prometheusRule.enabled needs metrics.enabled"),
+        ("Grafana dashboard without metrics", merge(redis_values, {"metrics": {"enabled": False, "grafanaDashboard": {"enabled": True}}}),
+         "metrics.grafanaDashboard.enabled needs metrics.enabled"),
         ("Redis TLS files with a plaintext redis:// URL",
          merge(redis_values, {"redis": {"tls": {"caSecretName": "redis-ca"}}}), "needs a TLS Redis URL"),
         (".active naming a key that is not there",
@@ -955,6 +1070,8 @@ def main() -> int:
         ("quota not N/PERIOD", {"security": {"quotaPerSubject": "lots"}}),
         ("redis.url not a redis URL", {"redis": {"url": "http://redis:6379"}}),
         ("secret name not a DNS name", {"tls": {"secretName": "My_Secret"}}),
+        ("dashboard label value a number, not a string", {"metrics": {"grafanaDashboard": {"labelValue": 1}}}),
+        ("prometheusRule.enabled not a boolean", {"metrics": {"prometheusRule": {"enabled": "yes"}}}),
     ]
     for label, values in schema_refusals:
         err = render_error(chart, merge(redis_values, values))
@@ -977,7 +1094,15 @@ def main() -> int:
                                  f"by default {sorted(args - known) or ''}")
         ports = {"containerPorts": {"grpc": free_port(), "metrics": free_port()}}
         r = render(chart, merge(INLINE, {"replicaCount": 1}, ports))
-        run_binary(binary, r, "in-memory", expect_metrics="metrics-listen" in known)
+        body = run_binary(binary, r, "in-memory", expect_metrics="metrics-listen" in known)
+        # Families the binary declares (OpenMetrics TYPE lines name counters without _total;
+        # a family with no sample yet, such as requests before any call, is not listed).
+        exported = {name + ("_total" if kind == "counter" else "") for name, kind in
+                    re.findall(r"^# TYPE (vodsigner_[a-z_]+) (\w+)$", body, re.M)}
+        check(exported <= METRIC_FAMILIES,
+              f"[in-memory] every metric family the binary exports ({len(exported)}) is one the "
+              f"alerts and dashboard know (else add a panel to files/dashboard.json and the name to "
+              f"METRIC_FAMILIES) {sorted(exported - METRIC_FAMILIES) or ''}")
         redis_down = {"redis": {"url": f"redis://127.0.0.1:{free_port()}/0"}}
         r = render(chart, merge(INLINE, {"replicaCount": 1}, redis_down, ports))
         run_binary(binary, r, "redis.url, Redis not up yet", expect_metrics=False,

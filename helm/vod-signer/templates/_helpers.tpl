@@ -220,6 +220,12 @@ Refuses values that would deploy something broken or unsafe, with a message sayi
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" }}
 {{- end }}
+{{- if and $v.metrics.prometheusRule.enabled (not $v.metrics.enabled) }}
+{{- fail "metrics.prometheusRule.enabled needs metrics.enabled: without metrics the alerts have nothing to watch" }}
+{{- end }}
+{{- if and $v.metrics.grafanaDashboard.enabled (not $v.metrics.enabled) }}
+{{- fail "metrics.grafanaDashboard.enabled needs metrics.enabled: without metrics the dashboard has nothing to show" }}
+{{- end }}
 {{- if and $v.networkPolicy.enabled (not $v.networkPolicy.clientPodLabels) }}
 {{- fail "networkPolicy.enabled needs networkPolicy.clientPodLabels: the labels your client pods (app server, upload gateway) carry, e.g. --set networkPolicy.clientPodLabels.vod-signer-client=true (an empty set would admit every pod)" }}
 {{- end }}
