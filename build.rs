@@ -12,8 +12,8 @@ fn main() {
     fs::write(out.join("vodsigner_descriptor.bin"), fds.encode_to_vec())
         .expect("write descriptor set");
     tonic_prost_build::configure()
-        // Typed INVALID_REQUEST for undecodable requests (see src/wire.rs).
-        .codec_path("crate::wire::WireCodec")
+        // Typed INVALID_REQUEST for undecodable requests (see src/proto/codec.rs).
+        .codec_path("crate::proto::codec::WireCodec")
         .compile_fds(fds)
         .expect("generate gRPC code");
 }

@@ -10,42 +10,56 @@
 //!
 //! A caller is recognised by a bearer token (`authorization: Bearer ...`, compared by its
 //! SHA-256; the file never holds a token) or, without one, by its client certificate's SANs.
-//! This module knows nothing of gRPC: the service hands it the credentials it found.
+//! This module knows nothing of gRPC: the caller check of the gRPC edge hands it the
+//! credentials it found.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::reason::Reason;
 
-/// The RPCs a role can grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The RPCs a role can grant; each is named by its gRPC method name (`IssueSignature`, ...).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 pub enum Rpc {
     /// IssueSignature.
+    #[strum(serialize = "IssueSignature")]
     Issue,
     /// VerifySignature.
+    #[strum(serialize = "VerifySignature")]
     Verify,
     /// ConsumeSignature.
+    #[strum(serialize = "ConsumeSignature")]
     Consume,
     /// RevokeSignature.
+    #[strum(serialize = "RevokeSignature")]
     Revoke,
     /// WatchEvents.
+    #[strum(serialize = "WatchEvents")]
     WatchEvents,
 }
 
 impl Rpc {
     /// The RPC's gRPC method name.
     pub fn name(self) -> &'static str {
-        match self {
-            Rpc::Issue => "IssueSignature",
-            Rpc::Verify => "VerifySignature",
-            Rpc::Consume => "ConsumeSignature",
-            Rpc::Revoke => "RevokeSignature",
-            Rpc::WatchEvents => "WatchEvents",
-        }
+        self.into()
     }
 }
+
+/// The caller policy, swapped on reload; `None` lets every caller call everything.
+pub type SharedPolicy = Arc<arc_swap::ArcSwapOption<CallerPolicy>>;
 
 /// A role: a set of RPCs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

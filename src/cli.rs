@@ -39,7 +39,7 @@ pub fn issue(args: &IssueArgs) -> Result<String, String> {
         .map_err(|e| format!("invalid policy: {e}"))?;
     let secret_id = keys.active_id();
     let key = keys.get(secret_id).expect("the active key is in the ring");
-    let now = crate::service::unix_now();
+    let now = crate::clock::unix_now();
     let signed = signature::sign(
         key,
         &SignRequest {

@@ -179,7 +179,8 @@ impl Client {
             code: Code::InvalidArgument,
             message,
         };
-        crate::tls::install_crypto_provider();
+        // rustls needs a process-wide crypto provider; ring, as the server and Redis use.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let mut endpoint = Channel::from_shared(config.endpoint.clone())
             .map_err(|e| failed(format!("bad endpoint {:?}: {e}", config.endpoint)))?
             .connect_timeout(config.timeout)

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::redis::RedisConfig;
+use crate::server::ServerOptions;
+use crate::service::Settings;
+
 /// vod-signer: issues and redeems single-use Tencent Cloud VOD upload signatures.
 #[derive(Debug, Parser)]
 #[command(name = "vod-signer", version, about, long_about = None)]
@@ -95,32 +99,35 @@ pub struct ServeArgs {
     #[arg(long, env = "VOD_SIGNER_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// TTL of a signature when the request says 0, seconds.
-    #[arg(long, env = "VOD_SIGNER_DEFAULT_TTL", default_value_t = 3600)]
+    #[arg(long, env = "VOD_SIGNER_DEFAULT_TTL", default_value_t = Settings::default().default_ttl)]
     pub default_ttl: u64,
     /// Largest TTL a request may ask for, seconds (at most 7776000, 90 days).
-    #[arg(long, env = "VOD_SIGNER_MAX_TTL", default_value_t = 7_776_000,
+    #[arg(long, env = "VOD_SIGNER_MAX_TTL", default_value_t = Settings::default().max_ttl,
           value_parser = clap::value_parser!(u64).range(1..=7_776_000))]
     pub max_ttl: u64,
     /// Clock skew allowed at both ends of a signature's window, seconds.
-    #[arg(long, env = "VOD_SIGNER_LEEWAY", default_value_t = 60)]
+    #[arg(long, env = "VOD_SIGNER_LEEWAY", default_value_t = Settings::default().leeway)]
     pub leeway: u64,
     /// Prefix of every Redis key.
-    #[arg(long, env = "VOD_SIGNER_KEY_PREFIX", default_value = "vodsigner:")]
+    #[arg(long, env = "VOD_SIGNER_KEY_PREFIX", default_value_t = RedisConfig::default().key_prefix)]
     pub key_prefix: String,
     /// Bound on every store call, milliseconds; past it the call fails closed.
-    #[arg(long, env = "VOD_SIGNER_STORE_TIMEOUT_MS", default_value_t = 250,
+    #[arg(long, env = "VOD_SIGNER_STORE_TIMEOUT_MS",
+          default_value_t = RedisConfig::default().timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub store_timeout_ms: u64,
     /// How often the store's health is checked, milliseconds.
-    #[arg(long, env = "VOD_SIGNER_HEALTH_INTERVAL_MS", default_value_t = 1000,
+    #[arg(long, env = "VOD_SIGNER_HEALTH_INTERVAL_MS",
+          default_value_t = ServerOptions::HEALTH_INTERVAL.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub health_interval_ms: u64,
     /// Calls served at once; more are shed at once with RATE_LIMITED (RESOURCE_EXHAUSTED).
-    #[arg(long, env = "VOD_SIGNER_MAX_CONCURRENT_CALLS", default_value_t = 1024,
+    #[arg(long, env = "VOD_SIGNER_MAX_CONCURRENT_CALLS",
+          default_value_t = ServerOptions::MAX_CONCURRENT_CALLS,
           value_parser = clap::value_parser!(usize))]
     pub max_concurrent_calls: usize,
     /// On SIGTERM, how long calls in flight may take to finish, seconds.
-    #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = 20)]
+    #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = ServerOptions::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,
     /// Re-read the keys directory (and the caller policy) this often, seconds; 0: only on SIGHUP.
     #[arg(long, env = "VOD_SIGNER_KEYS_RELOAD_INTERVAL", default_value_t = 30)]
@@ -153,7 +160,8 @@ pub struct ServeArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
     /// How often the TLS files are checked for changes, seconds.
-    #[arg(long, env = "VOD_SIGNER_TLS_RELOAD_INTERVAL", default_value_t = 30,
+    #[arg(long, env = "VOD_SIGNER_TLS_RELOAD_INTERVAL",
+          default_value_t = ServerOptions::TLS_RELOAD_INTERVAL.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_reload_interval: u64,
     /// Caller policy (TOML): which caller may call which RPC. Without it, every caller may.
@@ -165,7 +173,7 @@ pub struct ServeArgs {
     pub min_replicas_ack: u32,
     /// Approximate cap of the `{prefix}events` audit stream; 0 turns events off. With the
     /// in-memory store, events go to the log instead.
-    #[arg(long, env = "VOD_SIGNER_EVENTS_MAXLEN", default_value_t = 100_000)]
+    #[arg(long, env = "VOD_SIGNER_EVENTS_MAXLEN", default_value_t = crate::audit::DEFAULT_MAXLEN)]
     pub events_maxlen: u64,
     /// Issuance quota per end user (`subject`), e.g. `20/1h` (N per 30s, 1m, 1h, 1d...).
     #[arg(long, env = "VOD_SIGNER_QUOTA_PER_SUBJECT", value_name = "N/PERIOD")]

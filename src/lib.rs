@@ -1,42 +1,48 @@
 //! vod-signer: issues and redeems single-use Tencent Cloud VOD upload signatures over gRPC.
 //!
-//! Module map (each layer only uses the ones above it):
+//! Module map, in layers: each module uses only modules of the layers above it (a test,
+//! `tests/architecture.rs`, fails on an import cycle or an upward import).
 //!
-//! - [`reason`]: the refusal reasons of the contract (SPEC section 3), shared by all layers.
-//! - [`signature`]: the codec: sign, parse, verify, clock checks. Knows no gRPC, no store.
-//! - [`digest`]: hex and short SHA-256 fingerprints, shared by records, quotas and callers.
-//! - [`keys`]: the SecretKeys, loaded from a keys directory; which one issues.
-//! - [`auth`]: the caller policy: which caller (token or certificate SAN) may call which RPC.
-//! - [`events`]: audit and upload events: the [`events::EventLog`] interface, the log-backed
-//!   one of the in-memory store (Redis Streams live in [`store`]).
-//! - [`quota`]: issuance quotas per subject and per SecretId (GCRA arithmetic, keys).
-//! - [`store`]: the replay guard's records: the [`store::Store`] interface, Redis and
-//!   in-memory implementations. Knows no gRPC.
-//! - [`proto`]: the generated gRPC types of `proto/vodsigner/v1/signer.proto`.
-//! - [`service`]: the `SignatureService` RPCs: wires codec, keys and store, maps refusals
-//!   onto gRPC statuses.
-//! - [`metrics`]: Prometheus metrics, the instrumented store wrapper, the `/metrics` endpoint.
-//! - [`wire`]: the protobuf codec of the service, refusing undecodable requests with a type.
-//! - [`tls`]: TLS and mTLS on the gRPC port, reloading certificate files as they rotate.
-//! - [`server`]: runs the gRPC server: health, reflection, store health checks, shutdown.
-//! - [`client`]: a typed client (TLS, tokens, deadlines, safe retries) for Rust callers.
-//! - [`config`]: the command line and its `VOD_SIGNER_*` environment variables.
-//! - [`cli`]: the offline subcommands (`issue`, `inspect`).
+//! 1. Foundations: [`reason`] (the refusal reasons of SPEC section 3), [`refusal`] (a refused
+//!    call and how it travels as a gRPC status), [`digest`] (hex and SHA-256 fingerprints),
+//!    [`clock`] (the injected time).
+//! 2. The codec: [`signature`]: sign, parse, verify, clock checks, URL encoding. Pure.
+//! 3. What the service holds: [`keys`] (the SecretKeys, reloadable), [`auth`] (the caller
+//!    policy), [`quota`] (GCRA arithmetic of the issuance quotas).
+//! 4. Redis: [`redis`]: URLs of the three deployments, a connection that heals itself, Sentinel
+//!    following. Knows nothing of signatures.
+//! 5. Persistence: [`store`] (the replay guard's records: the [`store::Store`] interface, Redis
+//!    and in-memory), [`audit`] (the event log: log lines or a Redis stream).
+//! 6. [`service`]: the use cases (issue, verify, consume, revoke, watch). Knows no gRPC.
+//! 7. [`metrics`]: Prometheus metrics, the measured store, the `/metrics` endpoint.
+//! 8. The wire: [`proto`] (the generated gRPC types and their codec), [`api`] (the gRPC
+//!    service over the use cases, and the per-call tower layers).
+//! 9. Serving: [`tls`] (TLS and mTLS with reloading certificates), [`server`] (transport,
+//!    health, reflection, drain), [`reload`] (keys and policy on SIGHUP and a timer).
+//! 10. Edges: [`config`] (the command line), [`telemetry`] (logs), [`runner`] (the
+//!     composition root of `serve`), [`cli`] (the offline `issue` and `inspect`), [`client`]
+//!     (a typed client for Rust callers).
 
+pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod digest;
-pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod proto;
 pub mod quota;
 pub mod reason;
+pub mod redis;
+pub mod refusal;
+pub mod reload;
+pub mod runner;
 pub mod server;
 pub mod service;
 pub mod signature;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
-pub mod wire;

@@ -9,13 +9,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser as _;
 use vod_signer::config::{Cli, Command};
-use vod_signer::{cli, server};
+use vod_signer::{cli, runner, telemetry};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    server::init_logging(args.log_format, &args.log_level);
+    telemetry::init_logging(args.log_format, &args.log_level);
     let result = match &args.command {
-        Command::Serve(serve) => server::run((**serve).clone()),
+        Command::Serve(serve) => runner::run((**serve).clone()),
         Command::Issue(issue) => cli::issue(issue).map(|out| println!("{out}")),
         Command::Inspect(inspect) => cli::inspect(inspect).map(|out| println!("{out}")),
     };

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::quota::Charge;
-use crate::store::{ConsumeOutcome, QuotaOutcome, Signature, Status, Store, StoreError};
+use crate::store::{ConsumeOutcome, QuotaOutcome, RecordRef, RecordState, Store, StoreError};
 
 /// Buckets of RPC latency, seconds: 100 µs to ~3 s.
 const REQUEST_BUCKETS: [f64; 16] = [
@@ -158,9 +158,9 @@ impl Metrics {
     }
 
     /// Counts an RPC in flight until the guard is dropped.
-    pub fn inflight(&self) -> InflightGuard<'_> {
+    pub fn inflight(&self) -> InflightGuard {
         self.inflight.inc();
-        InflightGuard(&self.inflight)
+        InflightGuard(self.inflight.clone())
     }
 
     /// Records one answered RPC.
@@ -200,9 +200,9 @@ impl Metrics {
 }
 
 /// Decrements the in-flight gauge when dropped.
-pub struct InflightGuard<'a>(&'a Gauge);
+pub struct InflightGuard(Gauge);
 
-impl Drop for InflightGuard<'_> {
+impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -224,7 +224,7 @@ impl<S> Instrumented<S> {
 impl<S: Store> Store for Instrumented<S> {
     async fn insert_issued(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
     ) -> Result<bool, StoreError> {
@@ -234,7 +234,7 @@ impl<S: Store> Store for Instrumented<S> {
         result
     }
 
-    async fn status(&self, sig: Signature<'_>) -> Result<Status, StoreError> {
+    async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
         let started = Instant::now();
         let result = self.inner.status(sig).await;
         self.metrics.store_call("status", started, &result);
@@ -243,7 +243,7 @@ impl<S: Store> Store for Instrumented<S> {
 
     async fn consume(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
@@ -253,7 +253,7 @@ impl<S: Store> Store for Instrumented<S> {
         result
     }
 
-    async fn revoke(&self, sig: Signature<'_>, now: i64) -> Result<Status, StoreError> {
+    async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
         let started = Instant::now();
         let result = self.inner.revoke(sig, now).await;
         self.metrics.store_call("revoke", started, &result);
@@ -267,8 +267,8 @@ impl<S: Store> Store for Instrumented<S> {
         result
     }
 
-    fn records(&self) -> Option<usize> {
-        self.inner.records()
+    fn record_count(&self) -> Option<usize> {
+        self.inner.record_count()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

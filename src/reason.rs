@@ -1,13 +1,24 @@
 //! The refusal reasons of SPEC section 3, as one enum shared by every layer.
 //!
 //! Each layer reports its failures as its own error type; each of those maps onto a
-//! [`Reason`], whose token starts every refused call's message. Only the service layer knows
+//! [`Reason`], whose token starts every refused call's message. Only `refusal.rs` knows
 //! which gRPC code a reason travels with.
 
-use std::fmt;
-
-/// A refusal reason; its [`Reason::as_str`] token is part of the public contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A refusal reason; its token ([`Reason::as_str`], e.g. `SIGNATURE_ALREADY_USED`) is part
+/// of the public contract.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+    strum::Display,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reason {
     /// A request field is out of range.
     InvalidRequest,
@@ -43,54 +54,50 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in SPEC order.
-    pub const ALL: [Reason; 15] = [
-        Reason::InvalidRequest,
-        Reason::SignatureMalformed,
-        Reason::UnknownSecretId,
-        Reason::SignatureMismatch,
-        Reason::SignatureExpired,
-        Reason::SignatureNotYetValid,
-        Reason::SignatureAlreadyUsed,
-        Reason::SignatureRevoked,
-        Reason::SignatureNotIssued,
-        Reason::FileTooLarge,
-        Reason::RateLimited,
-        Reason::PermissionDenied,
-        Reason::CallerUnauthenticated,
-        Reason::NoActiveKey,
-        Reason::StoreUnavailable,
-    ];
-
     /// The reason token, e.g. `SIGNATURE_ALREADY_USED`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InvalidRequest => "INVALID_REQUEST",
-            Reason::SignatureMalformed => "SIGNATURE_MALFORMED",
-            Reason::UnknownSecretId => "UNKNOWN_SECRET_ID",
-            Reason::SignatureMismatch => "SIGNATURE_MISMATCH",
-            Reason::SignatureExpired => "SIGNATURE_EXPIRED",
-            Reason::SignatureNotYetValid => "SIGNATURE_NOT_YET_VALID",
-            Reason::SignatureAlreadyUsed => "SIGNATURE_ALREADY_USED",
-            Reason::SignatureRevoked => "SIGNATURE_REVOKED",
-            Reason::SignatureNotIssued => "SIGNATURE_NOT_ISSUED",
-            Reason::FileTooLarge => "FILE_TOO_LARGE",
-            Reason::RateLimited => "RATE_LIMITED",
-            Reason::PermissionDenied => "PERMISSION_DENIED",
-            Reason::CallerUnauthenticated => "CALLER_UNAUTHENTICATED",
-            Reason::NoActiveKey => "NO_ACTIVE_KEY",
-            Reason::StoreUnavailable => "STORE_UNAVAILABLE",
-        }
+        self.into()
     }
 
     /// The reason whose token is `token`, if any.
     pub fn from_token(token: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == token)
+        token.parse().ok()
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+#[cfg(test)]
+mod tests {
+    use strum::IntoEnumIterator as _;
+
+    use super::*;
+
+    #[test]
+    fn tokens_are_the_contract() {
+        let tokens: Vec<&str> = Reason::iter().map(Reason::as_str).collect();
+        assert_eq!(
+            tokens,
+            [
+                "INVALID_REQUEST",
+                "SIGNATURE_MALFORMED",
+                "UNKNOWN_SECRET_ID",
+                "SIGNATURE_MISMATCH",
+                "SIGNATURE_EXPIRED",
+                "SIGNATURE_NOT_YET_VALID",
+                "SIGNATURE_ALREADY_USED",
+                "SIGNATURE_REVOKED",
+                "SIGNATURE_NOT_ISSUED",
+                "FILE_TOO_LARGE",
+                "RATE_LIMITED",
+                "PERMISSION_DENIED",
+                "CALLER_UNAUTHENTICATED",
+                "NO_ACTIVE_KEY",
+                "STORE_UNAVAILABLE",
+            ]
+        );
+        for reason in Reason::iter() {
+            assert_eq!(Reason::from_token(reason.as_str()), Some(reason));
+            assert_eq!(reason.to_string(), reason.as_str());
+        }
+        assert_eq!(Reason::from_token("signature_already_used"), None);
     }
 }

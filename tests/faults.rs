@@ -15,15 +15,21 @@ use vod_signer::proto::{
     IssueSignatureRequest, RevokeSignatureRequest, SignatureState, VerifySignatureRequest,
 };
 use vod_signer::reason::Reason;
+use vod_signer::server::ServerOptions;
 use vod_signer::service::Settings;
 
 /// A Redis, a proxy in front of it, and a server that reaches Redis through the proxy.
 async fn behind_proxy(settings: Settings) -> (TestServer, FaultProxy) {
+    behind_proxy_with(settings, test_options()).await
+}
+
+/// [`behind_proxy`] with server `options`.
+async fn behind_proxy_with(settings: Settings, options: ServerOptions) -> (TestServer, FaultProxy) {
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(redis.port).await;
     let store = Arc::new(redis_store(&proxy.url(), "vodsigner:"));
     (
-        TestServer::start_on(store, Some(redis), settings).await,
+        TestServer::start_configured(store, Some(redis), settings, options).await,
         proxy,
     )
 }
@@ -325,10 +331,13 @@ async fn connections_cut_during_a_burst_lose_no_consume_and_double_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_a_typed_refusal() {
-    let (server, proxy) = behind_proxy(Settings {
-        max_concurrent_calls: 4,
-        ..Settings::default()
-    })
+    let (server, proxy) = behind_proxy_with(
+        Settings::default(),
+        ServerOptions {
+            max_concurrent_calls: 4,
+            ..test_options()
+        },
+    )
     .await;
     let mut client = server.client().await;
     let sig = issue(&mut client).await;

@@ -156,12 +156,18 @@ async fn starts_before_redis_and_serves_once_it_is_up() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(vod_signer::server::serve(
-        listener,
+    let options = test_options();
+    let signer = vod_signer::runner::assemble(
         store,
         key_ring().shared(),
         Settings::default(),
-        test_options(),
+        Arc::new(vod_signer::audit::NoEvents),
+        options.metrics.clone(),
+    );
+    tokio::spawn(vod_signer::server::serve(
+        listener,
+        signer,
+        options,
         async {
             let _ = rx.await;
         },

@@ -328,7 +328,7 @@ async fn notify(State(state): State<Arc<AppState>>, headers: HeaderMap, body: By
     notifications.push(Notification {
         event,
         user,
-        received_at: vod_signer::service::unix_now(),
+        received_at: vod_signer::clock::unix_now(),
     });
     json(StatusCode::OK, &serde_json::json!({ "ok": true }))
 }

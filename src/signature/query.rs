@@ -1,18 +1,28 @@
 //! URL encoding of parameter values: `encodeURIComponent` on the way out, any valid
 //! percent-encoding (and `+` as space) on the way in.
+//!
+//! Encoding is the `percent-encoding` crate with `encodeURIComponent`'s set. Decoding stays
+//! our own: the crate's decoder passes a malformed escape (`%zz`, a lone `%`) through as
+//! literal text, while a signature with one must be refused as malformed, and `+` must mean
+//! a space as Tencent's parser reads it.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// What `encodeURIComponent` escapes: everything but `A-Z a-z 0-9 - _ . ~ ! * ' ( )`.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
 
 /// Appends `value` to `out` encoded exactly like JavaScript's `encodeURIComponent`.
 pub fn encode_component_into(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value.as_bytes() {
-        if is_unreserved(b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0x0f)] as char);
-        }
-    }
+    out.extend(utf8_percent_encode(value, COMPONENT));
 }
 
 /// Encodes `value` like `encodeURIComponent`.
@@ -20,14 +30,6 @@ pub fn encode_component(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     encode_component_into(&mut out, value);
     out
-}
-
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'_' | b'.' | b'~' | b'!' | b'*' | b'\'' | b'(' | b')'
-        )
 }
 
 /// Why a component could not be decoded.

@@ -7,10 +7,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so a test can pause and advance time instead of sleeping (records expire by it).
+use tokio::time::Instant;
 
 use super::{
-    ConsumeOutcome, QuotaOutcome, Record, Signature, Status, Store, StoreError, idempotency_token,
+    ConsumeOutcome, QuotaOutcome, Record, RecordRef, RecordState, Store, StoreError,
+    idempotency_token,
 };
 use crate::quota::{Charge, gcra};
 
@@ -51,8 +55,10 @@ impl Shard {
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
-    /// Quota key → (GCRA TAT in Unix ms, when it may be forgotten).
+    /// Quota key → (GCRA TAT in ms since `started`, when it may be forgotten).
     quotas: Mutex<HashMap<String, (u64, u64)>>,
+    /// The origin of the quotas' clock.
+    started: Instant,
 }
 
 impl Default for MemoryStore {
@@ -68,6 +74,8 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             quotas: Mutex::default(),
+            // Far enough in the past that no TAT is 0 by accident.
+            started: Instant::now() - Duration::from_secs(1),
         }
     }
 
@@ -81,7 +89,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn with_record<T>(&self, sig: Signature<'_>, f: impl FnOnce(Option<&mut Record>) -> T) -> T {
+    fn with_record<T>(&self, sig: RecordRef<'_>, f: impl FnOnce(Option<&mut Record>) -> T) -> T {
         let key = (sig.key.secret_id.to_owned(), sig.key.random);
         let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
         let mut shard = lock(shard);
@@ -98,7 +106,7 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     async fn insert_issued(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
     ) -> Result<bool, StoreError> {
@@ -118,35 +126,34 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn status(&self, sig: Signature<'_>) -> Result<Status, StoreError> {
+    async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
         Ok(self.with_record(sig, |r| {
-            r.map_or(Status::NotIssued, |r| r.status_for(sig.fingerprint))
+            r.map_or(RecordState::NotIssued, |r| r.state_for(sig.fingerprint))
         }))
     }
 
     async fn consume(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
         let token = idempotency_token(idempotency_key);
         Ok(self.with_record(sig, |r| match r {
             Some(r) => r.consume(sig.fingerprint, now, &token),
-            None => ConsumeOutcome::Refused(Status::NotIssued),
+            None => ConsumeOutcome::Refused(RecordState::NotIssued),
         }))
     }
 
-    async fn revoke(&self, sig: Signature<'_>, now: i64) -> Result<Status, StoreError> {
+    async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
         Ok(self.with_record(sig, |r| {
-            r.map_or(Status::NotIssued, |r| r.revoke(sig.fingerprint, now))
+            r.map_or(RecordState::NotIssued, |r| r.revoke(sig.fingerprint, now))
         }))
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        // Milliseconds on the store's own (tokio) clock, as Redis uses its own `TIME`.
+        let now = self.started.elapsed().as_millis() as u64;
         let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
         if quotas.len() > 1024 {
             // Keys whose TAT has passed hold no information any more.
@@ -171,7 +178,7 @@ impl Store for MemoryStore {
         Ok(QuotaOutcome::Allowed)
     }
 
-    fn records(&self) -> Option<usize> {
+    fn record_count(&self) -> Option<usize> {
         Some(self.len())
     }
 
@@ -185,14 +192,26 @@ mod tests {
     use super::*;
     use crate::store::RecordKey;
 
-    fn sig(random: u32) -> Signature<'static> {
-        Signature {
+    fn sig(random: u32) -> RecordRef<'static> {
+        RecordRef {
             key: RecordKey {
                 secret_id: "AKID",
                 random,
             },
             fingerprint: "fp",
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_expire_with_their_ttl() {
+        let store = MemoryStore::new();
+        assert!(store.insert_issued(sig(1), 0, 60).await.unwrap());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::Issued);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::NotIssued);
+        // Its nonce is free again.
+        assert!(store.insert_issued(sig(1), 0, 60).await.unwrap());
     }
 
     #[tokio::test]
@@ -206,6 +225,6 @@ mod tests {
             store.insert_issued(sig(r), 0, 3600).await.unwrap();
         }
         assert_eq!(store.len(), 300);
-        assert_eq!(store.status(sig(1)).await.unwrap(), Status::NotIssued);
+        assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::NotIssued);
     }
 }

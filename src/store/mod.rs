@@ -10,17 +10,13 @@
 //! The store knows nothing of gRPC; it reports outcomes, and the service decides what they
 //! mean for the caller.
 
-mod events;
 mod memory;
 mod record;
 mod redis;
-mod topology;
 
-pub use self::events::RedisEvents;
 pub use self::memory::MemoryStore;
-pub use self::record::{Record, State};
-pub use self::redis::{RedisConfig, RedisStore};
-pub use self::topology::Topology;
+pub use self::record::Record;
+pub use self::redis::RedisStore;
 
 use std::future::Future;
 
@@ -38,7 +34,7 @@ pub struct RecordKey<'a> {
 
 /// What the store knows of one signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub enum RecordState {
     /// No record, or a record of another signature with the same nonce.
     NotIssued,
     /// Issued and unused.
@@ -64,7 +60,7 @@ pub enum ConsumeOutcome {
         at: i64,
     },
     /// Refused: the record was not in the `issued` state.
-    Refused(Status),
+    Refused(RecordState),
 }
 
 /// The outcome of [`Store::charge_quotas`].
@@ -83,7 +79,7 @@ pub enum QuotaOutcome {
 
 /// What one signature's record operations need to know about it.
 #[derive(Clone, Copy, Debug)]
-pub struct Signature<'a> {
+pub struct RecordRef<'a> {
     /// Which record.
     pub key: RecordKey<'a>,
     /// The fingerprint of its tag ([`crate::signature::fingerprint`]).
@@ -111,20 +107,22 @@ pub trait Store: Send + Sync + 'static {
     /// nonce). The record expires after `ttl_seconds`.
     fn insert_issued(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The signature's status; changes nothing.
-    fn status(&self, sig: Signature<'_>)
-    -> impl Future<Output = Result<Status, StoreError>> + Send;
+    fn status(
+        &self,
+        sig: RecordRef<'_>,
+    ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
 
     /// Moves `issued` to `consumed` in one atomic step. A repeat with the same non-empty
     /// idempotency key of the call that consumed it gets the same success.
     fn consume(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         idempotency_key: &str,
     ) -> impl Future<Output = Result<ConsumeOutcome, StoreError>> + Send;
@@ -132,9 +130,9 @@ pub trait Store: Send + Sync + 'static {
     /// Moves `issued` to `revoked` in one atomic step; returns the status before.
     fn revoke(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
-    ) -> impl Future<Output = Result<Status, StoreError>> + Send;
+    ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
 
     /// Charges every quota of `group` in one atomic step, all or nothing (SPEC section 6
     /// quotas; GCRA, see `crate::quota`).
@@ -145,7 +143,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many signature records the store holds, where that is cheap to know (the
     /// in-memory store; Redis shares its key count with other data, so it says `None`).
-    fn records(&self) -> Option<usize> {
+    fn record_count(&self) -> Option<usize> {
         None
     }
 

@@ -4,11 +4,11 @@
 //! plain string written with `SET NX` at issue. The Lua scripts in `redis.rs` implement the
 //! same transitions as [`Record::consume`] and [`Record::revoke`] on that text.
 
-use super::{ConsumeOutcome, Status};
+use super::{ConsumeOutcome, RecordState};
 
-/// A record's state.
+/// A record's state as stored (a signature with another fingerprint sees `NotIssued`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+enum State {
     /// Issued, unused.
     Issued,
     /// Used up.
@@ -31,7 +31,7 @@ impl State {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Its state.
-    pub state: State,
+    state: State,
     /// Fingerprint of the signature's tag.
     pub fingerprint: String,
     /// Issue time, Unix seconds.
@@ -94,17 +94,17 @@ impl Record {
         })
     }
 
-    /// The status this record gives the signature with `fingerprint`.
-    pub fn status_for(&self, fingerprint: &str) -> Status {
+    /// The state this record gives the signature with `fingerprint`.
+    pub fn state_for(&self, fingerprint: &str) -> RecordState {
         if self.fingerprint != fingerprint {
-            return Status::NotIssued;
+            return RecordState::NotIssued;
         }
         match self.state {
-            State::Issued => Status::Issued,
-            State::Consumed => Status::Consumed {
+            State::Issued => RecordState::Issued,
+            State::Consumed => RecordState::Consumed {
                 at: self.changed_at,
             },
-            State::Revoked => Status::Revoked {
+            State::Revoked => RecordState::Revoked {
                 at: self.changed_at,
             },
         }
@@ -112,14 +112,14 @@ impl Record {
 
     /// Consumes the record for the signature with `fingerprint` if it is issued.
     pub fn consume(&mut self, fingerprint: &str, now: i64, idempotency: &str) -> ConsumeOutcome {
-        match self.status_for(fingerprint) {
-            Status::Issued => {
+        match self.state_for(fingerprint) {
+            RecordState::Issued => {
                 self.state = State::Consumed;
                 self.changed_at = now;
                 self.idempotency = idempotency.to_owned();
                 ConsumeOutcome::Consumed { at: now }
             }
-            Status::Consumed { at }
+            RecordState::Consumed { at }
                 if !idempotency.is_empty() && self.idempotency == idempotency =>
             {
                 ConsumeOutcome::Consumed { at }
@@ -128,10 +128,10 @@ impl Record {
         }
     }
 
-    /// Revokes the record for the signature with `fingerprint` if it is issued; the status before.
-    pub fn revoke(&mut self, fingerprint: &str, now: i64) -> Status {
-        let before = self.status_for(fingerprint);
-        if before == Status::Issued {
+    /// Revokes the record for the signature with `fingerprint` if it is issued; the state before.
+    pub fn revoke(&mut self, fingerprint: &str, now: i64) -> RecordState {
+        let before = self.state_for(fingerprint);
+        if before == RecordState::Issued {
             self.state = State::Revoked;
             self.changed_at = now;
         }

@@ -4,20 +4,21 @@
 //!   signature can no longer pass the clock check.
 //! - Issue is `SET NX EX`; consume and revoke are Lua scripts, so each is one atomic step on
 //!   the server, and two replicas racing on one signature cannot both win.
-//! - The connection is a `ConnectionManager`: multiplexed, created lazily (the service starts
-//!   while Redis is still coming up), and reconnecting by itself. Every call is bounded by the
-//!   store timeout and fails closed with [`StoreError::Unavailable`].
+//! - The connection is a [`Connector`]'s: dialled in the background (the service starts while
+//!   Redis is still coming up) and replaced when it breaks or keeps timing out; this store
+//!   tells it how each call went. Every call is bounded by the store timeout and fails closed
+//!   with [`StoreError::Unavailable`].
 
 use std::time::Duration;
 
 use redis::Script;
 
-use super::topology::{Conn, Connector, Failure};
-
 use super::{
-    ConsumeOutcome, QuotaOutcome, Record, Signature, Status, Store, StoreError, idempotency_token,
+    ConsumeOutcome, QuotaOutcome, Record, RecordRef, RecordState, Store, StoreError,
+    idempotency_token,
 };
 use crate::quota::Charge;
+use crate::redis::{Conn, Connector, Failure, RedisConfig};
 
 /// Consume: `issued` becomes `consumed` keeping the expiry; a repeat with the same
 /// idempotency token answers the same success. Returns `{outcome, at}`.
@@ -68,39 +69,6 @@ end
 return {0, 0}
 "#;
 
-/// How to reach Redis.
-#[derive(Clone, Default)]
-pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
-    pub url: String,
-    /// Prefix of every key (default `vodsigner:`).
-    pub key_prefix: String,
-    /// Bound on every store call.
-    pub timeout: Duration,
-    /// ACL user name (overrides the URL's).
-    pub username: Option<String>,
-    /// Password (overrides the URL's); read from a file or the environment, never logged.
-    pub password: Option<String>,
-    /// PEM CA bundle that signs the Redis server's certificate (`rediss://`); without it, the
-    /// system's trust store.
-    pub tls_ca: Option<Vec<u8>>,
-    /// PEM client certificate and key, for a Redis that requires them.
-    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
-    /// Replicas that must acknowledge an issue, consume or revoke (Redis `WAIT`) before success.
-    pub min_replicas_ack: u32,
-}
-
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish_non_exhaustive()
-    }
-}
-
 /// Records in Redis, shared by all replicas.
 pub struct RedisStore {
     connector: Connector,
@@ -126,28 +94,29 @@ impl RedisStore {
         })
     }
 
-    /// The audit event stream `{prefix}events`, capped at about `maxlen` entries, written
-    /// through this store's connection.
-    pub fn events(&self, maxlen: u64) -> super::RedisEvents {
-        super::RedisEvents::start(
-            self.connector.clone(),
-            format!("{}events", self.prefix),
-            maxlen,
-            self.timeout,
-        )
+    /// The connection this store uses, for what shares it (the audit stream).
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Its key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The Redis key of a signature's record.
-    pub fn record_key(&self, sig: &Signature<'_>) -> String {
+    pub fn record_key(&self, sig: &RecordRef<'_>) -> String {
         format!(
             "{}sig:{}:{}",
             self.prefix, sig.key.secret_id, sig.key.random
         )
     }
 
-    fn conn(&self) -> Result<Conn, StoreError> {
+    /// The connection, waiting (within the store timeout) for the first one.
+    async fn conn(&self) -> Result<Conn, StoreError> {
         self.connector
-            .get()
+            .ready(self.timeout)
+            .await
             .ok_or_else(|| StoreError::Unavailable("not connected to Redis yet".into()))
     }
 
@@ -220,7 +189,7 @@ impl RedisStore {
 }
 
 /// Reads a script's `{state, at}` reply.
-fn scripted_status(reply: &[String]) -> Result<Status, StoreError> {
+fn scripted_status(reply: &[String]) -> Result<RecordState, StoreError> {
     let at = || -> Result<i64, StoreError> {
         reply
             .get(1)
@@ -228,10 +197,10 @@ fn scripted_status(reply: &[String]) -> Result<Status, StoreError> {
             .ok_or_else(|| StoreError::Unavailable(format!("unexpected script reply {reply:?}")))
     };
     match reply.first().map(String::as_str) {
-        Some("missing") => Ok(Status::NotIssued),
-        Some("issued") => Ok(Status::Issued),
-        Some("consumed") => Ok(Status::Consumed { at: at()? }),
-        Some("revoked") => Ok(Status::Revoked { at: at()? }),
+        Some("missing") => Ok(RecordState::NotIssued),
+        Some("issued") => Ok(RecordState::Issued),
+        Some("consumed") => Ok(RecordState::Consumed { at: at()? }),
+        Some("revoked") => Ok(RecordState::Revoked { at: at()? }),
         _ => Err(StoreError::Unavailable(format!(
             "unexpected script reply {reply:?}"
         ))),
@@ -241,11 +210,11 @@ fn scripted_status(reply: &[String]) -> Result<Status, StoreError> {
 impl Store for RedisStore {
     async fn insert_issued(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn().await?;
         let value = Record::issued(sig.fingerprint, now).encode();
         let mut set = redis::cmd("SET");
         set.arg(self.record_key(&sig))
@@ -267,8 +236,8 @@ impl Store for RedisStore {
         Ok(inserted)
     }
 
-    async fn status(&self, sig: Signature<'_>) -> Result<Status, StoreError> {
-        let mut conn = self.conn()?;
+    async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
+        let mut conn = self.conn().await?;
         let mut get = redis::cmd("GET");
         get.arg(self.record_key(&sig));
         let text = self
@@ -279,16 +248,16 @@ impl Store for RedisStore {
         Ok(text
             .as_deref()
             .and_then(Record::decode)
-            .map_or(Status::NotIssued, |r| r.status_for(sig.fingerprint)))
+            .map_or(RecordState::NotIssued, |r| r.state_for(sig.fingerprint)))
     }
 
     async fn consume(
         &self,
-        sig: Signature<'_>,
+        sig: RecordRef<'_>,
         now: i64,
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn().await?;
         let mut call = self.consume.key(self.record_key(&sig));
         call.arg(sig.fingerprint)
             .arg(now)
@@ -307,22 +276,22 @@ impl Store for RedisStore {
         scripted_status(&reply).map(ConsumeOutcome::Refused)
     }
 
-    async fn revoke(&self, sig: Signature<'_>, now: i64) -> Result<Status, StoreError> {
-        let mut conn = self.conn()?;
+    async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
+        let mut conn = self.conn().await?;
         let mut call = self.revoke.key(self.record_key(&sig));
         call.arg(sig.fingerprint).arg(now);
         let reply: Vec<String> = self
             .bounded(&mut conn, async |c| call.invoke_async(c).await)
             .await?;
         let before = scripted_status(&reply)?;
-        if before == Status::Issued {
+        if before == RecordState::Issued {
             self.replicated(&conn).await?;
         }
         Ok(before)
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn().await?;
         let mut call = self.quota.prepare_invoke();
         for charge in group {
             call.key(format!("{}{}", self.prefix, charge.key));
@@ -341,7 +310,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.conn().await?;
         let ping = redis::cmd("PING");
         let answer = self
             .bounded(&mut conn, async |c| ping.query_async::<String>(c).await)

@@ -16,13 +16,18 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
+use vod_signer::audit::NoEvents;
+use vod_signer::clock::ManualClock;
 use vod_signer::keys::KeyRing;
 use vod_signer::proto::signature_service_client::SignatureServiceClient;
 use vod_signer::reason::Reason;
+use vod_signer::redis::RedisConfig;
+use vod_signer::refusal::grpc_code;
+use vod_signer::runner::assemble;
 use vod_signer::server::{ServerOptions, serve};
-use vod_signer::service::{Settings, grpc_code};
+use vod_signer::service::Settings;
 use vod_signer::signature::{self, SecretKey, SignRequest, UploadPolicy};
-use vod_signer::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use vod_signer::store::{MemoryStore, RedisStore, Store};
 
 /// The test key: SecretId and SecretKey.
 pub const SECRET_ID: &str = "AKIDtestkey";
@@ -245,6 +250,8 @@ pub struct TestServer {
     pub redis: Option<RedisServer>,
     pub metrics: Arc<vod_signer::metrics::Metrics>,
     pub cluster: Option<topology::RedisCluster>,
+    /// The service's clock: it stands still until a test moves it.
+    pub clock: ManualClock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -254,7 +261,7 @@ pub fn test_options() -> ServerOptions {
     ServerOptions {
         health_interval: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(5),
-        ..ServerOptions::new()
+        ..ServerOptions::default()
     }
 }
 
@@ -302,31 +309,41 @@ impl TestServer {
         redis: Option<RedisServer>,
         settings: Settings,
     ) -> TestServer {
+        TestServer::start_configured(store, redis, settings, test_options()).await
+    }
+
+    /// Starts a server on `store` with server `options`.
+    pub async fn start_configured<S: Store>(
+        store: Arc<S>,
+        redis: Option<RedisServer>,
+        settings: Settings,
+        options: ServerOptions,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let options = test_options();
         let metrics = options.metrics.clone();
+        let clock = ManualClock::new();
+        let signer = assemble(
+            store,
+            key_ring().shared(),
+            settings,
+            Arc::new(NoEvents),
+            metrics.clone(),
+        )
+        .with_clock(Arc::new(clock.clone()));
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
             };
-            serve(
-                listener,
-                store,
-                key_ring().shared(),
-                settings,
-                options,
-                shutdown,
-            )
-            .await
-            .unwrap();
+            serve(listener, signer, options, shutdown).await.unwrap();
         });
         let server = TestServer {
             addr,
             redis,
             metrics,
             cluster: None,
+            clock,
             stop: Some(tx),
             task: Some(task),
         };
@@ -530,7 +547,7 @@ pub async fn consume_retrying(
 
 /// Now, Unix seconds.
 pub fn now() -> i64 {
-    vod_signer::service::unix_now()
+    vod_signer::clock::unix_now()
 }
 
 /// A signature made by the test itself with the test key (never issued by the server).

@@ -1,6 +1,9 @@
-//! The gRPC types generated from `proto/vodsigner/v1/signer.proto`.
+//! The gRPC types generated from `proto/vodsigner/v1/signer.proto`, and their protobuf codec
+//! ([`codec`]).
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod codec;
 
 tonic::include_proto!("vodsigner.v1");
 

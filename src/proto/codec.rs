@@ -9,8 +9,7 @@ use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
-use crate::reason::Reason;
-use crate::service::Refusal;
+use crate::refusal::Refusal;
 
 /// prost encoding, typed decoding errors; named by `build.rs` as the generated code's codec.
 #[derive(Debug, Clone)]
@@ -51,11 +50,7 @@ impl<U: Message + Default> Decoder for TypedDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
-            Refusal::new(
-                Reason::InvalidRequest,
-                format!("the request is not a valid protobuf message: {e}"),
-            )
-            .into()
+            Refusal::invalid(format!("the request is not a valid protobuf message: {e}")).into()
         })
     }
 }

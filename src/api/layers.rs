@@ -1,0 +1,417 @@
+//! The per-call layers of the gRPC edge, as tower layers around every RPC of
+//! `SignatureService` (WatchEvents included): from the outside in,
+//!
+//! 1. [`TypedSizeLayer`]: tonic's own refusal of an oversize request, typed like every other;
+//! 2. [`SpanLayer`]: one `call` span per RPC (the RPC, the caller's `x-request-id`, later the
+//!    caller, SecretId and nonce) and the `refused` log line;
+//! 3. [`MetricsLayer`]: the in-flight gauge, and every answer counted by RPC and result, with
+//!    its latency;
+//! 4. [`CallerCheckLayer`]: the caller policy (bearer token or client certificate);
+//! 5. [`AdmissionLayer`]: at most `--max-concurrent-calls` at once; more are shed at once.
+//!
+//! Requests to other services (health, reflection) pass through untouched. The layers see
+//! HTTP requests and responses: a refusal's reason is the token its `grpc-message` starts with
+//! (the contract of SPEC section 3).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::codegen::http::{self, HeaderMap};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
+use tracing::{Instrument as _, debug, info};
+
+use crate::auth::{Credentials, Rpc, SharedPolicy};
+use crate::metrics::Metrics;
+use crate::reason::Reason;
+use crate::refusal::Refusal;
+
+/// The path prefix of the service's RPCs.
+const SERVICE_PATH: &str = "/vodsigner.v1.SignatureService/";
+
+/// Largest request message accepted (a real one is at most a few KiB; signatures are capped
+/// at 16 KiB). Larger ones are refused before decoding, as `INVALID_REQUEST`.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Which RPC of `SignatureService` a request calls; `None` for other services.
+fn rpc_of<B>(request: &http::Request<B>) -> Option<Rpc> {
+    request
+        .uri()
+        .path()
+        .strip_prefix(SERVICE_PATH)?
+        .parse()
+        .ok()
+}
+
+/// A response future of these layers.
+type CallFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// Takes the service that was made ready, leaving a clone in its place (tower's rule: the
+/// clone may not be ready).
+fn take_ready<S: Clone>(slot: &mut S) -> S {
+    let clone = slot.clone();
+    std::mem::replace(slot, clone)
+}
+
+/// A refusal as the HTTP response tonic would send for it.
+fn refused<B: Default>(refusal: Refusal) -> http::Response<B> {
+    tonic::Status::from(refusal).into_http()
+}
+
+/// How a call ended, read from its response headers: unary answers carry `grpc-status` in the
+/// headers only when refused (trailers-only); a success's status comes in the trailers.
+enum Outcome {
+    Ok,
+    Refused {
+        label: &'static str,
+        message: String,
+    },
+}
+
+fn outcome_of(headers: &HeaderMap) -> Outcome {
+    match tonic::Status::from_header_map(headers) {
+        None => Outcome::Ok,
+        Some(status) if status.code() == tonic::Code::Ok => Outcome::Ok,
+        Some(status) => {
+            let message = status.message().to_owned();
+            let token = message.split_once(": ").map_or("", |(t, _)| t);
+            let label = Reason::from_token(token).map_or("error", Reason::as_str);
+            Outcome::Refused { label, message }
+        }
+    }
+}
+
+macro_rules! layer {
+    ($(#[$doc:meta])* $layer:ident => $service:ident { $($field:ident: $ty:ty),* }) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $layer {
+            $($field: $ty),*
+        }
+
+        /// The service of its layer.
+        #[derive(Clone)]
+        pub struct $service<S> {
+            inner: S,
+            $($field: $ty),*
+        }
+
+        impl<S> Layer<S> for $layer {
+            type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> $service<S> {
+                $service {
+                    inner,
+                    $($field: self.$field.clone()),*
+                }
+            }
+        }
+    };
+}
+
+layer! {
+    /// Types tonic's refusal of a request above [`MAX_REQUEST_BYTES`]: tonic answers it with
+    /// OUT_OF_RANGE and a message of its own before any service code runs. No refusal of this
+    /// service travels as OUT_OF_RANGE, so every such answer is that cap: it becomes
+    /// `INVALID_REQUEST` with the reason token and an `ErrorInfo`, still without decoding.
+    TypedSizeLayer => TypedSize {}
+}
+
+impl TypedSizeLayer {
+    /// The layer.
+    pub fn new() -> TypedSizeLayer {
+        TypedSizeLayer {}
+    }
+}
+
+impl Default for TypedSizeLayer {
+    fn default() -> Self {
+        TypedSizeLayer::new()
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for TypedSize<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = CallFuture<http::Response<RB>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let ours = rpc_of(&request).is_some();
+        let answer = take_ready(&mut self.inner).call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            let out_of_range = ours
+                && response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == b"11");
+            if !out_of_range {
+                return Ok(response);
+            }
+            Ok(refused(Refusal::invalid(format!(
+                "the request message is larger than the {} KiB limit; it was not decoded",
+                MAX_REQUEST_BYTES / 1024
+            ))))
+        })
+    }
+}
+
+layer! {
+    /// One `call` span per RPC, and one log line per refusal (`refused`, with its reason and
+    /// sentence) or success (`ok`, at debug level).
+    SpanLayer => Spanned {}
+}
+
+impl SpanLayer {
+    /// The layer.
+    pub fn new() -> SpanLayer {
+        SpanLayer {}
+    }
+}
+
+impl Default for SpanLayer {
+    fn default() -> Self {
+        SpanLayer::new()
+    }
+}
+
+/// The caller's request id (`x-request-id` metadata), bounded and printable, for the logs.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect())
+        .unwrap_or_default()
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Spanned<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = CallFuture<http::Response<RB>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let Some(rpc) = rpc_of(&request) else {
+            return Box::pin(inner.call(request));
+        };
+        let span = tracing::info_span!(
+            "call",
+            rpc = rpc.name(),
+            request_id = request_id(request.headers()),
+            caller = tracing::field::Empty,
+            secret_id = tracing::field::Empty,
+            random = tracing::field::Empty,
+        );
+        let answer = span.in_scope(|| inner.call(request));
+        Box::pin(
+            async move {
+                let response = answer.await?;
+                match outcome_of(response.headers()) {
+                    Outcome::Ok => debug!("ok"),
+                    Outcome::Refused { label, message } => {
+                        let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
+                        info!(reason = label, detail, "refused");
+                    }
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+layer! {
+    /// Counts every answer by RPC and result (`ok` or the reason token) with its latency, and
+    /// keeps the in-flight gauge.
+    MetricsLayer => Measured { metrics: Arc<Metrics> }
+}
+
+impl MetricsLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> MetricsLayer {
+        MetricsLayer { metrics }
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Measured<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = CallFuture<http::Response<RB>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let Some(rpc) = rpc_of(&request) else {
+            return Box::pin(inner.call(request));
+        };
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let inflight = metrics.inflight();
+        let answer = inner.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(inflight);
+            let label = match response.as_ref().map(|r| outcome_of(r.headers())) {
+                Ok(Outcome::Ok) => "ok",
+                Ok(Outcome::Refused { label, .. }) => label,
+                Err(_) => "error",
+            };
+            metrics.request(rpc.name(), label, started.elapsed());
+            response
+        })
+    }
+}
+
+layer! {
+    /// Checks the caller against the policy (when there is one): `CALLER_UNAUTHENTICATED`
+    /// without a known credential, `PERMISSION_DENIED` without the role.
+    CallerCheckLayer => CallerCheck { policy: SharedPolicy }
+}
+
+impl CallerCheckLayer {
+    /// Checks callers against `policy`, as it is at each call.
+    pub fn new(policy: SharedPolicy) -> CallerCheckLayer {
+        CallerCheckLayer { policy }
+    }
+}
+
+/// The caller's bearer token (`authorization: Bearer <token>`), if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim())
+}
+
+impl<S, B, RB> Service<http::Request<B>> for CallerCheck<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = CallFuture<http::Response<RB>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let (Some(rpc), Some(policy)) = (rpc_of(&request), self.policy.load_full()) else {
+            return Box::pin(inner.call(request));
+        };
+        let certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs());
+        let credentials = Credentials {
+            bearer: bearer(request.headers()),
+            client_cert: certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref()),
+        };
+        match policy.authorize(rpc, credentials) {
+            Ok(caller) => {
+                tracing::Span::current().record("caller", caller.name.as_str());
+                Box::pin(inner.call(request))
+            }
+            Err(denied) => {
+                let refusal = Refusal::new(denied.reason(), denied.to_string());
+                Box::pin(std::future::ready(Ok(refused(refusal))))
+            }
+        }
+    }
+}
+
+layer! {
+    /// Admits at most `limit` calls at once and sheds the rest at once with `RATE_LIMITED`: a
+    /// fast refusal the client can retry beats a queue that times everyone out.
+    AdmissionLayer => Admission { slots: Arc<tokio::sync::Semaphore>, limit: usize }
+}
+
+impl AdmissionLayer {
+    /// At most `limit` calls at once.
+    pub fn new(limit: usize) -> AdmissionLayer {
+        AdmissionLayer {
+            slots: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
+            limit: limit.max(1),
+        }
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Admission<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = CallFuture<http::Response<RB>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        if rpc_of(&request).is_none() {
+            return Box::pin(inner.call(request));
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let answer = inner.call(request);
+                Box::pin(async move {
+                    let response = answer.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(_) => {
+                let refusal = Refusal::new(
+                    Reason::RateLimited,
+                    format!(
+                        "the server is already handling its limit of {} calls; retry with backoff",
+                        self.limit
+                    ),
+                );
+                Box::pin(std::future::ready(Ok(refused(refusal))))
+            }
+        }
+    }
+}

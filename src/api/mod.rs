@@ -1,0 +1,98 @@
+//! The gRPC edge: `SignatureService` as the wire sees it, adapted onto the use cases.
+//!
+//! - [`SignatureApi`]: the generated trait, each RPC a conversion, a use case and a
+//!   conversion back ([`conversions`]);
+//! - [`layers`]: what every call goes through first (span and log line, metrics, the caller
+//!   check, admission, the typed size cap), as tower layers.
+
+pub mod conversions;
+pub mod layers;
+
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Response, Status};
+
+use crate::audit::EventKind;
+use crate::proto;
+use crate::proto::signature_service_server::SignatureService;
+use crate::refusal::Refusal;
+use crate::service::Signer;
+use crate::store::Store;
+
+pub use self::layers::MAX_REQUEST_BYTES;
+
+/// `SignatureService` over the use cases.
+pub struct SignatureApi<S> {
+    signer: Signer<S>,
+}
+
+impl<S: Store> SignatureApi<S> {
+    /// The gRPC service of `signer`.
+    pub fn new(signer: Signer<S>) -> SignatureApi<S> {
+        SignatureApi { signer }
+    }
+}
+
+/// The stream WatchEvents answers with.
+pub type EventProtoStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+/// Event kinds from the wire; unknown ones are refused rather than silently dropped.
+fn kinds_from_proto(kinds: &[i32]) -> Result<Vec<EventKind>, Refusal> {
+    kinds
+        .iter()
+        .map(|&k| {
+            proto::EventKind::try_from(k)
+                .ok()
+                .and_then(|k| EventKind::try_from(k).ok())
+                .ok_or_else(|| Refusal::invalid(format!("unknown event kind {k}")))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl<S: Store> SignatureService for SignatureApi<S> {
+    type WatchEventsStream = EventProtoStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<proto::WatchEventsRequest>,
+    ) -> Result<Response<EventProtoStream>, Status> {
+        let req = request.into_inner();
+        let kinds = kinds_from_proto(&req.kinds)?;
+        let events = self.signer.watch(&req.start_id, kinds).await?;
+        let stream = events.map(|(id, e)| Ok(conversions::event_to_proto(id, e)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn issue_signature(
+        &self,
+        request: Request<proto::IssueSignatureRequest>,
+    ) -> Result<Response<proto::IssueSignatureResponse>, Status> {
+        let issued = self.signer.issue(request.into_inner().into()).await?;
+        Ok(Response::new(issued.into()))
+    }
+
+    async fn verify_signature(
+        &self,
+        request: Request<proto::VerifySignatureRequest>,
+    ) -> Result<Response<proto::VerifySignatureResponse>, Status> {
+        let verified = self.signer.verify(&request.into_inner().signature).await?;
+        Ok(Response::new(verified.into()))
+    }
+
+    async fn consume_signature(
+        &self,
+        request: Request<proto::ConsumeSignatureRequest>,
+    ) -> Result<Response<proto::ConsumeSignatureResponse>, Status> {
+        let consumed = self.signer.consume(request.into_inner().into()).await?;
+        Ok(Response::new(consumed.into()))
+    }
+
+    async fn revoke_signature(
+        &self,
+        request: Request<proto::RevokeSignatureRequest>,
+    ) -> Result<Response<proto::RevokeSignatureResponse>, Status> {
+        let previous = self.signer.revoke(&request.into_inner().signature).await?;
+        Ok(Response::new(previous.into()))
+    }
+}

@@ -1,0 +1,272 @@
+//! Events in a Redis Stream, `{prefix}events`, capped with `MAXLEN ~ N`.
+//!
+//! Publishing hands the event to a writer task that pipelines `XADD`s in batches, off the
+//! request path; if Redis is away and the queue fills, events are dropped and counted rather
+//! than slowing or failing calls. Watchers poll `XREAD` (not `XREAD BLOCK`, which would stall
+//! the shared multiplexed connection), so an event reaches them within about 200 ms.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::streams::{
+    StreamId, StreamMaxlen, StreamRangeReply, StreamReadOptions, StreamReadReply,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::warn;
+
+use super::{Event, EventFuture, EventLog, EventStream, WatchError};
+use crate::redis::Connector;
+
+const QUEUE: usize = 8192;
+const BATCH: usize = 256;
+const POLL: Duration = Duration::from_millis(200);
+
+/// What the writer task receives, in publishing order.
+enum Item {
+    Event(Event),
+    /// Answered once every event queued before it was written or dropped.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Events in a Redis Stream shared by all replicas.
+pub struct RedisEvents {
+    connector: Connector,
+    key: String,
+    timeout: Duration,
+    queue: mpsc::Sender<Item>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RedisEvents {
+    /// Starts the writer for stream `key`, capped at about `maxlen` entries, written through
+    /// `connector`; every Redis call is bounded by `timeout`.
+    pub fn start(connector: Connector, key: String, maxlen: u64, timeout: Duration) -> RedisEvents {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write(
+            connector.clone(),
+            key.clone(),
+            StreamMaxlen::Approx(maxlen as usize),
+            timeout,
+            rx,
+            dropped.clone(),
+        ));
+        RedisEvents {
+            connector,
+            key,
+            timeout,
+            queue,
+            dropped,
+        }
+    }
+
+    /// Events dropped so far (queue full or Redis unavailable).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The stream entry's fields.
+fn fields(e: &Event) -> [(&'static str, String); 7] {
+    [
+        ("kind", e.kind.as_str().to_owned()),
+        ("secret_id", e.secret_id.clone()),
+        ("random", e.random.to_string()),
+        ("subject", e.subject.clone()),
+        ("source_context", e.source_context.clone()),
+        ("reason", e.reason.clone()),
+        ("time", e.time.to_string()),
+    ]
+}
+
+/// The event an entry holds; `None` for an entry this version does not know.
+fn event_of(entry: &StreamId) -> Option<Event> {
+    let text = |name: &str| entry.get::<String>(name).unwrap_or_default();
+    Some(Event {
+        kind: text("kind").parse().ok()?,
+        secret_id: text("secret_id"),
+        random: entry.get("random").unwrap_or(0),
+        subject: text("subject"),
+        source_context: text("source_context"),
+        reason: text("reason"),
+        time: entry.get("time").unwrap_or(0),
+    })
+}
+
+async fn write(
+    connector: Connector,
+    key: String,
+    maxlen: StreamMaxlen,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Item>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut items = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut items, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut events = 0;
+        let mut flushes = Vec::new();
+        for item in items.drain(..) {
+            match item {
+                Item::Event(e) => {
+                    pipe.xadd_maxlen(&key, maxlen, "*", &fields(&e)).ignore();
+                    events += 1;
+                }
+                Item::Flush(done) => flushes.push(done),
+            }
+        }
+        if events > 0 {
+            let written = match connector.get() {
+                Some(mut conn) => matches!(
+                    tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await,
+                    Ok(Ok(()))
+                ),
+                None => false,
+            };
+            if !written {
+                let total = dropped.fetch_add(events, Ordering::Relaxed) + events;
+                warn!(
+                    events,
+                    dropped_total = total,
+                    "could not write audit events to Redis; dropped"
+                );
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A stream id (`1795560000000-0`, `1795560000000`) or `0`.
+fn is_stream_id(id: &str) -> bool {
+    let mut parts = id.split('-');
+    let valid =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    valid(parts.next()) && parts.next().is_none_or(|p| valid(Some(p))) && parts.next().is_none()
+}
+
+impl RedisEvents {
+    /// The newest id in the stream now (`0-0` when empty): where "from now" starts.
+    async fn newest_id(&self) -> Result<String, WatchError> {
+        let mut conn = self
+            .connector
+            .ready(self.timeout)
+            .await
+            .ok_or_else(|| WatchError::Unavailable("not connected to Redis yet".into()))?;
+        let reply: StreamRangeReply =
+            tokio::time::timeout(self.timeout, conn.xrevrange_count(&self.key, "+", "-", 1))
+                .await
+                .map_err(|_| WatchError::Unavailable("no answer in time".into()))?
+                .map_err(|e| WatchError::Unavailable(e.to_string()))?;
+        Ok(reply
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()))
+    }
+}
+
+impl EventLog for RedisEvents {
+    fn publish(&self, event: Event) {
+        if self.queue.try_send(Item::Event(event)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn watch<'a>(&'a self, start_id: &'a str) -> EventFuture<'a, Result<EventStream, WatchError>> {
+        Box::pin(async move {
+            let mut last = match start_id {
+                "" => self.newest_id().await?,
+                id if is_stream_id(id) => id.to_owned(),
+                id => {
+                    return Err(WatchError::BadStart(format!(
+                        "start_id {id:?} is not a stream id (like 1795560000000-0), \"0\" or empty"
+                    )));
+                }
+            };
+            let (tx, rx) = mpsc::channel(256);
+            let (connector, key, timeout) =
+                (self.connector.clone(), self.key.clone(), self.timeout);
+            tokio::spawn(async move {
+                let options = StreamReadOptions::default().count(BATCH);
+                loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let entries = match connector.get() {
+                        Some(mut conn) => tokio::time::timeout(
+                            timeout,
+                            conn.xread_options(&[&key], &[&last], &options),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                        .map(|reply: StreamReadReply| {
+                            reply.keys.into_iter().flat_map(|k| k.ids).collect()
+                        })
+                        .unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    let full = entries.len() == BATCH;
+                    for entry in entries {
+                        last = entry.id.clone();
+                        let Some(event) = event_of(&entry) else {
+                            continue;
+                        };
+                        if tx.send((entry.id, event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !full {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            });
+            Ok(Box::pin(ReceiverStream::new(rx)) as EventStream)
+        })
+    }
+
+    fn flush(&self) -> EventFuture<'_, ()> {
+        Box::pin(async move {
+            let (done, written) = oneshot::channel();
+            if self.queue.send(Item::Flush(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids() {
+        for ok in ["0", "0-0", "1795560000000-0", "1795560000000"] {
+            assert!(is_stream_id(ok), "{ok}");
+        }
+        for bad in ["", "-", "1-", "-1", "1-2-3", "a-1", "now"] {
+            assert!(!is_stream_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped() {
+        let entry = StreamId {
+            id: "1-0".into(),
+            map: [(
+                "kind".to_owned(),
+                redis::Value::BulkString(b"nope".to_vec()),
+            )]
+            .into_iter()
+            .collect(),
+            milliseconds_elapsed_from_delivery: None,
+            delivered_count: None,
+        };
+        assert!(event_of(&entry).is_none());
+    }
+}

@@ -1,0 +1,80 @@
+//! Reaching Redis: the URL forms of its three deployments ([`url`]), following a Sentinel
+//! master ([`sentinel`]), and a connection that heals itself ([`connector`]). Used one way by
+//! the record store, the quota store and the audit stream; knows nothing of signatures.
+
+pub mod connector;
+mod sentinel;
+pub mod url;
+
+use std::time::Duration;
+
+pub use self::connector::{Conn, Connector, Failure};
+pub use self::url::Topology;
+
+impl Connector {
+    /// Sets up the connection for `config` and starts the keeper task of its deployment;
+    /// never waits for Redis (it may not be up yet).
+    pub fn start(config: &RedisConfig) -> Result<Connector, String> {
+        let (connector, shared) = Connector::unconnected();
+        match Topology::parse(&config.url)? {
+            Topology::Single(url) => connector::start_single(&url, config, shared)?,
+            Topology::Cluster(nodes) => connector::start_cluster(nodes, config, shared)?,
+            Topology::Sentinel {
+                sentinels,
+                master,
+                db,
+                tls,
+            } => sentinel::start_sentinel(sentinels, master, db, tls, config, shared)?,
+        }
+        Ok(connector)
+    }
+}
+
+/// How to reach Redis. `Default` is the one place the defaults of `--key-prefix` and
+/// `--store-timeout-ms` are written.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `--redis-url`: `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://`.
+    pub url: String,
+    /// Prefix of every key (default `vodsigner:`).
+    pub key_prefix: String,
+    /// Bound on every store call.
+    pub timeout: Duration,
+    /// ACL user name (overrides the URL's).
+    pub username: Option<String>,
+    /// Password (overrides the URL's); read from a file or the environment, never logged.
+    pub password: Option<String>,
+    /// PEM CA bundle that signs the Redis server's certificate (`rediss://`); without it, the
+    /// system's trust store.
+    pub tls_ca: Option<Vec<u8>>,
+    /// PEM client certificate and key, for a Redis that requires them.
+    pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    /// Replicas that must acknowledge an issue, consume or revoke (Redis `WAIT`) before success.
+    pub min_replicas_ack: u32,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            key_prefix: "vodsigner:".into(),
+            timeout: Duration::from_millis(250),
+            username: None,
+            password: None,
+            tls_ca: None,
+            tls_client: None,
+            min_replicas_ack: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,134 @@
+//! IssueSignature: validate the request, charge the quotas, record a fresh nonce, sign.
+
+use tracing::debug;
+
+use super::{IssueRequest, Issued, MAX_NONCE_TRIES, MAX_SUBJECT_LEN, Signer};
+use crate::audit::EventKind;
+use crate::quota::{self, Scope};
+use crate::reason::Reason;
+use crate::refusal::Refusal;
+use crate::signature::{self, SignRequest};
+use crate::store::{QuotaOutcome, RecordKey, RecordRef, Store};
+
+impl<S: Store> Signer<S> {
+    /// IssueSignature: records a fresh nonce, then returns the signature (only once the store
+    /// acknowledged the record).
+    pub async fn issue(&self, req: IssueRequest) -> Result<Issued, Refusal> {
+        let ttl = if req.ttl_seconds == 0 {
+            self.settings.default_ttl
+        } else {
+            req.ttl_seconds
+        };
+        if ttl > self.settings.max_ttl {
+            return Err(Refusal::invalid(format!(
+                "ttl_seconds {ttl} is above the maximum of {} seconds",
+                self.settings.max_ttl
+            )));
+        }
+        if req.subject.len() > MAX_SUBJECT_LEN {
+            return Err(Refusal::invalid(format!(
+                "subject is longer than {MAX_SUBJECT_LEN} bytes"
+            )));
+        }
+        req.policy
+            .validate()
+            .map_err(|e| Refusal::invalid(format!("policy: {e}")))?;
+        let keys = self.keys.load_full();
+        let (secret_id, key) = if req.secret_id.is_empty() {
+            // The active key, which a reload may have found removed: refuse rather than
+            // fall back on another key nobody chose to issue with.
+            let key = keys.active_key().cloned().ok_or_else(|| {
+                Refusal::new(
+                    Reason::NoActiveKey,
+                    format!(
+                        "the active key {:?} is not in the keys directory; nothing is issued until \
+                         it is back (or another key is made active); verify, consume and revoke go on",
+                        keys.active_id()
+                    ),
+                )
+            })?;
+            (keys.active_id(), key)
+        } else {
+            // A key named by the caller issues whenever it is loaded, active or not.
+            let secret_id = req.secret_id.as_str();
+            let key = keys.get(secret_id).cloned().ok_or_else(|| {
+                let shown: String = secret_id.chars().take(128).collect();
+                Refusal::new(
+                    Reason::UnknownSecretId,
+                    format!("no key with secret_id {shown:?}"),
+                )
+            })?;
+            (secret_id, key)
+        };
+
+        self.charge_quotas(&req.subject, secret_id).await?;
+        let now = self.clock.now();
+        let record_ttl = ttl.saturating_add(self.settings.leeway);
+        for _ in 0..MAX_NONCE_TRIES {
+            let signed = signature::sign(
+                &key,
+                &SignRequest {
+                    secret_id,
+                    current_time_stamp: now,
+                    expire_time: now.saturating_add(ttl as i64),
+                    random: rand::random(),
+                    one_time_valid: true,
+                    policy: &req.policy,
+                },
+            );
+            let fingerprint = signature::fingerprint(&signed.tag);
+            let record = RecordRef {
+                key: RecordKey {
+                    secret_id,
+                    random: signed.claims.random,
+                },
+                fingerprint: &fingerprint,
+            };
+            if self.store.insert_issued(record, now, record_ttl).await? {
+                let span = tracing::Span::current();
+                span.record("secret_id", secret_id);
+                span.record("random", signed.claims.random);
+                debug!(subject = %req.subject, "issued");
+                self.publish(EventKind::Issued, Some(&signed.claims), &req.subject, "");
+                return Ok(Issued {
+                    signature: signed.signature,
+                    claims: signed.claims,
+                });
+            }
+            debug!(
+                secret_id,
+                random = signed.claims.random,
+                "nonce collision, picking another"
+            );
+        }
+        Err(Refusal::new(
+            Reason::StoreUnavailable,
+            format!("no free nonce after {MAX_NONCE_TRIES} tries; nothing was issued"),
+        ))
+    }
+
+    /// Charges the issuance quotas; a request over one is refused with `RATE_LIMITED`.
+    async fn charge_quotas(&self, subject: &str, secret_id: &str) -> Result<(), Refusal> {
+        let quotas = &self.settings.quotas;
+        if quotas.is_empty() {
+            return Ok(());
+        }
+        let subject = (!subject.is_empty()).then_some(subject);
+        if subject.is_none()
+            && !self.settings.allow_missing_subject
+            && quotas.iter().any(|q| q.scope == Scope::Subject)
+        {
+            return Err(Refusal::invalid(
+                "subject is required: a per-subject quota is on",
+            ));
+        }
+        for group in quota::charges(quotas, subject, secret_id) {
+            if let QuotaOutcome::Refused { name, retry_after } =
+                self.store.charge_quotas(&group).await?
+            {
+                return Err(Refusal::rate_limited(name, retry_after));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! The use cases (SPEC section 3): issue, verify, consume, revoke, and following the events.
+//!
+//! [`Signer`] wires the codec, the keys, the store and the audit log, and answers in domain
+//! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
+//! injected [`Clock`], so tests move time instead of sleeping.
+
+mod issue;
+mod redeem;
+
+use std::sync::Arc;
+
+use tokio_stream::StreamExt as _;
+
+use crate::audit::{Event, EventKind, EventLog, EventStream, NoEvents, WatchError};
+use crate::clock::{Clock, SystemClock, rfc3339};
+use crate::keys::SharedKeys;
+use crate::quota::Quota;
+use crate::reason::Reason;
+use crate::refusal::Refusal;
+use crate::signature::{self, Claims, Parsed, SignatureError, UploadPolicy};
+use crate::store::{RecordKey, RecordRef, RecordState, Store, StoreError};
+
+/// How many nonces IssueSignature tries before giving up (collisions are rare but real).
+pub const MAX_NONCE_TRIES: usize = 8;
+/// Longest `subject` accepted, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 256;
+/// Longest `idempotency_key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// The use cases' tunables (SPEC section 5 flags). `Default` is the one place their defaults
+/// are written; the command line refers to it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// TTL when the request says 0, seconds.
+    pub default_ttl: u64,
+    /// Largest TTL a request may ask for, seconds.
+    pub max_ttl: u64,
+    /// Clock skew allowed on both ends of the window, seconds.
+    pub leeway: u64,
+    /// Issuance quotas.
+    pub quotas: Vec<Quota>,
+    /// Whether a request without `subject` may skip the per-subject quotas (else it is
+    /// refused with `INVALID_REQUEST` while one is on).
+    pub allow_missing_subject: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_ttl: 3600,
+            max_ttl: signature::MAX_VALIDITY_SECONDS as u64,
+            leeway: 60,
+            quotas: Vec::new(),
+            allow_missing_subject: false,
+        }
+    }
+}
+
+/// IssueSignature's input.
+#[derive(Clone, Debug, Default)]
+pub struct IssueRequest {
+    /// The key to issue with; empty: the active key.
+    pub secret_id: String,
+    /// Validity in seconds; 0: the default.
+    pub ttl_seconds: u64,
+    /// What the upload may do.
+    pub policy: UploadPolicy,
+    /// The end user it is for (audit and quotas; never in the signature).
+    pub subject: String,
+}
+
+/// IssueSignature's answer.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The signature, Base64.
+    pub signature: String,
+    /// What it says.
+    pub claims: Claims,
+}
+
+/// What VerifySignature and RevokeSignature report about an authentic signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureState {
+    /// Issued, unused.
+    Issued,
+    /// Used up.
+    Consumed,
+    /// Made unusable.
+    Revoked,
+    /// Past its expiry (plus leeway): it can never pass again.
+    Expired,
+    /// Authentic, but not on record.
+    NotIssued,
+}
+
+impl From<RecordState> for SignatureState {
+    fn from(state: RecordState) -> SignatureState {
+        match state {
+            RecordState::NotIssued => SignatureState::NotIssued,
+            RecordState::Issued => SignatureState::Issued,
+            RecordState::Consumed { .. } => SignatureState::Consumed,
+            RecordState::Revoked { .. } => SignatureState::Revoked,
+        }
+    }
+}
+
+/// VerifySignature's answer.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// Its state.
+    pub state: SignatureState,
+    /// What it says.
+    pub claims: Claims,
+}
+
+/// ConsumeSignature's input.
+#[derive(Clone, Debug, Default)]
+pub struct ConsumeRequest {
+    /// The signature, Base64.
+    pub signature: String,
+    /// The upload's size, checked against `maxFileSize`.
+    pub file_size: Option<u64>,
+    /// Repeating a consume with the same key after an unknown outcome gets the same success.
+    pub idempotency_key: String,
+}
+
+/// ConsumeSignature's answer.
+#[derive(Clone, Debug)]
+pub struct Consumed {
+    /// What the signature says.
+    pub claims: Claims,
+    /// When it was consumed (the first call's time on a repeat), Unix seconds.
+    pub consumed_at: i64,
+}
+
+/// The use cases over a [`Store`].
+pub struct Signer<S> {
+    store: Arc<S>,
+    keys: SharedKeys,
+    settings: Settings,
+    events: Arc<dyn EventLog>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: Store> Signer<S> {
+    /// Use cases issuing with `keys` and recording in `store`; no events, the system clock.
+    pub fn new(store: Arc<S>, keys: SharedKeys, settings: Settings) -> Signer<S> {
+        Signer {
+            store,
+            keys,
+            settings,
+            events: Arc::new(NoEvents),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Sends audit events to `events`.
+    pub fn with_events(mut self, events: Arc<dyn EventLog>) -> Signer<S> {
+        self.events = events;
+        self
+    }
+
+    /// Reads the time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Signer<S> {
+        self.clock = clock;
+        self
+    }
+
+    /// The store the use cases record in.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// WatchEvents: the audit events from `start_id` (empty: from now), of `kinds` only
+    /// (empty: all).
+    pub async fn watch(
+        &self,
+        start_id: &str,
+        kinds: Vec<EventKind>,
+    ) -> Result<EventStream, Refusal> {
+        let events = self.events.watch(start_id).await.map_err(|e| match e {
+            WatchError::Unavailable(_) => {
+                Refusal::new(Reason::StoreUnavailable, format!("{e}; retry later"))
+            }
+            WatchError::BadStart(_) | WatchError::Off => Refusal::invalid(e.to_string()),
+        })?;
+        Ok(Box::pin(events.filter(move |(_, e)| {
+            kinds.is_empty() || kinds.contains(&e.kind)
+        })))
+    }
+
+    fn publish(&self, kind: EventKind, claims: Option<&Claims>, subject: &str, reason: &str) {
+        self.events.publish(Event {
+            kind,
+            secret_id: claims.map(|c| c.secret_id.clone()).unwrap_or_default(),
+            random: claims.map_or(0, |c| c.random),
+            subject: subject.to_owned(),
+            source_context: claims
+                .and_then(|c| c.policy.source_context.clone())
+                .unwrap_or_default(),
+            reason: reason.to_owned(),
+            time: self.clock.now(),
+        });
+    }
+
+    /// Parses and authenticates a signature; its nonce joins the call's log span as soon as
+    /// it is known, so even a forgery's refusal is logged with the nonce it claimed.
+    fn authenticate(&self, signature: &str) -> Result<Parsed, Refusal> {
+        let parsed = signature::parse(signature)?;
+        let span = tracing::Span::current();
+        span.record("secret_id", parsed.claims.secret_id.as_str());
+        span.record("random", parsed.claims.random);
+        self.keys.load().verify(&parsed)?;
+        Ok(parsed)
+    }
+
+    fn leeway(&self) -> i64 {
+        self.settings.leeway.min(i64::MAX as u64) as i64
+    }
+}
+
+impl From<SignatureError> for Refusal {
+    fn from(e: SignatureError) -> Refusal {
+        let message = match &e {
+            SignatureError::Expired { expire_time, .. } => {
+                format!("signature expired at {}", rfc3339(*expire_time))
+            }
+            SignatureError::NotYetValid {
+                current_time_stamp, ..
+            } => {
+                format!("signature is valid from {}", rfc3339(*current_time_stamp))
+            }
+            other => other.to_string(),
+        };
+        Refusal::new(e.reason(), message)
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        Refusal::new(
+            e.reason(),
+            format!("{e}; nothing was accepted, retry later"),
+        )
+    }
+}
+
+/// The record of a parsed signature.
+fn record_of<'a>(parsed: &'a Parsed, fingerprint: &'a str) -> RecordRef<'a> {
+    RecordRef {
+        key: RecordKey {
+            secret_id: &parsed.claims.secret_id,
+            random: parsed.claims.random,
+        },
+        fingerprint,
+    }
+}
+
+/// Why a consume found the record in `state` refused.
+fn refusal_for(state: RecordState) -> Refusal {
+    match state {
+        RecordState::Consumed { at } => Refusal::new(
+            Reason::SignatureAlreadyUsed,
+            format!("signature was consumed at {}", rfc3339(at)),
+        ),
+        RecordState::Revoked { at } => Refusal::new(
+            Reason::SignatureRevoked,
+            format!("signature was revoked at {}", rfc3339(at)),
+        ),
+        RecordState::NotIssued | RecordState::Issued => Refusal::new(
+            Reason::SignatureNotIssued,
+            "authentic, but there is no record of its issue (issued elsewhere, or the record is gone)",
+        ),
+    }
+}

@@ -1,0 +1,121 @@
+//! What the upload gateway and operators do with a signature: verify, consume, revoke.
+
+use super::{
+    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, Signer, Verified, record_of,
+    refusal_for,
+};
+use crate::audit::EventKind;
+use crate::reason::Reason;
+use crate::refusal::Refusal;
+use crate::signature::{self, Parsed, SignatureError};
+use crate::store::{ConsumeOutcome, Store};
+
+fn fingerprint_of(parsed: &Parsed) -> String {
+    signature::fingerprint(&parsed.tag)
+}
+
+impl<S: Store> Signer<S> {
+    /// VerifySignature: checks the signature and reports its state; changes nothing. An
+    /// expired one is `EXPIRED` without asking the store.
+    pub async fn verify(&self, signature: &str) -> Result<Verified, Refusal> {
+        let parsed = self.authenticate(signature)?;
+        let state = match signature::check_time(&parsed.claims, self.clock.now(), self.leeway()) {
+            Err(SignatureError::Expired { .. }) => SignatureState::Expired,
+            Err(e) => return Err(e.into()),
+            Ok(()) => self
+                .store
+                .status(record_of(&parsed, &fingerprint_of(&parsed)))
+                .await?
+                .into(),
+        };
+        Ok(Verified {
+            state,
+            claims: parsed.claims,
+        })
+    }
+
+    /// ConsumeSignature: checks the signature and uses it up, atomically. Every refusal is an
+    /// audit event too.
+    pub async fn consume(&self, req: ConsumeRequest) -> Result<Consumed, Refusal> {
+        let result = self.consume_checked(&req).await;
+        if let Err(refusal) = &result {
+            // The nonce it claimed, when it parses at all (a second parse, on refusals only).
+            let claims = signature::parse(&req.signature).ok().map(|p| p.claims);
+            self.publish(
+                EventKind::ConsumeRefused,
+                claims.as_ref(),
+                "",
+                refusal.reason.as_str(),
+            );
+        }
+        result
+    }
+
+    /// Order: authenticity, then the clock, then `maxFileSize`, then the store, so a
+    /// `FILE_TOO_LARGE` refusal never touches the record.
+    async fn consume_checked(&self, req: &ConsumeRequest) -> Result<Consumed, Refusal> {
+        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(Refusal::invalid(format!(
+                "idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+            )));
+        }
+        let parsed = self.authenticate(&req.signature)?;
+        signature::check_time(&parsed.claims, self.clock.now(), self.leeway())?;
+        if let Some(max) = parsed.claims.policy.max_file_size {
+            match req.file_size {
+                None => {
+                    return Err(Refusal::invalid(format!(
+                        "file_size is required: the signature limits uploads to {max} bytes"
+                    )));
+                }
+                Some(size) if size > max => {
+                    return Err(Refusal::new(
+                        Reason::FileTooLarge,
+                        format!(
+                            "file_size {size} is above the signature's maxFileSize {max}; the signature stays unused"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let fp = fingerprint_of(&parsed);
+        match self
+            .store
+            .consume(
+                record_of(&parsed, &fp),
+                self.clock.now(),
+                &req.idempotency_key,
+            )
+            .await?
+        {
+            ConsumeOutcome::Consumed { at } => {
+                self.publish(EventKind::Consumed, Some(&parsed.claims), "", "");
+                Ok(Consumed {
+                    claims: parsed.claims,
+                    consumed_at: at,
+                })
+            }
+            ConsumeOutcome::Refused(state) => Err(refusal_for(state)),
+        }
+    }
+
+    /// RevokeSignature: makes an unused signature unusable; reports the state before. An
+    /// expired one is `EXPIRED` without touching the store (it can never pass again).
+    pub async fn revoke(&self, signature: &str) -> Result<SignatureState, Refusal> {
+        let parsed = self.authenticate(signature)?;
+        let now = self.clock.now();
+        let previous = match signature::check_time(&parsed.claims, now, self.leeway()) {
+            Err(SignatureError::Expired { .. }) => SignatureState::Expired,
+            _ => self
+                .store
+                .revoke(record_of(&parsed, &fingerprint_of(&parsed)), now)
+                .await?
+                .into(),
+        };
+        if previous == SignatureState::Issued {
+            self.publish(EventKind::Revoked, Some(&parsed.claims), "", "");
+        }
+        Ok(previous)
+    }
+}
