@@ -23,6 +23,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::TcpSettings;
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::{
@@ -47,6 +48,8 @@ pub struct Conn {
     promotable: Arc<AtomicU32>,
     /// The group commit of `WAIT` on this connection (see [`Conn::replicated`]).
     waits: mpsc::UnboundedSender<Waiter>,
+    /// How long a `WAIT` may wait for replicas.
+    wait: Duration,
 }
 
 #[derive(Clone)]
@@ -72,15 +75,32 @@ impl Conn {
         self.promotable.load(Ordering::Relaxed)
     }
 
-    /// Waits until `replicas` replicas acknowledged every write this connection made so far
-    /// (Redis `WAIT`, bounded by `wait`); answers how many did. Call it only after the write's
-    /// reply arrived.
+    /// Waits until `replicas` replicas acknowledged the write just made to `key` (Redis
+    /// `WAIT`, bounded); answers how many did. Call it only after the write's reply arrived.
     ///
-    /// `WAIT` blocks its connection on the server, so one per call would serialize every call
-    /// behind a replica round trip. Instead the calls waiting at a moment share one `WAIT`
-    /// (group commit): it is sent after their requests reached this task, hence after their
-    /// writes' replies, hence after their writes on this connection, which it therefore covers.
-    pub async fn replicated(&self, replicas: u32) -> Result<i64, String> {
+    /// One server or Sentinel: `WAIT` blocks its connection on the server, so one per call
+    /// would serialize every call behind a replica round trip. Instead the calls waiting at a
+    /// moment share one `WAIT` (group commit): it is sent after their requests reached this
+    /// task, hence after their writes' replies, hence after their writes on this connection,
+    /// which it therefore covers.
+    ///
+    /// Cluster: the `WAIT` goes to the master that owns `key`'s slot (over the connection the
+    /// write used), not to every master: a shard that lost its replica must not stop the
+    /// writes of every other shard.
+    pub async fn replicated(&self, replicas: u32, key: &str) -> Result<i64, String> {
+        if let Link::Cluster(cluster) = &self.link {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(replicas).arg(self.wait.as_millis() as u64);
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                Route::with_key(key, SlotAddr::Master),
+            ));
+            let acked = cluster
+                .clone()
+                .route_command(cmd, route)
+                .await
+                .map_err(|e| e.to_string())?;
+            return redis::from_redis_value::<i64>(acked).map_err(|e| e.to_string());
+        }
         let (answer, reply) = oneshot::channel();
         self.waits
             .send(Waiter { replicas, answer })
@@ -394,6 +414,7 @@ impl Shared {
             generation,
             promotable,
             waits,
+            wait,
         })));
         self.installed.notify_waiters();
     }

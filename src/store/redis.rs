@@ -156,7 +156,7 @@ impl RedisStore {
 
     /// With `--min-replicas-ack N`, waits (bounded) until N replicas acknowledged the writes
     /// made so far on `conn` (issue, consume, revoke); fewer means success cannot be promised.
-    async fn replicated(&self, conn: &Conn) -> Result<(), StoreError> {
+    async fn replicated(&self, conn: &Conn, key: &str) -> Result<(), StoreError> {
         if self.min_replicas_ack == 0 {
             return Ok(());
         }
@@ -164,7 +164,7 @@ impl RedisStore {
         // picks one lacking it would bring back an `issued` state (a second acceptance) or lose
         // an issue record.
         let needed = self.min_replicas_ack.max(conn.promotable_replicas());
-        let acked = match tokio::time::timeout(self.timeout, conn.replicated(needed)).await {
+        let acked = match tokio::time::timeout(self.timeout, conn.replicated(needed, key)).await {
             Ok(Ok(acked)) => acked,
             failed => {
                 let e = match failed {
@@ -217,7 +217,8 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let value = Record::issued(sig.fingerprint, now).encode();
         let mut set = redis::cmd("SET");
-        set.arg(self.record_key(&sig))
+        let key = self.record_key(&sig);
+        set.arg(&key)
             .arg(value)
             .arg("NX")
             .arg("EX")
@@ -231,7 +232,7 @@ impl Store for RedisStore {
         if inserted {
             // A record only the old master had would vanish in a failover, and a legitimate
             // upload would then be refused: with --min-replicas-ack, issue waits too.
-            self.replicated(&conn).await?;
+            self.replicated(&conn, &key).await?;
         }
         Ok(inserted)
     }
@@ -258,7 +259,8 @@ impl Store for RedisStore {
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let mut call = self.consume.key(self.record_key(&sig));
+        let key = self.record_key(&sig);
+        let mut call = self.consume.key(&key);
         call.arg(sig.fingerprint)
             .arg(now)
             .arg(idempotency_token(idempotency_key));
@@ -270,7 +272,7 @@ impl Store for RedisStore {
                 StoreError::Unavailable(format!("unexpected script reply {reply:?}"))
             })?;
             // Also on an idempotent repeat: success is only promised once replicated.
-            self.replicated(&conn).await?;
+            self.replicated(&conn, &key).await?;
             return Ok(ConsumeOutcome::Consumed { at });
         }
         scripted_status(&reply).map(ConsumeOutcome::Refused)
@@ -278,14 +280,15 @@ impl Store for RedisStore {
 
     async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
         let mut conn = self.conn().await?;
-        let mut call = self.revoke.key(self.record_key(&sig));
+        let key = self.record_key(&sig);
+        let mut call = self.revoke.key(&key);
         call.arg(sig.fingerprint).arg(now);
         let reply: Vec<String> = self
             .bounded(&mut conn, async |c| call.invoke_async(c).await)
             .await?;
         let before = scripted_status(&reply)?;
         if before == RecordState::Issued {
-            self.replicated(&conn).await?;
+            self.replicated(&conn, &key).await?;
         }
         Ok(before)
     }

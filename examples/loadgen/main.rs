@@ -6,6 +6,7 @@
 //! cargo run --release --example loadgen -- --scenario consume
 //! cargo run --release --example loadgen -- --scenario mixed --runtime multi-thread --half
 //! cargo run --release --example loadgen -- --target 127.0.0.1:50051 --redis-url redis://127.0.0.1:6379/0
+//! cargo run --release --example loadgen -- --floor --requests 50000   # against the floor
 //! ```
 //!
 //! Without `--target` it starts its own `redis-server` (no persistence) on a free loopback port
@@ -46,6 +47,9 @@ const SECRET_ID: &str = "AKIDloadgen0000000000000000000000000";
 const SECRET_KEY: &str = "LoadgenSecretKey0123456789abcdef";
 const SERVICE: &str = "vodsigner.v1.SignatureService";
 const ISSUE_PATH: &str = "/vodsigner.v1.SignatureService/IssueSignature";
+const CONSUME_PATH: &str = "/vodsigner.v1.SignatureService/ConsumeSignature";
+
+mod against_floor;
 
 /// A Lua script shaped like the service's consume script: GET, `string.match` of the record,
 /// SET ... KEEPTTL of the new record. It always writes, whatever it finds, so every call does
@@ -141,6 +145,17 @@ struct Args {
     /// A label printed with the results (e.g. the build profile under test).
     #[arg(long, default_value = "")]
     label: String,
+    /// Compare vod-signer with the floor of its stack (`examples/floor.rs`) in one run,
+    /// interleaved, with this generator and h2load; print the ratios (see `against_floor.rs`).
+    #[arg(long)]
+    floor: bool,
+    /// Rounds of the `--floor` comparison (each drives both servers in turn).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Start vod-signer with every default on (metrics endpoint, info logs) instead of the
+    /// quieter settings of the single-target run.
+    #[arg(skip)]
+    server_defaults: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -437,6 +452,18 @@ fn server_binary(args: &Args) -> Result<PathBuf, String> {
     if let Some(bin) = &args.server_bin {
         return Ok(bin.clone());
     }
+    built_binary(args, &["--bin", "vod-signer"], "vod-signer")
+}
+
+/// The floor (`examples/floor.rs`), next to this example's binary; built first when run
+/// through cargo.
+fn floor_binary(args: &Args) -> Result<PathBuf, String> {
+    built_binary(args, &["--example", "floor"], "examples/floor")
+}
+
+/// A binary of this package in this example's target directory (`relative` to it), built
+/// first with `cargo build TARGET` when run through cargo.
+fn built_binary(args: &Args, target: &[&str], relative: &str) -> Result<PathBuf, String> {
     // target/release/examples/loadgen -> target/release/vod-signer
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe
@@ -456,22 +483,26 @@ fn server_binary(args: &Args) -> Result<PathBuf, String> {
         } else {
             format!("--profile={profile}")
         };
-        eprintln!("loadgen: cargo build {profile_flag} --bin vod-signer (skip with --no-build)");
+        let target = target.join(" ");
+        eprintln!("loadgen: cargo build {profile_flag} {target} (skip with --no-build)");
         let status = Command::new(cargo)
             .current_dir(&manifest_dir)
-            .args(["build", &profile_flag, "--bin", "vod-signer"])
+            .arg("build")
+            .arg(&profile_flag)
+            .args(target.split(' '))
             .stdout(Stdio::null())
             .status()
             .map_err(|e| format!("cannot run cargo build: {e}"))?;
         if !status.success() {
-            return Err("cargo build --bin vod-signer failed".into());
+            return Err(format!("cargo build {target} failed"));
         }
     }
-    let bin = dir.join("vod-signer");
+    let bin = dir.join(relative);
     if !bin.exists() {
         return Err(format!(
-            "{} not found: cargo build --release --bin vod-signer (or pass --server-bin)",
-            bin.display()
+            "{} not found: cargo build --release {} (or pass --server-bin)",
+            bin.display(),
+            target.join(" ")
         ));
     }
     Ok(bin)
@@ -516,8 +547,13 @@ async fn start_server(
         .arg("--keys-dir")
         .arg(&keys)
         .args(["--active-key", SECRET_ID, "--redis-url", redis_url])
-        .args(["--metrics-listen", "off", "--log-level", "warn"])
         .args(["--runtime", args.runtime.flag()]);
+    if args.server_defaults {
+        // The metrics endpoint on, on a port of its own; the default log level.
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())]);
+    } else {
+        cmd.args(["--metrics-listen", "off", "--log-level", "warn"]);
+    }
     if args.worker_threads > 0 {
         cmd.args(["--worker-threads", &args.worker_threads.to_string()]);
     }
@@ -1088,22 +1124,18 @@ struct H2loadResult {
     streams_per_conn: usize,
 }
 
+/// h2load against `target`'s `path` with one request `body` (a gRPC frame); with `redis`, the
+/// records it added are counted (IssueSignature).
 fn run_h2load(
     target: &str,
     redis: Option<&RedisAddr>,
     args: &Args,
     dir: &Path,
     pids: &Pids,
+    path: &str,
+    body: &[u8],
 ) -> Result<H2loadResult, String> {
-    let body = {
-        let msg = issue_request(7).encode_to_vec();
-        let mut b = Vec::with_capacity(msg.len() + 5);
-        b.push(0u8);
-        b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        b.extend_from_slice(&msg);
-        b
-    };
-    let body_path = dir.join("issue.grpc");
+    let body_path = dir.join("request.grpc");
     std::fs::write(&body_path, body).map_err(|e| e.to_string())?;
     let conns = args.connections.max(1);
     let streams = args.concurrency.div_ceil(conns).max(1);
@@ -1122,7 +1154,7 @@ fn run_h2load(
         .arg("-d")
         .arg(&body_path)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .arg(format!("http://{target}{ISSUE_PATH}"));
+        .arg(format!("http://{target}{path}"));
     let (out, _) = run_bounded(&mut cmd, Duration::from_secs(90))
         .map_err(|e| format!("{e} (h2load: apt-get install -y nghttp2-client)"))?;
     let cpu_after = pids.snap();
@@ -1280,6 +1312,20 @@ fn main() -> ExitCode {
             }
         },
     };
+    let floor = match (args.floor, &bin) {
+        (false, _) => None,
+        (true, None) => {
+            eprintln!("loadgen: --floor starts its own servers: drop --target");
+            return ExitCode::from(2);
+        }
+        (true, Some(_)) => match floor_binary(&args) {
+            Ok(floor) => Some(floor),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     start_watchdog(Duration::from_secs(args.max_seconds + 30));
     let runtime = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -1293,8 +1339,14 @@ fn main() -> ExitCode {
     }
     .expect("a tokio runtime");
     let result = runtime.block_on(async {
+        let work = async {
+            match (floor, bin) {
+                (Some(floor), Some(bin)) => against_floor::run(args, bin, floor).await,
+                (_, bin) => run(args, bin).await,
+            }
+        };
         tokio::select! {
-            r = run(args, bin) => r,
+            r = work => r,
             _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
         }
     });
@@ -1521,7 +1573,23 @@ async fn run(args: Args, bin: Option<PathBuf>) -> Result<bool, String> {
         run_baselines(r, &args, &sha, &mut baselines, "after");
     }
     let h2 = if h2load && Instant::now() < deadline {
-        match run_h2load(&target, redis.as_ref(), &args, dir.path(), &pids) {
+        let body = {
+            let msg = issue_request(7).encode_to_vec();
+            let mut b = Vec::with_capacity(msg.len() + 5);
+            b.push(0u8);
+            b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            b.extend_from_slice(&msg);
+            b
+        };
+        match run_h2load(
+            &target,
+            redis.as_ref(),
+            &args,
+            dir.path(),
+            &pids,
+            ISSUE_PATH,
+            &body,
+        ) {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("loadgen: h2load cross-check failed: {e}");
