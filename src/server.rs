@@ -14,9 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
-use crate::api::layers::{
-    AdmissionLayer, CallerCheckLayer, MetricsLayer, SpanLayer, TypedSizeLayer,
-};
+use crate::api::layers::CallLayer;
 use crate::api::{MAX_REQUEST_BYTES, SignatureApi};
 use crate::auth::SharedPolicy;
 use crate::metrics::Metrics;
@@ -202,13 +200,11 @@ pub async fn serve<S: Store>(
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let calls = tower::ServiceBuilder::new()
-        .layer(TypedSizeLayer::new())
-        .layer(SpanLayer::new())
-        .layer(MetricsLayer::new(options.metrics.clone()))
-        .layer(CallerCheckLayer::new(options.policy.clone()))
-        .layer(AdmissionLayer::new(options.max_concurrent_calls))
-        .into_inner();
+    let calls = CallLayer::new(
+        options.metrics.clone(),
+        options.policy.clone(),
+        options.max_concurrent_calls,
+    );
     let router = tonic::transport::Server::builder()
         .layer(calls)
         .add_service(health)

@@ -1,5 +1,7 @@
 //! Logs: `tracing` on stderr, as text or JSON.
 
+use std::io::IsTerminal as _;
+
 use crate::config::LogFormat;
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else `level`.
@@ -13,7 +15,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: in a log file or collector they are noise, and
+        // writing them showed in the per-call profile.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

@@ -1,17 +1,20 @@
-//! The per-call layers of the gRPC edge, as tower layers around every RPC of
-//! `SignatureService` (WatchEvents included): from the outside in,
+//! The per-call steps of the gRPC edge, one tower layer ([`CallLayer`]) around every RPC of
+//! `SignatureService` (WatchEvents included). In order:
 //!
-//! 1. [`TypedSizeLayer`]: tonic's own refusal of an oversize request, typed like every other;
-//! 2. [`SpanLayer`]: one `call` span per RPC (the RPC, the caller's `x-request-id`, later the
-//!    caller, SecretId and nonce) and the `refused` log line;
-//! 3. [`MetricsLayer`]: the in-flight gauge, and every answer counted by RPC and result, with
-//!    its latency;
-//! 4. [`CallerCheckLayer`]: the caller policy (bearer token or client certificate);
-//! 5. [`AdmissionLayer`]: at most `--max-concurrent-calls` at once; more are shed at once.
+//! 1. a `call` span per RPC (the RPC, the caller's `x-request-id`, later the caller, SecretId
+//!    and nonce) and the in-flight gauge;
+//! 2. [`check_caller`]: the caller policy (bearer token or client certificate);
+//! 3. [`Admission`]: at most `--max-concurrent-calls` at once; more are shed at once;
+//! 4. the service itself;
+//! 5. [`typed_size`]: tonic's own refusal of an oversize request, typed like every other;
+//! 6. the `refused` (or debug `ok`) log line, and the answer counted by RPC and result with
+//!    its latency.
 //!
-//! Requests to other services (health, reflection) pass through untouched. The layers see
-//! HTTP requests and responses: a refusal's reason is the token its `grpc-message` starts with
-//! (the contract of SPEC section 3).
+//! One layer rather than one per step: each layer boxes the call's future and re-reads the
+//! RPC from the path, and on the per-call budget of issue 18 that showed. Requests to other
+//! services (health, reflection) pass through untouched. The steps see HTTP requests and
+//! responses: a refusal's reason is the token its `grpc-message` starts with (the contract of
+//! SPEC section 3).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::http::{self, HeaderMap};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
@@ -84,227 +88,34 @@ fn outcome_of(headers: &HeaderMap) -> Outcome {
     }
 }
 
-macro_rules! layer {
-    ($(#[$doc:meta])* $layer:ident => $service:ident { $($field:ident: $ty:ty),* }) => {
-        $(#[$doc])*
-        #[derive(Clone)]
-        pub struct $layer {
-            $($field: $ty),*
-        }
-
-        /// The service of its layer.
-        #[derive(Clone)]
-        pub struct $service<S> {
-            inner: S,
-            $($field: $ty),*
-        }
-
-        impl<S> Layer<S> for $layer {
-            type Service = $service<S>;
-
-            fn layer(&self, inner: S) -> $service<S> {
-                $service {
-                    inner,
-                    $($field: self.$field.clone()),*
-                }
-            }
-        }
-    };
-}
-
-layer! {
-    /// Types tonic's refusal of a request above [`MAX_REQUEST_BYTES`]: tonic answers it with
-    /// OUT_OF_RANGE and a message of its own before any service code runs. No refusal of this
-    /// service travels as OUT_OF_RANGE, so every such answer is that cap: it becomes
-    /// `INVALID_REQUEST` with the reason token and an `ErrorInfo`, still without decoding.
-    TypedSizeLayer => TypedSize {}
-}
-
-impl TypedSizeLayer {
-    /// The layer.
-    pub fn new() -> TypedSizeLayer {
-        TypedSizeLayer {}
+/// Types tonic's refusal of a request above [`MAX_REQUEST_BYTES`]: tonic answers it with
+/// OUT_OF_RANGE and a message of its own before any service code runs. No refusal of this
+/// service travels as OUT_OF_RANGE, so every such answer is that cap: it becomes
+/// `INVALID_REQUEST` with the reason token and an `ErrorInfo`, still without decoding.
+pub fn typed_size<B: Default>(response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if !out_of_range {
+        return response;
     }
-}
-
-impl Default for TypedSizeLayer {
-    fn default() -> Self {
-        TypedSizeLayer::new()
-    }
-}
-
-impl<S, B, RB> Service<http::Request<B>> for TypedSize<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Default + Send + 'static,
-{
-    type Response = http::Response<RB>;
-    type Error = S::Error;
-    type Future = CallFuture<http::Response<RB>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let ours = rpc_of(&request).is_some();
-        let answer = take_ready(&mut self.inner).call(request);
-        Box::pin(async move {
-            let response = answer.await?;
-            let out_of_range = ours
-                && response
-                    .headers()
-                    .get("grpc-status")
-                    .is_some_and(|v| v.as_bytes() == b"11");
-            if !out_of_range {
-                return Ok(response);
-            }
-            Ok(refused(Refusal::invalid(format!(
-                "the request message is larger than the {} KiB limit; it was not decoded",
-                MAX_REQUEST_BYTES / 1024
-            ))))
-        })
-    }
-}
-
-layer! {
-    /// One `call` span per RPC, and one log line per refusal (`refused`, with its reason and
-    /// sentence) or success (`ok`, at debug level).
-    SpanLayer => Spanned {}
-}
-
-impl SpanLayer {
-    /// The layer.
-    pub fn new() -> SpanLayer {
-        SpanLayer {}
-    }
-}
-
-impl Default for SpanLayer {
-    fn default() -> Self {
-        SpanLayer::new()
-    }
+    refused(Refusal::invalid(format!(
+        "the request message is larger than the {} KiB limit; it was not decoded",
+        MAX_REQUEST_BYTES / 1024
+    )))
 }
 
 /// The caller's request id (`x-request-id` metadata), bounded and printable, for the logs.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect())
-        .unwrap_or_default()
-}
-
-impl<S, B, RB> Service<http::Request<B>> for Spanned<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Send + 'static,
-{
-    type Response = http::Response<RB>;
-    type Error = S::Error;
-    type Future = CallFuture<http::Response<RB>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let Some(rpc) = rpc_of(&request) else {
-            return Box::pin(inner.call(request));
-        };
-        let span = tracing::info_span!(
-            "call",
-            rpc = rpc.name(),
-            request_id = request_id(request.headers()),
-            caller = tracing::field::Empty,
-            secret_id = tracing::field::Empty,
-            random = tracing::field::Empty,
-        );
-        let answer = span.in_scope(|| inner.call(request));
-        Box::pin(
-            async move {
-                let response = answer.await?;
-                match outcome_of(response.headers()) {
-                    Outcome::Ok => debug!("ok"),
-                    Outcome::Refused { label, message } => {
-                        let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
-                        info!(reason = label, detail, "refused");
-                    }
-                }
-                Ok(response)
-            }
-            .instrument(span),
-        )
-    }
-}
-
-layer! {
-    /// Counts every answer by RPC and result (`ok` or the reason token) with its latency, and
-    /// keeps the in-flight gauge.
-    MetricsLayer => Measured { metrics: Arc<Metrics> }
-}
-
-impl MetricsLayer {
-    /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> MetricsLayer {
-        MetricsLayer { metrics }
-    }
-}
-
-impl<S, B, RB> Service<http::Request<B>> for Measured<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Send + 'static,
-{
-    type Response = http::Response<RB>;
-    type Error = S::Error;
-    type Future = CallFuture<http::Response<RB>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let Some(rpc) = rpc_of(&request) else {
-            return Box::pin(inner.call(request));
-        };
-        let metrics = self.metrics.clone();
-        let started = Instant::now();
-        let inflight = metrics.inflight();
-        let answer = inner.call(request);
-        Box::pin(async move {
-            let response = answer.await;
-            drop(inflight);
-            let label = match response.as_ref().map(|r| outcome_of(r.headers())) {
-                Ok(Outcome::Ok) => "ok",
-                Ok(Outcome::Refused { label, .. }) => label,
-                Err(_) => "error",
-            };
-            metrics.request(rpc.name(), label, started.elapsed());
-            response
-        })
-    }
-}
-
-layer! {
-    /// Checks the caller against the policy (when there is one): `CALLER_UNAUTHENTICATED`
-    /// without a known credential, `PERMISSION_DENIED` without the role.
-    CallerCheckLayer => CallerCheck { policy: SharedPolicy }
-}
-
-impl CallerCheckLayer {
-    /// Checks callers against `policy`, as it is at each call.
-    pub fn new(policy: SharedPolicy) -> CallerCheckLayer {
-        CallerCheckLayer { policy }
-    }
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("x-request-id")?.to_str().ok()?;
+    Some(
+        value
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect(),
+    )
 }
 
 /// The caller's bearer token (`authorization: Bearer <token>`), if any.
@@ -316,64 +127,104 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     Some(token.trim())
 }
 
-impl<S, B, RB> Service<http::Request<B>> for CallerCheck<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Default + Send + 'static,
-{
-    type Response = http::Response<RB>;
-    type Error = S::Error;
-    type Future = CallFuture<http::Response<RB>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let (Some(rpc), Some(policy)) = (rpc_of(&request), self.policy.load_full()) else {
-            return Box::pin(inner.call(request));
-        };
-        let certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs());
-        let credentials = Credentials {
-            bearer: bearer(request.headers()),
-            client_cert: certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref()),
-        };
-        match policy.authorize(rpc, credentials) {
-            Ok(caller) => {
-                tracing::Span::current().record("caller", caller.name.as_str());
-                Box::pin(inner.call(request))
-            }
-            Err(denied) => {
-                let refusal = Refusal::new(denied.reason(), denied.to_string());
-                Box::pin(std::future::ready(Ok(refused(refusal))))
-            }
+/// Checks the caller against the policy (when there is one): `CALLER_UNAUTHENTICATED`
+/// without a known credential, `PERMISSION_DENIED` without the role. The caller's name joins
+/// the call's span.
+pub fn check_caller<B>(
+    policy: &SharedPolicy,
+    rpc: Rpc,
+    request: &http::Request<B>,
+) -> Result<(), Refusal> {
+    let Some(policy) = policy.load_full() else {
+        return Ok(());
+    };
+    let certs = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs());
+    let credentials = Credentials {
+        bearer: bearer(request.headers()),
+        client_cert: certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref()),
+    };
+    match policy.authorize(rpc, credentials) {
+        Ok(caller) => {
+            tracing::Span::current().record("caller", caller.name.as_str());
+            Ok(())
         }
+        Err(denied) => Err(Refusal::new(denied.reason(), denied.to_string())),
     }
 }
 
-layer! {
-    /// Admits at most `limit` calls at once and sheds the rest at once with `RATE_LIMITED`: a
-    /// fast refusal the client can retry beats a queue that times everyone out.
-    AdmissionLayer => Admission { slots: Arc<tokio::sync::Semaphore>, limit: usize }
+/// Admits at most `limit` calls at once and sheds the rest at once with `RATE_LIMITED`: a
+/// fast refusal the client can retry beats a queue that times everyone out.
+#[derive(Clone)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    limit: usize,
 }
 
-impl AdmissionLayer {
+impl Admission {
     /// At most `limit` calls at once.
-    pub fn new(limit: usize) -> AdmissionLayer {
-        AdmissionLayer {
-            slots: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
+    pub fn new(limit: usize) -> Admission {
+        Admission {
+            slots: Arc::new(Semaphore::new(limit.max(1))),
             limit: limit.max(1),
         }
     }
+
+    /// A slot for one call, held until it answers; a refusal when none is free.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            Refusal::new(
+                Reason::RateLimited,
+                format!(
+                    "the server is already handling its limit of {} calls; retry with backoff",
+                    self.limit
+                ),
+            )
+        })
+    }
 }
 
-impl<S, B, RB> Service<http::Request<B>> for Admission<S>
+/// Every per-call step of the module doc, around the gRPC routes.
+#[derive(Clone)]
+pub struct CallLayer {
+    metrics: Arc<Metrics>,
+    policy: SharedPolicy,
+    admission: Admission,
+}
+
+impl CallLayer {
+    /// Records into `metrics`, checks callers against `policy` (as it is at each call), and
+    /// admits at most `max_concurrent_calls` at once.
+    pub fn new(metrics: Arc<Metrics>, policy: SharedPolicy, max_concurrent_calls: usize) -> Self {
+        CallLayer {
+            metrics,
+            policy,
+            admission: Admission::new(max_concurrent_calls),
+        }
+    }
+}
+
+impl<S> Layer<S> for CallLayer {
+    type Service = Calls<S>;
+
+    fn layer(&self, inner: S) -> Calls<S> {
+        Calls {
+            inner,
+            steps: self.clone(),
+        }
+    }
+}
+
+/// The service of [`CallLayer`].
+#[derive(Clone)]
+pub struct Calls<S> {
+    inner: S,
+    steps: CallLayer,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Calls<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -390,28 +241,51 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
-        if rpc_of(&request).is_none() {
+        let Some(rpc) = rpc_of(&request) else {
             return Box::pin(inner.call(request));
+        };
+        let started = Instant::now();
+        let metrics = self.steps.metrics.clone();
+        let inflight = metrics.inflight();
+        let span = tracing::info_span!(
+            "call",
+            rpc = rpc.name(),
+            request_id = tracing::field::Empty,
+            caller = tracing::field::Empty,
+            secret_id = tracing::field::Empty,
+            random = tracing::field::Empty,
+        );
+        if let Some(id) = request_id(request.headers()) {
+            span.record("request_id", id);
         }
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let answer = inner.call(request);
-                Box::pin(async move {
-                    let response = answer.await;
-                    drop(permit);
-                    response
-                })
+        let answer = span.in_scope(|| {
+            check_caller(&self.steps.policy, rpc, &request)?;
+            let permit = self.steps.admission.admit()?;
+            Ok::<_, Refusal>((inner.call(request), permit))
+        });
+        Box::pin(
+            async move {
+                let response = match answer {
+                    Ok((future, _permit)) => future.await.map(typed_size),
+                    Err(refusal) => Ok(refused(refusal)),
+                };
+                drop(inflight);
+                let label = match response.as_ref().map(|r| outcome_of(r.headers())) {
+                    Ok(Outcome::Ok) => {
+                        debug!("ok");
+                        "ok"
+                    }
+                    Ok(Outcome::Refused { label, message }) => {
+                        let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
+                        info!(reason = label, detail, "refused");
+                        label
+                    }
+                    Err(_) => "error",
+                };
+                metrics.request(rpc.name(), label, started.elapsed());
+                response
             }
-            Err(_) => {
-                let refusal = Refusal::new(
-                    Reason::RateLimited,
-                    format!(
-                        "the server is already handling its limit of {} calls; retry with backoff",
-                        self.limit
-                    ),
-                );
-                Box::pin(std::future::ready(Ok(refused(refusal))))
-            }
-        }
+            .instrument(span),
+        )
     }
 }

@@ -352,6 +352,10 @@ impl Connector {
     /// The connection to use now, waiting up to `within` for the first dial (a call that
     /// arrives as the service starts need not fail for being early).
     pub async fn ready(&self, within: Duration) -> Option<Conn> {
+        // The common case, without touching the notifier's lock (shared by every call).
+        if let Some(conn) = self.get() {
+            return Some(conn);
+        }
         let installed = self.shared.installed.notified();
         tokio::pin!(installed);
         // Registered before looking, so an install in between is not missed.
