@@ -160,11 +160,33 @@ async fn issue_records_before_answering(backend: Backend) {
     assert_eq!(state, SignatureState::Issued as i32);
     if let Some(redis) = &server.redis {
         let key = format!("vodsigner:sig:{SECRET_ID}:{}", claims.random);
+        // The compact form: the fingerprint as an integer, kept in Redis' object header.
         let value = redis.cli(&["GET", &key]).unwrap();
-        assert!(value.starts_with("v1|issued|"), "{value}");
+        assert!(value.parse::<u64>().is_ok(), "{value}");
+        assert_eq!(redis.cli(&["OBJECT", "ENCODING", &key]).unwrap(), "int");
         let ttl: i64 = redis.cli(&["TTL", &key]).unwrap().parse().unwrap();
         // expireTime - now + leeway = 3600 + 60.
         assert!((3600..=3660).contains(&ttl), "record TTL {ttl}");
+
+        // A record in the text form of earlier versions (still in Redis after an upgrade) is
+        // consumed once, like any other. (Its fingerprint, from the signature's tag.)
+        let parsed = vod_signer::signature::parse(&sig).unwrap();
+        let fingerprint = vod_signer::signature::fingerprint(&parsed.tag);
+        let ts = claims.current_time_stamp;
+        let text = format!("v1|issued|{fingerprint}|{ts}|{ts}|");
+        assert_eq!(redis.cli(&["SET", &key, &text, "KEEPTTL"]).unwrap(), "OK");
+        let mut client = server.client().await;
+        client.verify_signature(verify_req(&sig)).await.unwrap();
+        client.consume_signature(consume_req(&sig)).await.unwrap();
+        assert_eq!(
+            refused(client.consume_signature(consume_req(&sig)).await),
+            Reason::SignatureAlreadyUsed
+        );
+        let value = redis.cli(&["GET", &key]).unwrap();
+        assert!(
+            value.starts_with(&format!("v1|consumed|{fingerprint}|{ts}|")),
+            "{value}"
+        );
     }
 }
 

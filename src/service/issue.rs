@@ -83,6 +83,7 @@ impl<S: Store> Signer<S> {
                     random: signed.claims.random,
                 },
                 fingerprint: &fingerprint,
+                issued_at: now,
             };
             if self.store.insert_issued(record, now, record_ttl).await? {
                 let span = tracing::Span::current();

@@ -253,6 +253,7 @@ fn record_of<'a>(parsed: &'a Parsed, fingerprint: &'a str) -> RecordRef<'a> {
             random: parsed.claims.random,
         },
         fingerprint,
+        issued_at: parsed.claims.current_time_stamp,
     }
 }
 

@@ -199,6 +199,7 @@ mod tests {
                 random,
             },
             fingerprint: "fp",
+            issued_at: 0,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct RecordRef<'a> {
     pub key: RecordKey<'a>,
     /// The fingerprint of its tag ([`crate::signature::fingerprint`]).
     pub fingerprint: &'a str,
+    /// Its issue time (the signature's `currentTimeStamp`), Unix seconds.
+    pub issued_at: i64,
 }
 
 /// The store did not answer, or answered something it should not: fail closed.

@@ -1,10 +1,35 @@
 //! One signature's record, its text form in Redis, and its state transitions.
 //!
-//! Redis value: `v1|{state}|{fingerprint}|{issued_at}|{changed_at}|{idempotency token}`, a
-//! plain string written with `SET NX` at issue. The Lua scripts in `redis.rs` implement the
-//! same transitions as [`Record::consume`] and [`Record::revoke`] on that text.
+//! Redis value, two forms:
+//!
+//! - issued (written with `SET NX` at issue): the fingerprint's bits as a decimal integer
+//!   ([`compact_issued`]). Redis keeps an integer inside the key's object header instead of
+//!   allocating a string, which is most of the value's memory: an outstanding signature costs
+//!   ~64 bytes less. Its issue time is the signature's own `currentTimeStamp`.
+//! - after a change (and any record written by an older version):
+//!   `v1|{state}|{fingerprint}|{issued_at}|{changed_at}|{idempotency token}`.
+//!
+//! The Lua scripts in `redis.rs` implement the same transitions as [`Record::consume`] and
+//! [`Record::revoke`] on both forms.
 
-use super::{ConsumeOutcome, RecordState};
+use super::{ConsumeOutcome, RecordRef, RecordState};
+
+/// The compact Redis value of a freshly issued record: the first 60 bits (15 hex digits) of
+/// its fingerprint as a decimal integer, which fits Redis' integer encoding and still tells
+/// two signatures with the same nonce apart. `None` for a fingerprint that is not hex (never,
+/// for [`crate::signature::fingerprint`]'s): such a record is written in the text form.
+pub fn compact_issued(fingerprint: &str) -> Option<String> {
+    if fingerprint.is_empty() || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let prefix = &fingerprint[..fingerprint.len().min(15)];
+    u64::from_str_radix(prefix, 16).ok().map(|n| n.to_string())
+}
+
+/// Whether a Redis value is in the compact (issued) form: digits only.
+fn is_compact(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// A record's state as stored (a signature with another fingerprint sees `NotIssued`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +91,17 @@ impl Record {
         )
     }
 
-    /// Parses the text stored in Redis; `None` for anything else (treated as no record).
+    /// Parses the value stored in Redis for the signature `sig`; `None` for anything else,
+    /// and for a compact record of another signature (both read as no record).
+    pub fn decode_for(text: &str, sig: &RecordRef<'_>) -> Option<Record> {
+        if is_compact(text) {
+            return (compact_issued(sig.fingerprint).as_deref() == Some(text))
+                .then(|| Record::issued(sig.fingerprint, sig.issued_at));
+        }
+        Record::decode(text)
+    }
+
+    /// Parses the text form stored in Redis; `None` for anything else (treated as no record).
     pub fn decode(text: &str) -> Option<Record> {
         let mut parts = text.split('|');
         if parts.next()? != "v1" {
@@ -152,5 +187,40 @@ mod tests {
         assert_eq!(Record::decode(&r.encode()), Some(r));
         assert_eq!(Record::decode("v2|issued|a|1|1|"), None);
         assert_eq!(Record::decode("v1|issued|a|1|1||x"), None);
+    }
+
+    fn sig(fingerprint: &str) -> RecordRef<'_> {
+        RecordRef {
+            key: super::super::RecordKey {
+                secret_id: "AKID",
+                random: 1,
+            },
+            fingerprint,
+            issued_at: 10,
+        }
+    }
+
+    #[test]
+    fn compact_form_is_the_fingerprint_as_an_integer() {
+        assert_eq!(compact_issued("00000000ff10").as_deref(), Some("65296"));
+        assert_eq!(compact_issued("fp"), None);
+        assert_eq!(
+            compact_issued("2b8605336081e7e6ca577c8d").as_deref(),
+            Some("196012494295670398")
+        );
+        let stored = compact_issued("00000000ff10").unwrap();
+        assert_eq!(
+            Record::decode_for(&stored, &sig("00000000ff10")),
+            Some(Record::issued("00000000ff10", 10))
+        );
+        // Another signature with the same nonce: no record of its own.
+        assert_eq!(Record::decode_for(&stored, &sig("00000000ff11")), None);
+        // A fingerprint of digits only that reads like the stored decimal is still another.
+        assert_eq!(Record::decode_for("65296", &sig("000000065296")), None);
+        // The text form still reads.
+        assert_eq!(
+            Record::decode_for("v1|consumed|abc|10|11|ff", &sig("abc")).map(|r| r.state_for("abc")),
+            Some(RecordState::Consumed { at: 11 })
+        );
     }
 }

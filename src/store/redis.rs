@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::record::compact_issued;
 use super::{
     ConsumeOutcome, QuotaOutcome, Record, RecordRef, RecordState, Store, StoreError,
     idempotency_token,
@@ -21,12 +22,20 @@ use crate::quota::Charge;
 use crate::redis::{Conn, Connector, Failure, RedisConfig};
 
 /// Consume: `issued` becomes `consumed` keeping the expiry; a repeat with the same
-/// idempotency token answers the same success. Returns `{outcome, at}`.
+/// idempotency token answers the same success. Returns `{outcome, at}`. ARGV: fingerprint,
+/// now, idempotency token, compact form of the fingerprint, issue time. A value of digits is
+/// the compact issued form (`record.rs`).
 const CONSUME_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
-local state, fp, issued, changed, idem = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)$')
-if not state or fp ~= ARGV[1] then return {'missing'} end
+local state, fp, issued, changed, idem
+if string.match(v, '^%d+$') then
+  if v ~= ARGV[4] then return {'missing'} end
+  state, fp, issued, changed, idem = 'issued', ARGV[1], ARGV[5], ARGV[5], ''
+else
+  state, fp, issued, changed, idem = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)$')
+  if not state or fp ~= ARGV[1] then return {'missing'} end
+end
 if state == 'issued' then
   redis.call('SET', KEYS[1], 'v1|consumed|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'KEEPTTL')
   return {'ok', ARGV[2]}
@@ -35,12 +44,19 @@ if state == 'consumed' and ARGV[3] ~= '' and idem == ARGV[3] then return {'ok', 
 return {state, changed}
 "#;
 
-/// Revoke: `issued` becomes `revoked` keeping the expiry. Returns the state before.
+/// Revoke: `issued` becomes `revoked` keeping the expiry. Returns the state before. ARGV:
+/// fingerprint, now, compact form of the fingerprint, issue time.
 const REVOKE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
-local state, fp, issued, changed = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|%x*$')
-if not state or fp ~= ARGV[1] then return {'missing'} end
+local state, fp, issued, changed
+if string.match(v, '^%d+$') then
+  if v ~= ARGV[3] then return {'missing'} end
+  state, fp, issued, changed = 'issued', ARGV[1], ARGV[4], ARGV[4]
+else
+  state, fp, issued, changed = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|%x*$')
+  if not state or fp ~= ARGV[1] then return {'missing'} end
+end
 if state == 'issued' then
   redis.call('SET', KEYS[1], 'v1|revoked|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|', 'KEEPTTL')
   return {'issued', ARGV[2]}
@@ -215,7 +231,8 @@ impl Store for RedisStore {
         ttl_seconds: u64,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        let value = Record::issued(sig.fingerprint, now).encode();
+        let value = compact_issued(sig.fingerprint)
+            .unwrap_or_else(|| Record::issued(sig.fingerprint, now).encode());
         let mut set = redis::cmd("SET");
         let key = self.record_key(&sig);
         set.arg(&key)
@@ -248,7 +265,7 @@ impl Store for RedisStore {
             .await?;
         Ok(text
             .as_deref()
-            .and_then(Record::decode)
+            .and_then(|text| Record::decode_for(text, &sig))
             .map_or(RecordState::NotIssued, |r| r.state_for(sig.fingerprint)))
     }
 
@@ -263,7 +280,9 @@ impl Store for RedisStore {
         let mut call = self.consume.key(&key);
         call.arg(sig.fingerprint)
             .arg(now)
-            .arg(idempotency_token(idempotency_key));
+            .arg(idempotency_token(idempotency_key))
+            .arg(compact_issued(sig.fingerprint).unwrap_or_default())
+            .arg(sig.issued_at);
         let reply: Vec<String> = self
             .bounded(&mut conn, async |c| call.invoke_async(c).await)
             .await?;
@@ -282,7 +301,10 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let key = self.record_key(&sig);
         let mut call = self.revoke.key(&key);
-        call.arg(sig.fingerprint).arg(now);
+        call.arg(sig.fingerprint)
+            .arg(now)
+            .arg(compact_issued(sig.fingerprint).unwrap_or_default())
+            .arg(sig.issued_at);
         let reply: Vec<String> = self
             .bounded(&mut conn, async |c| call.invoke_async(c).await)
             .await?;
