@@ -59,6 +59,9 @@ pub struct ServerOptions {
     /// A plaintext port serving only `grpc.health.v1.Health`, for Kubernetes' gRPC probes
     /// (which cannot speak TLS) when the main port does.
     pub health_listen: Option<SocketAddr>,
+    /// Whether each call's span is exported as an OpenTelemetry server span (the caller's
+    /// `traceparent` as its parent, the RPC semantic attributes); off: no work for it at all.
+    pub traces: bool,
 }
 
 impl ServerOptions {
@@ -84,6 +87,7 @@ impl Default for ServerOptions {
             tls: None,
             tls_reload_interval: ServerOptions::TLS_RELOAD_INTERVAL,
             health_listen: None,
+            traces: false,
         }
     }
 }
@@ -204,7 +208,7 @@ pub async fn serve<S: Store>(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let calls = tower::ServiceBuilder::new()
         .layer(TypedSizeLayer::new())
-        .layer(SpanLayer::new())
+        .layer(SpanLayer::new().with_traces(options.traces))
         .layer(MetricsLayer::new(options.metrics.clone()))
         .layer(CallerCheckLayer::new(options.policy.clone()))
         .layer(AdmissionLayer::new(options.max_concurrent_calls))

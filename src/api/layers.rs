@@ -3,7 +3,8 @@
 //!
 //! 1. [`TypedSizeLayer`]: tonic's own refusal of an oversize request, typed like every other;
 //! 2. [`SpanLayer`]: one `call` span per RPC (the RPC, the caller's `x-request-id`, later the
-//!    caller, SecretId and nonce) and the `refused` log line;
+//!    caller, SecretId and nonce) and the `refused` log line; with traces on, the span is also
+//!    an OpenTelemetry server span, child of the caller's `traceparent`;
 //! 3. [`MetricsLayer`]: the in-flight gauge, and every answer counted by RPC and result, with
 //!    its latency;
 //! 4. [`CallerCheckLayer`]: the caller policy (bearer token or client certificate);
@@ -24,10 +25,16 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::{Instrument as _, debug, info};
 
+use opentelemetry::trace::Status as SpanStatus;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use crate::auth::{Credentials, Rpc, SharedPolicy};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
+
+/// The service's full name, as in `rpc.service` of its spans.
+const SERVICE: &str = "vodsigner.v1.SignatureService";
 
 /// The path prefix of the service's RPCs.
 const SERVICE_PATH: &str = "/vodsigner.v1.SignatureService/";
@@ -66,6 +73,7 @@ fn refused<B: Default>(refusal: Refusal) -> http::Response<B> {
 enum Outcome {
     Ok,
     Refused {
+        code: tonic::Code,
         label: &'static str,
         message: String,
     },
@@ -79,7 +87,11 @@ fn outcome_of(headers: &HeaderMap) -> Outcome {
             let message = status.message().to_owned();
             let token = message.split_once(": ").map_or("", |(t, _)| t);
             let label = Reason::from_token(token).map_or("error", Reason::as_str);
-            Outcome::Refused { label, message }
+            Outcome::Refused {
+                code: status.code(),
+                label,
+                message,
+            }
         }
     }
 }
@@ -171,14 +183,23 @@ where
 
 layer! {
     /// One `call` span per RPC, and one log line per refusal (`refused`, with its reason and
-    /// sentence) or success (`ok`, at debug level).
-    SpanLayer => Spanned {}
+    /// sentence) or success (`ok`, at debug level). With traces on, the span is also the
+    /// call's OpenTelemetry server span.
+    SpanLayer => Spanned { traces: bool }
 }
 
 impl SpanLayer {
-    /// The layer.
+    /// The layer, traces off.
     pub fn new() -> SpanLayer {
-        SpanLayer {}
+        SpanLayer { traces: false }
+    }
+
+    /// With `traces`, each `call` span is named and typed as an OpenTelemetry gRPC server span
+    /// (`vodsigner.v1.SignatureService/<Method>`, kind server, `rpc.*` attributes, the status
+    /// code and refusal reason), with the caller's W3C `traceparent` as its parent. Without,
+    /// none of that work is done.
+    pub fn with_traces(self, traces: bool) -> SpanLayer {
+        SpanLayer { traces }
     }
 }
 
@@ -217,21 +238,30 @@ where
         let Some(rpc) = rpc_of(&request) else {
             return Box::pin(inner.call(request));
         };
-        let span = tracing::info_span!(
-            "call",
-            rpc = rpc.name(),
-            request_id = request_id(request.headers()),
-            caller = tracing::field::Empty,
-            secret_id = tracing::field::Empty,
-            random = tracing::field::Empty,
-        );
+        let traces = self.traces;
+        let span = if traces {
+            server_span(rpc, request.headers())
+        } else {
+            tracing::info_span!(
+                "call",
+                rpc = rpc.name(),
+                request_id = request_id(request.headers()),
+                caller = tracing::field::Empty,
+                secret_id = tracing::field::Empty,
+                random = tracing::field::Empty,
+            )
+        };
         let answer = span.in_scope(|| inner.call(request));
         Box::pin(
             async move {
                 let response = answer.await?;
-                match outcome_of(response.headers()) {
+                let outcome = outcome_of(response.headers());
+                if traces {
+                    record_outcome(&tracing::Span::current(), &outcome);
+                }
+                match outcome {
                     Outcome::Ok => debug!("ok"),
-                    Outcome::Refused { label, message } => {
+                    Outcome::Refused { label, message, .. } => {
                         let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
                         info!(reason = label, detail, "refused");
                     }
@@ -240,6 +270,55 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The `call` span with traces on: the same fields, plus the OpenTelemetry name and kind (the
+/// log lines show them too), the RPC attributes (only the trace holds them) and the caller's
+/// trace context as parent. Nothing from the request body is read here: no signature, key or
+/// token can reach the span's attributes.
+fn server_span(rpc: Rpc, headers: &HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "call",
+        otel.name = format!("{SERVICE}/{}", rpc.name()),
+        otel.kind = "server",
+        rpc = rpc.name(),
+        request_id = request_id(headers),
+        caller = tracing::field::Empty,
+        secret_id = tracing::field::Empty,
+        random = tracing::field::Empty,
+    );
+    // Before the span is first entered: the parent is fixed when the span starts.
+    let _ = span.set_parent(super::propagation::extract(headers));
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", SERVICE);
+    span.set_attribute("rpc.method", rpc.name());
+    span
+}
+
+/// How the call ended, on its span: `rpc.grpc.status_code`, and for a refusal its reason token
+/// as `error.type`. The span's status is Error only for the codes that mean a server fault
+/// (the OpenTelemetry gRPC conventions: a refusal of a bad signature is not a fault), with
+/// the reason token as the description; never the refusal's sentence.
+fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
+    use tonic::Code;
+    match outcome {
+        Outcome::Ok => span.set_attribute("rpc.grpc.status_code", 0_i64),
+        Outcome::Refused { code, label, .. } => {
+            span.set_attribute("rpc.grpc.status_code", *code as i64);
+            span.set_attribute("error.type", *label);
+            if matches!(
+                code,
+                Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+                    | Code::Internal
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ) {
+                span.set_status(SpanStatus::error(*label));
+            }
+        }
     }
 }
 
