@@ -267,19 +267,20 @@ async fn a_call_joins_the_callers_trace_with_its_attributes_and_no_secrets() {
     }
 }
 
-/// Calls with the collector unreachable: each answers in its usual time; the spans that
-/// could not be delivered are counted.
+/// Calls with the collector unreachable: each answers within its 2 s deadline, well under the
+/// 5 s an export may take (so no call waited for one); the spans that could not be delivered
+/// are counted.
 async fn calls_answer_without_a_collector(endpoint: &str) {
     let (server, _keys) = traced_server(
         endpoint,
         &[
             ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
         ],
     );
     let metrics = server.metrics_addr();
     let mut client = connect(server.addr).await;
-    let mut slowest = Duration::ZERO;
+    let mut times = Vec::new();
     for i in 0..200 {
         let started = Instant::now();
         let issued = client
@@ -291,13 +292,17 @@ async fn calls_answer_without_a_collector(endpoint: &str) {
             .await
             .unwrap_or_else(|e| panic!("call {i}: {e:?}"));
         drop(issued);
-        slowest = slowest.max(started.elapsed());
+        times.push(started.elapsed());
     }
-    // The deadline of each call is 2 s; none came near it.
-    assert!(
-        slowest < Duration::from_millis(500),
-        "slowest call {slowest:?}"
+    // Each call had a 2 s deadline (`traced`), so each answered within it; say how fast.
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    let at = times.iter().position(|t| *t == slowest).unwrap_or(0);
+    times.sort();
+    eprintln!(
+        "200 calls to {endpoint}: median {:?}, slowest {slowest:?} (call {at})",
+        times[100]
     );
+    assert!(slowest < Duration::from_secs(2), "slowest call {slowest:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let scrape = scrape(metrics).await;
@@ -333,4 +338,59 @@ async fn calls_answer_when_the_collector_black_holes() {
     let endpoint = format!("http://{}", hole.local_addr().unwrap());
     calls_answer_without_a_collector(&endpoint).await;
     drop(hole);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_sends_the_current_spans_trace_context() {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        TracerProvider as _,
+    };
+    use tracing::Instrument as _;
+    use tracing::instrument::WithSubscriber as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let (collector, addr) = Collector::start().await;
+    let (server, _keys) = traced_server(&format!("http://{addr}"), &[]);
+
+    // An app server that traces with tracing-opentelemetry (its spans go nowhere here), in a
+    // request that arrived with TRACE_ID.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let app = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("app-server")));
+    let client = vod_signer::client::Client::connect(vod_signer::client::ClientConfig::new(
+        format!("http://{}", server.addr),
+    ))
+    .unwrap();
+    let app_span_id = async move {
+        let span = tracing::info_span!("handle upload request");
+        let remote = SpanContext::new(
+            TraceId::from_hex(TRACE_ID).unwrap(),
+            SpanId::from_hex(PARENT_ID).unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+            .unwrap();
+        let id = span.context().span().span_context().span_id();
+        client
+            .issue(IssueSignatureRequest::default())
+            .instrument(span)
+            .await
+            .unwrap();
+        id
+    }
+    .with_subscriber(app)
+    .await;
+
+    let issue = collector
+        .wait_for("IssueSignature under the app's span", |r| {
+            r.span.name == "vodsigner.v1.SignatureService/IssueSignature"
+        })
+        .await;
+    assert_eq!(hex(&issue.span.trace_id), TRACE_ID);
+    assert_eq!(hex(&issue.span.parent_span_id), app_span_id.to_string());
+    assert_eq!(issue.resource["service.name"], "vod-signer");
 }
