@@ -159,8 +159,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// The tracer provider: sampling by the SDK's defaults (parent-based, always on; the
-/// standard `OTEL_TRACES_SAMPLER` variables apply), spans to [`QueueProcessor`].
-fn tracer_provider(traces: &TraceSettings) -> Result<SdkTracerProvider, String> {
+/// standard `OTEL_TRACES_SAMPLER` variables apply), spans to [`QueueProcessor`]. Public for
+/// other processes of the flow (the upload-flow example) that export the same way.
+pub fn tracer_provider(traces: &TraceSettings) -> Result<SdkTracerProvider, String> {
     let resource = Resource::builder()
         .with_service_name(traces.service_name.clone())
         .with_attribute(opentelemetry::KeyValue::new(

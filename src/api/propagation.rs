@@ -40,6 +40,16 @@ pub fn extract(headers: &HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&Headers(headers))
 }
 
+/// The W3C `traceparent` value of `cx`, when it holds a span: for handing the trace on
+/// through something that is not gRPC (an HTTP response, a page).
+pub fn traceparent(cx: &Context) -> Option<String> {
+    let mut fields = std::collections::HashMap::new();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(cx, &mut fields);
+    }
+    fields.remove("traceparent")
+}
+
 /// Adds `traceparent` (and `tracestate`) of `cx` to outgoing metadata, when `cx` holds a span.
 pub fn inject(cx: &Context, metadata: &mut MetadataMap) {
     if cx.span().span_context().is_valid() {
