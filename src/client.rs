@@ -6,6 +6,10 @@
 //! a broken connection, and consume only with an idempotency key (one is made up per call
 //! when the caller gives none), so a retry after an unknown outcome can never use a signature
 //! twice.
+//!
+//! Every call carries the W3C `traceparent` of the caller's current `tracing` span when the
+//! caller exports traces with `tracing-opentelemetry`: vod-signer's span of the call then
+//! joins the caller's trace.
 
 use std::time::Duration;
 
@@ -149,17 +153,21 @@ impl From<Status> for ClientError {
     }
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token, and the current span's trace context (`traceparent`), to every
+/// call.
 #[derive(Clone)]
 pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         if let Some(value) = &self.0 {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        let cx = tracing::Span::current().context();
+        crate::api::propagation::inject(&cx, request.metadata_mut());
         Ok(request)
     }
 }

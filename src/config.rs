@@ -222,6 +222,10 @@ pub struct ServeArgs {
     /// Quickstart: in-memory store and a fresh random key, printed once.
     #[arg(long, env = "VOD_SIGNER_DEV", conflicts_with_all = ["keys_dir", "active_key", "redis_url"])]
     pub dev: bool,
+    /// OTLP/gRPC collector that receives one span per RPC (`http://collector:4317`); when
+    /// absent, `OTEL_EXPORTER_OTLP_ENDPOINT` is used; neither: no traces (the default).
+    #[arg(long, env = "VOD_SIGNER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Tokio runtime flavour.
     #[arg(long, env = "VOD_SIGNER_RUNTIME", value_enum, default_value = "auto")]
     pub runtime: RuntimeFlavor,
@@ -247,6 +251,15 @@ impl ServeArgs {
             .into_iter()
             .filter_map(|(scope, name, text)| text.as_deref().map(|t| Quota::parse(scope, name, t)))
             .collect()
+    }
+
+    /// Where traces go: `--otlp-endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`; None: off.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
     }
 
     /// The metrics address, or None when `--metrics-listen off`.

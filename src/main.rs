@@ -13,7 +13,19 @@ use vod_signer::{cli, runner, telemetry};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    telemetry::init_logging(args.log_format, &args.log_level);
+    let traces = match &args.command {
+        Command::Serve(serve) => serve
+            .otlp_endpoint()
+            .map(telemetry::TraceSettings::from_env),
+        _ => None,
+    };
+    let _telemetry = match telemetry::init(args.log_format, &args.log_level, traces) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("vod-signer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match &args.command {
         Command::Serve(serve) => runner::run((**serve).clone()),
         Command::Issue(issue) => cli::issue(issue).map(|out| println!("{out}")),

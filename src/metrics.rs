@@ -45,6 +45,35 @@ struct VersionLabel {
     version: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabel {
+    reason: &'static str,
+}
+
+/// Spans the trace exporter lost, process-wide like the tracer itself (every [`Metrics`]
+/// exposes the same counter).
+static TRACE_SPANS_DROPPED: std::sync::LazyLock<Family<DropLabel, Counter>> =
+    std::sync::LazyLock::new(|| {
+        let family = Family::<DropLabel, Counter>::default();
+        for reason in [SPANS_QUEUE_FULL, SPANS_EXPORT_FAILED] {
+            let _ = family.get_or_create(&DropLabel { reason });
+        }
+        family
+    });
+
+/// `reason` of a span dropped because the export queue was full.
+pub const SPANS_QUEUE_FULL: &str = "queue_full";
+/// `reason` of a span dropped because the collector did not accept its batch in time.
+pub const SPANS_EXPORT_FAILED: &str = "export_failed";
+
+/// Counts `spans` spans the trace exporter dropped, for `reason` ([`SPANS_QUEUE_FULL`] or
+/// [`SPANS_EXPORT_FAILED`]).
+pub fn trace_spans_dropped(reason: &'static str, spans: u64) {
+    TRACE_SPANS_DROPPED
+        .get_or_create(&DropLabel { reason })
+        .inc_by(spans);
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -124,6 +153,11 @@ impl Metrics {
             "vodsigner_active_key_missing",
             "1 while IssueSignature is refused with NO_ACTIVE_KEY (the active key is not in the keys directory), else 0",
             active_key_missing.clone(),
+        );
+        registry.register(
+            "vodsigner_trace_spans_dropped",
+            "Trace spans not delivered to the OTLP collector: queue_full (the bounded export queue was full) or export_failed (the collector did not take the batch in time)",
+            TRACE_SPANS_DROPPED.clone(),
         );
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
@@ -221,6 +255,45 @@ impl<S> Instrumented<S> {
     }
 }
 
+impl<S: Store> Instrumented<S> {
+    /// Runs one store call: its latency and error recorded, inside a `store` span (a debug
+    /// span, so it costs nothing unless traces or debug logs are on; the trace shows it as a
+    /// child of the call's span, named `store.<op>`).
+    async fn measure<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        use tracing::Instrument as _;
+        let span = tracing::debug_span!(
+            target: "vod_signer::store",
+            "store",
+            otel.name = span_name(op),
+            op,
+            otel.status_code = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = call.instrument(span.clone()).await;
+        self.metrics.store_call(op, started, &result);
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+}
+
+/// The trace span name of a store operation.
+fn span_name(op: &'static str) -> &'static str {
+    match op {
+        "issue" => "store.issue",
+        "status" => "store.status",
+        "consume" => "store.consume",
+        "revoke" => "store.revoke",
+        "quota" => "store.quota",
+        _ => "store",
+    }
+}
+
 impl<S: Store> Store for Instrumented<S> {
     async fn insert_issued(
         &self,
@@ -228,17 +301,12 @@ impl<S: Store> Store for Instrumented<S> {
         now: i64,
         ttl_seconds: u64,
     ) -> Result<bool, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.insert_issued(sig, now, ttl_seconds).await;
-        self.metrics.store_call("issue", started, &result);
-        result
+        self.measure("issue", self.inner.insert_issued(sig, now, ttl_seconds))
+            .await
     }
 
     async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.status(sig).await;
-        self.metrics.store_call("status", started, &result);
-        result
+        self.measure("status", self.inner.status(sig)).await
     }
 
     async fn consume(
@@ -247,30 +315,23 @@ impl<S: Store> Store for Instrumented<S> {
         now: i64,
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.consume(sig, now, idempotency_key).await;
-        self.metrics.store_call("consume", started, &result);
-        result
+        self.measure("consume", self.inner.consume(sig, now, idempotency_key))
+            .await
     }
 
     async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.revoke(sig, now).await;
-        self.metrics.store_call("revoke", started, &result);
-        result
+        self.measure("revoke", self.inner.revoke(sig, now)).await
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
-        let started = Instant::now();
-        let result = self.inner.charge_quotas(group).await;
-        self.metrics.store_call("quota", started, &result);
-        result
+        self.measure("quota", self.inner.charge_quotas(group)).await
     }
 
     fn record_count(&self) -> Option<usize> {
         self.inner.record_count()
     }
 
+    /// Health pings are measured but get no span: they belong to no call.
     async fn ping(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         let result = self.inner.ping().await;

@@ -113,6 +113,7 @@ fn server_options(args: &ServeArgs, policy: SharedPolicy) -> ServerOptions {
         tls,
         tls_reload_interval: Duration::from_secs(args.tls_reload_interval),
         health_listen: args.health_listen,
+        traces: args.otlp_endpoint().is_some(),
     }
 }
 

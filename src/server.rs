@@ -57,6 +57,9 @@ pub struct ServerOptions {
     /// A plaintext port serving only `grpc.health.v1.Health`, for Kubernetes' gRPC probes
     /// (which cannot speak TLS) when the main port does.
     pub health_listen: Option<SocketAddr>,
+    /// Whether each call's span is exported as an OpenTelemetry server span (the caller's
+    /// `traceparent` as its parent, the RPC semantic attributes); off: no work for it at all.
+    pub traces: bool,
 }
 
 impl ServerOptions {
@@ -82,6 +85,7 @@ impl Default for ServerOptions {
             tls: None,
             tls_reload_interval: ServerOptions::TLS_RELOAD_INTERVAL,
             health_listen: None,
+            traces: false,
         }
     }
 }
@@ -204,7 +208,8 @@ pub async fn serve<S: Store>(
         options.metrics.clone(),
         options.policy.clone(),
         options.max_concurrent_calls,
-    );
+    )
+    .with_traces(options.traces);
     let router = tonic::transport::Server::builder()
         .layer(calls)
         .add_service(health)

@@ -237,7 +237,19 @@ async fn signature(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
         }),
         ..Default::default()
     };
-    match state.config.client.issue(request).await {
+    // The request's span (a trace of its own: the page is not traced); with traces on, the
+    // typed client hands it to vod-signer as `traceparent`, and the page hands it to the
+    // gateway, so the upload joins the same trace.
+    let span = tracing::info_span!("POST /signature", otel.kind = "server");
+    let traceparent = {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        vod_signer::api::propagation::traceparent(&span.context())
+    };
+    let issued = {
+        use tracing::Instrument as _;
+        state.config.client.issue(request).instrument(span).await
+    };
+    match issued {
         Ok(issued) => {
             let claims = issued.claims.unwrap_or_default();
             state
@@ -255,6 +267,7 @@ async fn signature(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
                     "source_context": source_context,
                     "expire_time": claims.expire_time,
                     "max_file_size": state.config.max_file_size,
+                    "traceparent": traceparent,
                 }),
             )
         }

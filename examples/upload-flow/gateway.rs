@@ -134,7 +134,7 @@ async fn preflight() -> Response {
             ),
             (
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("content-type, x-vod-signature, x-file-name"),
+                HeaderValue::from_static("content-type, x-vod-signature, x-file-name, traceparent"),
             ),
             (
                 header::ACCESS_CONTROL_MAX_AGE,
@@ -223,12 +223,23 @@ async fn upload(
     // it did not learn with this key, and gets the same success. It is made here, never taken
     // from the uploader, or a replay could present the original key and pass.
     let attempt = format!("upload-{}", random_hex(16));
-    let consumed = match state
-        .config
-        .client
-        .consume(signature, Some(length), Some(&attempt))
-        .await
+    // With traces on, this request's span continues the trace the page was given with the
+    // signature (its `traceparent` header), and the typed client passes it to vod-signer.
+    let span = tracing::info_span!("POST /upload", otel.kind = "server");
     {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let _ = span.set_parent(vod_signer::api::propagation::extract(&headers));
+    }
+    let consumed = {
+        use tracing::Instrument as _;
+        state
+            .config
+            .client
+            .consume(signature, Some(length), Some(&attempt))
+            .instrument(span)
+            .await
+    };
+    let consumed = match consumed {
         Ok(consumed) => consumed,
         Err(error) => {
             let (reason, message) = reason_of(&error);

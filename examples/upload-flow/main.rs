@@ -65,16 +65,69 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let _traces = match init_logs_and_traces() {
+        Ok(provider) => provider,
+        Err(e) => {
+            eprintln!("upload-flow: {e}");
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = run(Args::parse()).await {
         eprintln!("upload-flow: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Logs on stderr; with `OTEL_EXPORTER_OTLP_ENDPOINT` set, also the app server's and the
+/// gateway's request spans, exported the way vod-signer exports its own (service name
+/// `upload-flow`). A `--spawn`ed vod-signer inherits the variable, so the whole flow lands in
+/// one collector as one trace per upload.
+fn init_logs_and_traces() -> Result<Option<TracerGuard>, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        );
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty());
+    let provider = match endpoint {
+        Some(endpoint) => Some(vod_signer::telemetry::tracer_provider(
+            &vod_signer::telemetry::TraceSettings {
+                service_name: "upload-flow".into(),
+                ..vod_signer::telemetry::TraceSettings::from_env(endpoint)
+            },
+        )?),
+        None => None,
+    };
+    let spans = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("upload-flow"))
+            // The flow's own spans and the client's, never those of h2 or hyper (nor the
+            // exporter's own traffic).
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span()
+                    && (m.target().starts_with("upload_flow")
+                        || m.target().starts_with("vod_signer"))
+            }))
+    });
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    Ok(provider.map(TracerGuard))
+}
+
+/// Sends the spans still queued at exit.
+struct TracerGuard(opentelemetry_sdk::trace::SdkTracerProvider);
+
+impl Drop for TracerGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .shutdown_with_timeout(std::time::Duration::from_secs(1));
     }
 }
 

@@ -46,7 +46,7 @@ KNOWN_FLAGS = {
     "health-interval-ms", "drain-timeout", "max-concurrent-calls", "tls-cert", "tls-key",
     "tls-client-ca", "caller-policy", "no-reflection", "min-replicas-ack", "events-maxlen",
     "quota-per-subject", "quota-per-secret-id", "log-format", "log-level", "runtime",
-    "worker-threads",
+    "worker-threads", "otlp-endpoint",
     # Added by the service beyond SPEC section 6 (README "Running it for real").
     "health-listen", "keys-reload-interval", "tls-reload-interval", "redis-tls-ca",
     "redis-tls-cert", "redis-tls-key",
@@ -60,13 +60,13 @@ STANDARD_LABELS = {
     "app.kubernetes.io/part-of": "vod-signer",
 }
 # Metric families whose names SPEC section 6 fixes, plus those the README adds
-# (vodsigner_store_up, vodsigner_store_records). The alerts and the dashboard may use only
+# (vodsigner_store_up, vodsigner_store_records, vodsigner_trace_spans_dropped_total). The alerts and the dashboard may use only
 # these; the dashboard has a panel for each.
 METRIC_FAMILIES = {
     "vodsigner_requests_total", "vodsigner_request_duration_seconds",
     "vodsigner_store_duration_seconds", "vodsigner_store_errors_total",
     "vodsigner_inflight_requests", "vodsigner_build_info", "vodsigner_active_key_missing",
-    "vodsigner_store_up", "vodsigner_store_records",
+    "vodsigner_store_up", "vodsigner_store_records", "vodsigner_trace_spans_dropped_total",
 }
 # The README's alerts ("Metrics, logs and what to alert on"), plus the active key one.
 ALERTS = {
@@ -785,7 +785,8 @@ def main() -> int:
     check("IN-MEMORY" in r.notes and "keys.inline" in r.notes,
           "[in-memory] NOTES warn about the in-memory store and inline keys")
     unset = ["VOD_SIGNER_DEFAULT_TTL", "VOD_SIGNER_MAX_TTL", "VOD_SIGNER_EVENTS_MAXLEN",
-             "VOD_SIGNER_RUNTIME", "VOD_SIGNER_ACTIVE_KEY", "VOD_SIGNER_REDIS_USERNAME"]
+             "VOD_SIGNER_RUNTIME", "VOD_SIGNER_ACTIVE_KEY", "VOD_SIGNER_REDIS_USERNAME",
+             "VOD_SIGNER_OTLP_ENDPOINT"]
     check(not any(k in r.config for k in unset),
           "[in-memory] settings left null are not rendered (the binary's defaults apply)")
     check(r.container["args"] == ["serve"], "[in-memory] no optional arguments by default")
@@ -903,6 +904,7 @@ def main() -> int:
         "security": {"noReflection": True, "minReplicasAck": 1, "quotaPerSubject": "100/1h",
                      "quotaPerSecretId": "10000/1m"},
         "terminationGracePeriodSeconds": 25,
+        "tracing": {"otlpEndpoint": "http://otel-collector.observability:4317"},
     })
     r = render(chart, values)
     check_common(r, "all features")
@@ -924,6 +926,7 @@ def main() -> int:
         "redis-tls-ca": "/etc/vod-signer/redis-tls-ca/ca.crt",
         "redis-tls-cert": "/etc/vod-signer/redis-tls-client/tls.crt",
         "redis-tls-key": "/etc/vod-signer/redis-tls-client/tls.key",
+        "otlp-endpoint": "http://otel-collector.observability:4317",
     }
     wrong = {k: (flags.get(k), v) for k, v in expected.items() if flags.get(k) != v}
     check(not wrong, f"[all features] each value renders its flag, integers as plain digits "

@@ -2,7 +2,8 @@
 //! `SignatureService` (WatchEvents included). In order:
 //!
 //! 1. a `call` span per RPC (the RPC, the caller's `x-request-id`, later the caller, SecretId
-//!    and nonce) and the in-flight gauge;
+//!    and nonce) and the in-flight gauge; with traces on, the span is also an OpenTelemetry
+//!    server span, child of the caller's `traceparent`;
 //! 2. [`check_caller`]: the caller policy (bearer token or client certificate);
 //! 3. [`Admission`]: at most `--max-concurrent-calls` at once; more are shed at once;
 //! 4. the service itself;
@@ -28,10 +29,16 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::{Instrument as _, debug, info};
 
+use opentelemetry::trace::Status as SpanStatus;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use crate::auth::{Credentials, Rpc, SharedPolicy};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
+
+/// The service's full name, as in `rpc.service` of its spans.
+const SERVICE: &str = "vodsigner.v1.SignatureService";
 
 /// The path prefix of the service's RPCs.
 const SERVICE_PATH: &str = "/vodsigner.v1.SignatureService/";
@@ -70,6 +77,7 @@ fn refused<B: Default>(refusal: Refusal) -> http::Response<B> {
 enum Outcome {
     Ok,
     Refused {
+        code: tonic::Code,
         label: &'static str,
         message: String,
     },
@@ -83,7 +91,11 @@ fn outcome_of(headers: &HeaderMap) -> Outcome {
             let message = status.message().to_owned();
             let token = message.split_once(": ").map_or("", |(t, _)| t);
             let label = Reason::from_token(token).map_or("error", Reason::as_str);
-            Outcome::Refused { label, message }
+            Outcome::Refused {
+                code: status.code(),
+                label,
+                message,
+            }
         }
     }
 }
@@ -192,6 +204,7 @@ pub struct CallLayer {
     metrics: Arc<Metrics>,
     policy: SharedPolicy,
     admission: Admission,
+    traces: bool,
 }
 
 impl CallLayer {
@@ -202,7 +215,16 @@ impl CallLayer {
             metrics,
             policy,
             admission: Admission::new(max_concurrent_calls),
+            traces: false,
         }
+    }
+
+    /// With `traces`, each `call` span is named and typed as an OpenTelemetry gRPC server span
+    /// (`vodsigner.v1.SignatureService/<Method>`, kind server, `rpc.*` attributes, the status
+    /// code and refusal reason), with the caller's W3C `traceparent` as its parent. Without,
+    /// none of that work is done.
+    pub fn with_traces(self, traces: bool) -> CallLayer {
+        CallLayer { traces, ..self }
     }
 }
 
@@ -247,14 +269,19 @@ where
         let started = Instant::now();
         let metrics = self.steps.metrics.clone();
         let inflight = metrics.inflight();
-        let span = tracing::info_span!(
-            "call",
-            rpc = rpc.name(),
-            request_id = tracing::field::Empty,
-            caller = tracing::field::Empty,
-            secret_id = tracing::field::Empty,
-            random = tracing::field::Empty,
-        );
+        let traces = self.steps.traces;
+        let span = if traces {
+            server_span(rpc, request.headers())
+        } else {
+            tracing::info_span!(
+                "call",
+                rpc = rpc.name(),
+                request_id = tracing::field::Empty,
+                caller = tracing::field::Empty,
+                secret_id = tracing::field::Empty,
+                random = tracing::field::Empty,
+            )
+        };
         if let Some(id) = request_id(request.headers()) {
             span.record("request_id", id);
         }
@@ -270,12 +297,16 @@ where
                     Err(refusal) => Ok(refused(refusal)),
                 };
                 drop(inflight);
-                let label = match response.as_ref().map(|r| outcome_of(r.headers())) {
+                let outcome = response.as_ref().map(|r| outcome_of(r.headers()));
+                if traces && let Ok(outcome) = &outcome {
+                    record_outcome(&tracing::Span::current(), outcome);
+                }
+                let label = match outcome {
                     Ok(Outcome::Ok) => {
                         debug!("ok");
                         "ok"
                     }
-                    Ok(Outcome::Refused { label, message }) => {
+                    Ok(Outcome::Refused { label, message, .. }) => {
                         let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
                         info!(reason = label, detail, "refused");
                         label
@@ -287,5 +318,54 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The `call` span with traces on: the same fields, plus the OpenTelemetry name and kind (the
+/// log lines show them too), the RPC attributes (only the trace holds them) and the caller's
+/// trace context as parent. Nothing from the request body is read here: no signature, key or
+/// token can reach the span's attributes.
+fn server_span(rpc: Rpc, headers: &HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "call",
+        otel.name = format!("{SERVICE}/{}", rpc.name()),
+        otel.kind = "server",
+        rpc = rpc.name(),
+        request_id = tracing::field::Empty,
+        caller = tracing::field::Empty,
+        secret_id = tracing::field::Empty,
+        random = tracing::field::Empty,
+    );
+    // Before the span is first entered: the parent is fixed when the span starts.
+    let _ = span.set_parent(super::propagation::extract(headers));
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", SERVICE);
+    span.set_attribute("rpc.method", rpc.name());
+    span
+}
+
+/// How the call ended, on its span: `rpc.grpc.status_code`, and for a refusal its reason token
+/// as `error.type`. The span's status is Error only for the codes that mean a server fault
+/// (the OpenTelemetry gRPC conventions: a refusal of a bad signature is not a fault), with
+/// the reason token as the description; never the refusal's sentence.
+fn record_outcome(span: &tracing::Span, outcome: &Outcome) {
+    use tonic::Code;
+    match outcome {
+        Outcome::Ok => span.set_attribute("rpc.grpc.status_code", 0_i64),
+        Outcome::Refused { code, label, .. } => {
+            span.set_attribute("rpc.grpc.status_code", *code as i64);
+            span.set_attribute("error.type", *label);
+            if matches!(
+                code,
+                Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+                    | Code::Internal
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ) {
+                span.set_status(SpanStatus::error(*label));
+            }
+        }
     }
 }

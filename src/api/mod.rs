@@ -3,10 +3,12 @@
 //! - [`SignatureApi`]: the generated trait, each RPC a conversion, a use case and a
 //!   conversion back ([`conversions`]);
 //! - [`layers`]: what every call goes through first (span and log line, metrics, the caller
-//!   check, admission, the typed size cap), as tower layers.
+//!   check, admission, the typed size cap), as tower layers;
+//! - [`propagation`]: the W3C trace context across gRPC metadata.
 
 pub mod conversions;
 pub mod layers;
+pub mod propagation;
 
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
