@@ -362,6 +362,15 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
             "failed": failed,
         }));
     }
+    let memory = record_memory(&args, &clients[1], &redis, &pids_of(signer_guard.pid()), deadline)
+        .await;
+    match memory {
+        Some((records, bytes)) => println!(
+            "== Redis memory per outstanding signature: {bytes:.0} B ({records} records issued \
+             through vod-signer into an emptied Redis; used_memory delta less the events stream)"
+        ),
+        None => println!("== Redis memory per outstanding signature: not measured"),
+    }
     let hwm = status_field(signer_guard.pid(), "VmHWM");
     let load_after = loadavg();
     println!(
@@ -379,6 +388,7 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
             "connections": args.connections,
             "rows": json_rows,
             "signer_vmhwm_mib": hwm.map(|k| k as f64 / 1024.0),
+            "redis_bytes_per_record": memory.map(|(_, b)| b),
             "loadavg_start": load_before,
             "loadavg_end": load_after,
         })
@@ -387,4 +397,57 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
     drop(signer_guard);
     drop(redis_guard);
     Ok(all_ok)
+}
+
+/// Redis memory per outstanding signature: empties the Redis, issues `--memory-records`
+/// signatures through vod-signer, and divides the growth of `used_memory` (less what the
+/// events stream holds) by the records added.
+async fn record_memory(
+    args: &Args,
+    clients: &[Client],
+    redis: &RedisAddr,
+    pids: &Pids,
+    deadline: Instant,
+) -> Option<(u64, f64)> {
+    let n = args.memory_records;
+    if n == 0 {
+        return None;
+    }
+    let used = || -> Option<f64> {
+        let info = redis.cli(&redis.db, &["INFO", "memory"]).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let stream = || -> f64 {
+        redis
+            .cli(&redis.db, &["MEMORY", "USAGE", "vodsigner:events", "SAMPLES", "0"])
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    redis.cli(&redis.db, &["FLUSHALL"]).ok()?;
+    let (before, stream_before, keys_before) = (used()?, stream(), redis.dbsize()?);
+    run_phase(
+        "memory",
+        clients,
+        args.concurrency.max(1),
+        n,
+        0.0,
+        Work::Issue { collect: false },
+        deadline,
+        pids,
+        &[],
+    )
+    .await;
+    let (after, stream_after, keys_after) = (used()?, stream(), redis.dbsize()?);
+    // The events stream is one key of its own: it is not a record.
+    let records = keys_after.checked_sub(keys_before)?.saturating_sub(1);
+    if records == 0 {
+        return None;
+    }
+    let bytes = (after - before) - (stream_after - stream_before);
+    Some((records, bytes / records as f64))
 }

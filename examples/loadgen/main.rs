@@ -72,6 +72,10 @@ struct Args {
     /// What to drive.
     #[arg(long, value_enum, default_value = "issue")]
     scenario: Scenario,
+    /// `--floor`: signatures issued into an emptied Redis to measure its memory per record
+    /// (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    memory_records: u64,
     /// Timed calls per phase.
     #[arg(long, default_value_t = 100_000)]
     requests: u64,
