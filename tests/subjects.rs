@@ -548,3 +548,57 @@ async fn no_subject_no_index() {
         "{keys:?}"
     );
 }
+
+/// `used_memory` of a Redis, bytes.
+fn used_memory(redis: &RedisServer) -> i64 {
+    let info = redis.cli(&["INFO", "memory"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The README's figure: Redis memory per issued record, with and without a subject.
+/// `cargo test --test subjects -- --ignored --nocapture measure_index_memory`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_index_memory() {
+    const N: u64 = 10_000;
+    for (label, subjects) in [
+        ("no subject", 0u64),
+        ("1 000 subjects x 10", 1_000),
+        ("10 000 subjects x 1", 10_000),
+        ("1 subject x 10 000", 1),
+    ] {
+        let server = TestServer::start(Backend::Redis).await;
+        let mut client = server.client().await;
+        let redis = server.redis.as_ref().unwrap();
+        let before = used_memory(redis);
+        for i in 0..N {
+            let subject = if subjects == 0 {
+                String::new()
+            } else {
+                format!("user-{}", i % subjects)
+            };
+            client
+                .issue_signature(IssueSignatureRequest {
+                    subject,
+                    policy: Some(UploadPolicy {
+                        source_context: format!("user-{}/upload-{i}", i % 1000),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let after = used_memory(redis);
+        println!(
+            "{label}: {} bytes per issued record ({} keys)",
+            (after - before) / N as i64,
+            redis.cli(&["DBSIZE"]).unwrap()
+        );
+    }
+}

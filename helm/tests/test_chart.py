@@ -45,7 +45,7 @@ KNOWN_FLAGS = {
     "redis-password-file", "default-ttl", "max-ttl", "leeway", "key-prefix", "store-timeout-ms",
     "health-interval-ms", "drain-timeout", "max-concurrent-calls", "tls-cert", "tls-key",
     "tls-client-ca", "caller-policy", "no-reflection", "min-replicas-ack", "events-maxlen",
-    "quota-per-subject", "quota-per-secret-id", "log-format", "log-level", "runtime",
+    "quota-per-subject", "quota-per-secret-id", "max-outstanding-per-subject", "log-format", "log-level", "runtime",
     "worker-threads",
     # Added by the service beyond SPEC section 6 (README "Running it for real").
     "health-listen", "keys-reload-interval", "tls-reload-interval", "redis-tls-ca",
@@ -901,7 +901,7 @@ def main() -> int:
                    "keysReloadInterval": 0, "tlsReloadInterval": 60,
                    "runtime": "multi-thread", "workerThreads": 2},
         "security": {"noReflection": True, "minReplicasAck": 1, "quotaPerSubject": "100/1h",
-                     "quotaPerSecretId": "10000/1m"},
+                     "quotaPerSecretId": "10000/1m", "maxOutstandingPerSubject": 5},
         "terminationGracePeriodSeconds": 25,
     })
     r = render(chart, values)
@@ -914,6 +914,7 @@ def main() -> int:
         "caller-policy": "/etc/vod-signer/caller-policy/policy.toml",
         "redis-password-file": "/etc/vod-signer/redis/password", "no-reflection": "",
         "min-replicas-ack": "1", "quota-per-subject": "100/1h", "quota-per-secret-id": "10000/1m",
+        "max-outstanding-per-subject": "5",
         "default-ttl": "600", "max-ttl": "7776000", "leeway": "30", "key-prefix": "vs:",
         "store-timeout-ms": "300", "health-interval-ms": "500", "max-concurrent-calls": "2048",
         "drain-timeout": "15", "events-maxlen": "0", "log-format": "json", "log-level": "debug",
@@ -1068,6 +1069,7 @@ def main() -> int:
         ("config.maxTtl above 90 days", {"config": {"maxTtl": 7776001}}),
         ("config.runtime unknown", {"config": {"runtime": "fast"}}),
         ("quota not N/PERIOD", {"security": {"quotaPerSubject": "lots"}}),
+        ("outstanding cap negative", {"security": {"maxOutstandingPerSubject": -1}}),
         ("redis.url not a redis URL", {"redis": {"url": "http://redis:6379"}}),
         ("secret name not a DNS name", {"tls": {"secretName": "My_Secret"}}),
         ("dashboard label value a number, not a string", {"metrics": {"grafanaDashboard": {"labelValue": 1}}}),
