@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 // tokio's clock, so a test can pause and advance time instead of sleeping (records expire by it).
@@ -70,6 +71,8 @@ pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     /// Subject digest → its index.
     subjects: Mutex<HashMap<String, SubjectIndex>>,
+    /// How many subjects there may be before the next sweep of forgotten indexes.
+    subjects_sweep_at: AtomicUsize,
     hasher: RandomState,
     /// Quota key → (GCRA TAT in ms since `started`, when it may be forgotten).
     quotas: Mutex<HashMap<String, (u64, u64)>>,
@@ -89,6 +92,7 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             subjects: Mutex::default(),
+            subjects_sweep_at: AtomicUsize::new(1024),
             hasher: RandomState::new(),
             quotas: Mutex::default(),
             // Far enough in the past that no TAT is 0 by accident.
@@ -166,8 +170,13 @@ impl Store for MemoryStore {
     async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
         let instant = Instant::now();
         let mut subjects = self.subjects();
-        if subjects.len() > 1024 {
+        // Forget the indexes whose records have all expired, when the map has doubled since
+        // the last sweep: amortised O(1) per issue however many subjects there are.
+        let sweep_at = self.subjects_sweep_at.load(Ordering::Relaxed);
+        if subjects.len() > sweep_at {
             subjects.retain(|_, index| index.forget_at > instant);
+            self.subjects_sweep_at
+                .store((subjects.len() * 2).max(1024), Ordering::Relaxed);
         }
         let index = subjects
             .entry(a.subject.to_owned())
@@ -186,9 +195,21 @@ impl Store for MemoryStore {
             (a.entry.secret_id.clone(), a.entry.random),
             a.entry.expire_time,
         );
-        index
+        // Lazy cleanup, as in Redis: the oldest few entries when expired (listing drops the
+        // others it meets), and anything issued before the longest validity.
+        let stale: Vec<(i64, String)> = index
             .listing
-            .retain(|(_, member)| expire_of(member) >= a.expired_before);
+            .iter()
+            .enumerate()
+            .take_while(|(i, (issued_at, _))| *i < 4 || *issued_at < a.issued_before)
+            .filter(|(_, (issued_at, member))| {
+                *issued_at < a.issued_before || expire_of(member) < a.expired_before
+            })
+            .map(|(_, e)| e.clone())
+            .collect();
+        for e in stale {
+            index.listing.remove(&e);
+        }
         index.listing.insert((a.entry.issued_at, a.entry.member()));
         index.forget_at = index
             .forget_at
