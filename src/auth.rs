@@ -314,6 +314,17 @@ token_sha256 = ["60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C75
 "#;
 
     #[test]
+    fn a_subject_s_signatures_are_for_issuers_and_admins() {
+        for rpc in [Rpc::ListSignatures, Rpc::RevokeSubject] {
+            assert!(Role::Issuer.allows(rpc));
+            assert!(Role::Admin.allows(rpc));
+            assert!(!Role::Consumer.allows(rpc));
+        }
+        assert_eq!(Rpc::ListSignatures.name(), "ListSignatures");
+        assert_eq!(Rpc::RevokeSubject.name(), "RevokeSubject");
+    }
+
+    #[test]
     fn roles_grant_their_rpcs() {
         let policy = CallerPolicy::parse(POLICY).unwrap();
         let app = Credentials {
