@@ -1,4 +1,5 @@
-//! The use cases (SPEC section 3): issue, verify, consume, revoke, and following the events.
+//! The use cases (SPEC section 3): issue, verify, consume, revoke, following the events, and a
+//! subject's signatures (list, revoke all, the outstanding cap).
 //!
 //! [`Signer`] wires the codec, the keys, the store and the audit log, and answers in domain
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
