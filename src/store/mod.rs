@@ -7,6 +7,11 @@
 //! confused. A missing record always means refusal: lost data can never let a signature
 //! through twice.
 //!
+//! Signatures issued for a `subject` are also indexed per subject ([`Store::admit`],
+//! [`Store::list_subject`], [`Store::revoke_in_subject`]): the index finds and counts them
+//! (the outstanding cap is atomic on it), while each record stays the only authority on
+//! whether its signature is accepted.
+//!
 //! The store knows nothing of gRPC; it reports outcomes, and the service decides what they
 //! mean for the caller.
 
