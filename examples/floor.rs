@@ -151,6 +151,20 @@ impl SignatureService for Floor {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         Err(Status::unimplemented("floor"))
     }
+
+    async fn list_signatures(
+        &self,
+        _: Request<proto::ListSignaturesRequest>,
+    ) -> Result<Response<proto::ListSignaturesResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn revoke_subject(
+        &self,
+        _: Request<proto::RevokeSubjectRequest>,
+    ) -> Result<Response<proto::RevokeSubjectResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -3,7 +3,7 @@
 //! ```toml
 //! [[caller]]
 //! name = "app-server"
-//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke, WatchEvents; consumer: Verify, Consume; admin: all
+//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke, WatchEvents, ListSignatures, RevokeSubject; consumer: Verify, Consume; admin: all
 //! san = ["spiffe://cluster.local/ns/app/sa/app-server"]   # client certificate SANs (DNS or URI)
 //! token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! ```
@@ -49,6 +49,12 @@ pub enum Rpc {
     /// WatchEvents.
     #[strum(serialize = "WatchEvents")]
     WatchEvents,
+    /// ListSignatures.
+    #[strum(serialize = "ListSignatures")]
+    ListSignatures,
+    /// RevokeSubject.
+    #[strum(serialize = "RevokeSubject")]
+    RevokeSubject,
 }
 
 impl Rpc {
@@ -65,7 +71,8 @@ pub type SharedPolicy = Arc<arc_swap::ArcSwapOption<CallerPolicy>>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// App servers: IssueSignature, VerifySignature, RevokeSignature, WatchEvents.
+    /// App servers: IssueSignature, VerifySignature, RevokeSignature, WatchEvents,
+    /// ListSignatures, RevokeSubject.
     Issuer,
     /// Upload gateways: VerifySignature, ConsumeSignature.
     Consumer,
@@ -81,7 +88,12 @@ impl Role {
             // The app server issues, and follows the events of what it issued.
             Role::Issuer => matches!(
                 rpc,
-                Rpc::Issue | Rpc::Verify | Rpc::Revoke | Rpc::WatchEvents
+                Rpc::Issue
+                    | Rpc::Verify
+                    | Rpc::Revoke
+                    | Rpc::WatchEvents
+                    | Rpc::ListSignatures
+                    | Rpc::RevokeSubject
             ),
             Role::Consumer => matches!(rpc, Rpc::Verify | Rpc::Consume),
         }
@@ -300,6 +312,17 @@ name = "gateway"
 roles = ["consumer"]
 token_sha256 = ["60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C752"]
 "#;
+
+    #[test]
+    fn a_subject_s_signatures_are_for_issuers_and_admins() {
+        for rpc in [Rpc::ListSignatures, Rpc::RevokeSubject] {
+            assert!(Role::Issuer.allows(rpc));
+            assert!(Role::Admin.allows(rpc));
+            assert!(!Role::Consumer.allows(rpc));
+        }
+        assert_eq!(Rpc::ListSignatures.name(), "ListSignatures");
+        assert_eq!(Rpc::RevokeSubject.name(), "RevokeSubject");
+    }
 
     #[test]
     fn roles_grant_their_rpcs() {

@@ -191,6 +191,15 @@ pub struct ServeArgs {
     /// Let requests without `subject` skip the per-subject quotas (default: refuse them).
     #[arg(long, env = "VOD_SIGNER_QUOTA_ALLOW_MISSING_SUBJECT")]
     pub quota_allow_missing_subject: bool,
+    /// Most ISSUED, unused, unexpired signatures one subject may hold; an issue beyond it is
+    /// refused RATE_LIMITED (quota=outstanding). 0: no cap.
+    #[arg(
+        long,
+        env = "VOD_SIGNER_MAX_OUTSTANDING_PER_SUBJECT",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_outstanding_per_subject: u32,
     /// Redis ACL user name.
     #[arg(long, env = "VOD_SIGNER_REDIS_USERNAME")]
     pub redis_username: Option<String>,

@@ -13,7 +13,8 @@
 //!    following. Knows nothing of signatures.
 //! 5. Persistence: [`store`] (the replay guard's records: the [`store::Store`] interface, Redis
 //!    and in-memory), [`audit`] (the event log: log lines or a Redis stream).
-//! 6. [`service`]: the use cases (issue, verify, consume, revoke, watch). Knows no gRPC.
+//! 6. [`service`]: the use cases (issue, verify, consume, revoke, watch; a subject's signatures:
+//!    list, revoke all, the outstanding cap). Knows no gRPC.
 //! 7. [`metrics`]: Prometheus metrics, the measured store, the `/metrics` endpoint.
 //! 8. The wire: [`proto`] (the generated gRPC types and their codec), [`api`] (the gRPC
 //!    service over the use cases, and the per-call tower layers).

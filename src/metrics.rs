@@ -1,6 +1,6 @@
 //! Prometheus metrics (SPEC section 6 names) and the `/metrics` HTTP endpoint.
 //!
-//! Labels are bounded: `rpc` (four values), `result` (`ok` or a reason token), `op` (store
+//! Labels are bounded: `rpc` (one per RPC), `result` (`ok` or a reason token), `op` (store
 //! operations). Nothing taken from a request (secret id, subject) ever becomes a label.
 
 use std::net::SocketAddr;
@@ -16,7 +16,10 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::quota::Charge;
-use crate::store::{ConsumeOutcome, QuotaOutcome, RecordRef, RecordState, Store, StoreError};
+use crate::store::{
+    Admission, ConsumeOutcome, ListCursor, Listed, QuotaOutcome, RecordKey, RecordRef, RecordState,
+    Store, StoreError,
+};
 
 /// Buckets of RPC latency, seconds: 100 µs to ~3 s.
 const REQUEST_BUCKETS: [f64; 16] = [
@@ -290,6 +293,9 @@ fn span_name(op: &'static str) -> &'static str {
         "consume" => "store.consume",
         "revoke" => "store.revoke",
         "quota" => "store.quota",
+        "admit" => "store.admit",
+        "discard" => "store.discard",
+        "list" => "store.list",
         _ => "store",
     }
 }
@@ -300,9 +306,45 @@ impl<S: Store> Store for Instrumented<S> {
         sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
+        subject: &str,
     ) -> Result<bool, StoreError> {
-        self.measure("issue", self.inner.insert_issued(sig, now, ttl_seconds))
-            .await
+        self.measure(
+            "issue",
+            self.inner.insert_issued(sig, now, ttl_seconds, subject),
+        )
+        .await
+    }
+
+    async fn admit(&self, admission: Admission<'_>) -> Result<bool, StoreError> {
+        self.measure("admit", self.inner.admit(admission)).await
+    }
+
+    async fn discard(&self, key: RecordKey<'_>) -> Result<(), StoreError> {
+        self.measure("discard", self.inner.discard(key)).await
+    }
+
+    async fn list_subject(
+        &self,
+        subject: &str,
+        after: Option<&ListCursor>,
+        count: usize,
+        expired_before: i64,
+    ) -> Result<Vec<Listed>, StoreError> {
+        self.measure(
+            "list",
+            self.inner
+                .list_subject(subject, after, count, expired_before),
+        )
+        .await
+    }
+
+    async fn revoke_in_subject(
+        &self,
+        key: RecordKey<'_>,
+        subject: &str,
+        now: i64,
+    ) -> Result<RecordState, StoreError> {
+        self.measure("revoke", self.inner.revoke_in_subject(key, subject, now)).await
     }
 
     async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {

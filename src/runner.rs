@@ -73,6 +73,7 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
         leeway: args.leeway,
         quotas: args.quotas()?,
         allow_missing_subject: args.quota_allow_missing_subject,
+        max_outstanding_per_subject: args.max_outstanding_per_subject,
     })
 }
 

@@ -232,3 +232,48 @@ async fn in_memory_events_go_to_the_log_and_to_watchers() {
     );
     assert_eq!(audit[0]["subject"], "user-9");
 }
+
+#[tokio::test]
+async fn revoke_subject_emits_one_revoked_event_per_signature() {
+    let redis = RedisServer::start();
+    let keys = keys_dir();
+    let server = ServerProcess::start(keys.path(), &["--redis-url", &redis.url()]);
+    let mut client = connect(server.addr).await;
+    let only_revoked = WatchEventsRequest {
+        kinds: vec![EventKind::Revoked as i32],
+        ..Default::default()
+    };
+    let mut revoked = client
+        .watch_events(only_revoked)
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the watcher takes its starting point
+    let mut randoms = Vec::new();
+    for i in 0..2 {
+        let reply = client
+            .issue_signature(issue_for("user-9", &format!("user-9/upload-{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        randoms.push(reply.claims.unwrap().random);
+    }
+    let answer = client
+        .revoke_subject(vod_signer::proto::RevokeSubjectRequest {
+            subject: "user-9".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.revoked, 2);
+    let (a, b) = (next(&mut revoked).await, next(&mut revoked).await);
+    let mut seen = vec![a.random, b.random];
+    seen.sort_unstable();
+    randoms.sort_unstable();
+    assert_eq!(seen, randoms);
+    for e in [a, b] {
+        assert_eq!(e.kind, EventKind::Revoked as i32);
+        assert_eq!(e.subject, "user-9");
+        assert!(e.source_context.starts_with("user-9/upload-"), "{e:?}");
+    }
+}

@@ -289,6 +289,33 @@ async fn bearer_tokens_over_plaintext() {
         .consume_signature(with_token(consume, OPS_TOKEN))
         .await
         .unwrap();
+    // A subject's signatures: the app server (issuer) and the operator (admin) may list and
+    // revoke them; nobody without a credential may.
+    let list = vod_signer::proto::ListSignaturesRequest {
+        subject: "user-1".into(),
+        ..Default::default()
+    };
+    let revoke_all = vod_signer::proto::RevokeSubjectRequest {
+        subject: "user-1".into(),
+    };
+    assert_eq!(
+        refused(client.list_signatures(list.clone()).await),
+        Reason::CallerUnauthenticated
+    );
+    assert_eq!(
+        refused(client.revoke_subject(revoke_all.clone()).await),
+        Reason::CallerUnauthenticated
+    );
+    for token in [APP_TOKEN, OPS_TOKEN] {
+        client
+            .list_signatures(with_token(list.clone(), token))
+            .await
+            .unwrap();
+        client
+            .revoke_subject(with_token(revoke_all.clone(), token))
+            .await
+            .unwrap();
+    }
     // Health is never behind the policy.
     assert_eq!(health(server.addr, "").await, Some(1));
 }

@@ -97,6 +97,9 @@ struct Args {
     /// Share of replays in the mixed scenario, percent.
     #[arg(long, default_value_t = 20)]
     replay_percent: u64,
+    /// Issue without `subject` (no subject index work), to measure what the index costs.
+    #[arg(long)]
+    without_subject: bool,
     /// A running server (host:port) instead of starting one.
     #[arg(long)]
     target: Option<String>,
@@ -595,6 +598,9 @@ async fn start_server(
 
 type Client = SignatureServiceClient<Channel>;
 
+/// `--without-subject`.
+static WITHOUT_SUBJECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn issue_request(i: u64) -> IssueSignatureRequest {
     IssueSignatureRequest {
         secret_id: String::new(),
@@ -606,7 +612,11 @@ fn issue_request(i: u64) -> IssueSignatureRequest {
             max_file_size: Some(1 << 30),
             ..UploadPolicy::default()
         }),
-        subject: format!("user-{}", i % 1000),
+        subject: if WITHOUT_SUBJECT.load(Ordering::Relaxed) {
+            String::new()
+        } else {
+            format!("user-{}", i % 1000)
+        },
     }
 }
 
@@ -1305,6 +1315,7 @@ fn print_phase(p: &PhaseResult, set: Option<f64>, evalsha: Option<f64>) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    WITHOUT_SUBJECT.store(args.without_subject, Ordering::Relaxed);
     // Built (when run through cargo) before the clock starts: a build is not part of the run.
     let bin = match args.target {
         Some(_) => None,

@@ -2,7 +2,11 @@
 
 use crate::audit::{Event, EventKind};
 use crate::proto;
-use crate::service::{ConsumeRequest, Consumed, IssueRequest, Issued, SignatureState, Verified};
+use crate::refusal::Refusal;
+use crate::service::{
+    ConsumeRequest, Consumed, IssueRequest, Issued, ListRequest, Listing, SignatureState, Summary,
+    Verified,
+};
 use crate::signature::{Claims, UploadPolicy};
 
 /// Empty strings mean absent on the wire.
@@ -85,6 +89,54 @@ impl From<SignatureState> for proto::SignatureState {
             SignatureState::Revoked => proto::SignatureState::Revoked,
             SignatureState::Expired => proto::SignatureState::Expired,
             SignatureState::NotIssued => proto::SignatureState::NotIssued,
+        }
+    }
+}
+
+impl TryFrom<proto::ListSignaturesRequest> for ListRequest {
+    type Error = Refusal;
+
+    fn try_from(r: proto::ListSignaturesRequest) -> Result<ListRequest, Refusal> {
+        let states = r
+            .states
+            .iter()
+            .map(|&s| match proto::SignatureState::try_from(s) {
+                Ok(proto::SignatureState::Issued) => Ok(SignatureState::Issued),
+                Ok(proto::SignatureState::Consumed) => Ok(SignatureState::Consumed),
+                Ok(proto::SignatureState::Revoked) => Ok(SignatureState::Revoked),
+                Ok(proto::SignatureState::Expired) => Ok(SignatureState::Expired),
+                Ok(proto::SignatureState::NotIssued) => Ok(SignatureState::NotIssued),
+                _ => Err(Refusal::invalid(format!("unknown signature state {s}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ListRequest {
+            subject: r.subject,
+            states,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        })
+    }
+}
+
+impl From<Summary> for proto::SignatureSummary {
+    fn from(s: Summary) -> proto::SignatureSummary {
+        proto::SignatureSummary {
+            secret_id: s.secret_id,
+            random: s.random,
+            state: proto::SignatureState::from(s.state).into(),
+            issued_at: s.issued_at,
+            changed_at: s.changed_at,
+            expire_time: s.expire_time,
+            source_context: s.source_context,
+        }
+    }
+}
+
+impl From<Listing> for proto::ListSignaturesResponse {
+    fn from(l: Listing) -> proto::ListSignaturesResponse {
+        proto::ListSignaturesResponse {
+            signatures: l.signatures.into_iter().map(Into::into).collect(),
+            next_page_token: l.next_page_token,
         }
     }
 }

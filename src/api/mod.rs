@@ -97,4 +97,24 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         let previous = self.signer.revoke(&request.into_inner().signature).await?;
         Ok(Response::new(previous.into()))
     }
+
+    async fn list_signatures(
+        &self,
+        request: Request<proto::ListSignaturesRequest>,
+    ) -> Result<Response<proto::ListSignaturesResponse>, Status> {
+        let req = request.into_inner().try_into()?;
+        let listing = self.signer.list_signatures(req).await?;
+        Ok(Response::new(listing.into()))
+    }
+
+    async fn revoke_subject(
+        &self,
+        request: Request<proto::RevokeSubjectRequest>,
+    ) -> Result<Response<proto::RevokeSubjectResponse>, Status> {
+        let revoked = self
+            .signer
+            .revoke_subject(&request.into_inner().subject)
+            .await?;
+        Ok(Response::new(proto::RevokeSubjectResponse { revoked }))
+    }
 }

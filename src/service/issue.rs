@@ -8,7 +8,9 @@ use crate::quota::{self, Scope};
 use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::signature::{self, SignRequest};
-use crate::store::{QuotaOutcome, RecordKey, RecordRef, Store};
+use crate::store::{
+    Admission, QuotaOutcome, RecordKey, RecordRef, Store, SubjectEntry, subject_digest,
+};
 
 impl<S: Store> Signer<S> {
     /// IssueSignature: records a fresh nonce, then returns the signature (only once the store
@@ -64,6 +66,8 @@ impl<S: Store> Signer<S> {
         self.charge_quotas(&req.subject, secret_id).await?;
         let now = self.clock.now();
         let record_ttl = ttl.saturating_add(self.settings.leeway);
+        // No subject: no index work at all.
+        let subject = (!req.subject.is_empty()).then(|| subject_digest(&req.subject));
         for _ in 0..MAX_NONCE_TRIES {
             let signed = signature::sign(
                 &key,
@@ -85,7 +89,14 @@ impl<S: Store> Signer<S> {
                 fingerprint: &fingerprint,
                 issued_at: now,
             };
-            if self.store.insert_issued(record, now, record_ttl).await? {
+            if self
+                .store
+                .insert_issued(record, now, record_ttl, subject.as_deref().unwrap_or(""))
+                .await?
+            {
+                if let Some(digest) = &subject {
+                    self.admit(digest, &signed.claims, record_ttl).await?;
+                }
                 let span = tracing::Span::current();
                 span.record("secret_id", secret_id);
                 span.record("random", signed.claims.random);
@@ -106,6 +117,46 @@ impl<S: Store> Signer<S> {
             Reason::StoreUnavailable,
             format!("no free nonce after {MAX_NONCE_TRIES} tries; nothing was issued"),
         ))
+    }
+
+    /// Puts a just-recorded signature in its subject's index, under the outstanding cap. When
+    /// it is refused (or the store fails), the record is deleted again: its signature was
+    /// never handed out.
+    async fn admit(
+        &self,
+        digest: &str,
+        claims: &crate::signature::Claims,
+        record_ttl: u64,
+    ) -> Result<(), Refusal> {
+        let entry = SubjectEntry {
+            secret_id: claims.secret_id.clone(),
+            random: claims.random,
+            issued_at: claims.current_time_stamp,
+            expire_time: claims.expire_time,
+            source_context: claims.policy.source_context.clone().unwrap_or_default(),
+        };
+        let cap = self.settings.max_outstanding_per_subject;
+        let longest = self.settings.max_ttl.saturating_add(self.settings.leeway);
+        let admission = Admission {
+            subject: digest,
+            entry: &entry,
+            cap,
+            expired_before: self.clock.now().saturating_sub(self.leeway()),
+            ttl_seconds: record_ttl,
+            issued_before: claims
+                .current_time_stamp
+                .saturating_sub(longest.min(i64::MAX as u64) as i64),
+        };
+        let refusal = match self.store.admit(admission).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => super::subjects::outstanding_refusal(cap),
+            Err(e) => e.into(),
+        };
+        if let Err(e) = self.store.discard(entry.key()).await {
+            // Harmless: nobody holds its signature, and the record expires.
+            debug!(error = %e, "could not delete the record of a refused issue");
+        }
+        Err(refusal)
     }
 
     /// Charges the issuance quotas; a request over one is refused with `RATE_LIMITED`.

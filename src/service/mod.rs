@@ -1,4 +1,5 @@
-//! The use cases (SPEC section 3): issue, verify, consume, revoke, and following the events.
+//! The use cases (SPEC section 3): issue, verify, consume, revoke, following the events, and a
+//! subject's signatures (list, revoke all, the outstanding cap).
 //!
 //! [`Signer`] wires the codec, the keys, the store and the audit log, and answers in domain
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
@@ -6,6 +7,9 @@
 
 mod issue;
 mod redeem;
+mod subjects;
+
+pub use self::subjects::{DEFAULT_PAGE_SIZE, ListRequest, Listing, MAX_PAGE_SIZE, Summary};
 
 use std::sync::Arc;
 
@@ -42,6 +46,8 @@ pub struct Settings {
     /// Whether a request without `subject` may skip the per-subject quotas (else it is
     /// refused with `INVALID_REQUEST` while one is on).
     pub allow_missing_subject: bool,
+    /// Most ISSUED, unexpired signatures one subject may have (0: no cap).
+    pub max_outstanding_per_subject: u32,
 }
 
 impl Default for Settings {
@@ -52,6 +58,7 @@ impl Default for Settings {
             leeway: 60,
             quotas: Vec::new(),
             allow_missing_subject: false,
+            max_outstanding_per_subject: 0,
         }
     }
 }

@@ -4,17 +4,18 @@
 //! memory stays proportional to the signatures still within their validity window.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 // tokio's clock, so a test can pause and advance time instead of sleeping (records expire by it).
 use tokio::time::Instant;
 
 use super::{
-    ConsumeOutcome, QuotaOutcome, Record, RecordRef, RecordState, Store, StoreError,
-    idempotency_token,
+    Admission, ConsumeOutcome, ListCursor, Listed, QuotaOutcome, Record, RecordKey, RecordRef,
+    RecordState, Store, StoreError, SubjectEntry, idempotency_token,
 };
 use crate::quota::{Charge, gcra};
 
@@ -51,9 +52,27 @@ impl Shard {
     }
 }
 
+/// One subject's index: the same two structures as in Redis.
+struct SubjectIndex {
+    /// Outstanding (ISSUED) signatures: record name → `expireTime`.
+    outstanding: HashMap<Key, i64>,
+    /// Every unexpired signature, by (issue time, listing member): newest last.
+    listing: BTreeSet<(i64, String)>,
+    /// When the whole index may be forgotten (its newest record's expiry).
+    forget_at: Instant,
+}
+
+fn expire_of(member: &str) -> i64 {
+    SubjectEntry::from_member(member, 0).map_or(i64::MIN, |e| e.expire_time)
+}
+
 /// Records in this process's memory; a second replica would not see them.
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
+    /// Subject digest → its index.
+    subjects: Mutex<HashMap<String, SubjectIndex>>,
+    /// How many subjects there may be before the next sweep of forgotten indexes.
+    subjects_sweep_at: AtomicUsize,
     hasher: RandomState,
     /// Quota key → (GCRA TAT in ms since `started`, when it may be forgotten).
     quotas: Mutex<HashMap<String, (u64, u64)>>,
@@ -72,6 +91,8 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            subjects: Mutex::default(),
+            subjects_sweep_at: AtomicUsize::new(1024),
             hasher: RandomState::new(),
             quotas: Mutex::default(),
             // Far enough in the past that no TAT is 0 by accident.
@@ -89,11 +110,29 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn with_record<T>(&self, sig: RecordRef<'_>, f: impl FnOnce(Option<&mut Record>) -> T) -> T {
-        let key = (sig.key.secret_id.to_owned(), sig.key.random);
+    fn with_record<T>(&self, key: RecordKey<'_>, f: impl FnOnce(Option<&mut Record>) -> T) -> T {
+        let key = (key.secret_id.to_owned(), key.random);
         let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
         let mut shard = lock(shard);
         f(shard.live(&key, Instant::now()))
+    }
+}
+
+impl MemoryStore {
+    fn subjects(&self) -> std::sync::MutexGuard<'_, HashMap<String, SubjectIndex>> {
+        self.subjects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consumed or revoked signature no longer counts against its subject's cap.
+    fn release(&self, subject: &str, key: RecordKey<'_>) {
+        if subject.is_empty() {
+            return;
+        }
+        if let Some(index) = self.subjects().get_mut(subject) {
+            index
+                .outstanding
+                .remove(&(key.secret_id.to_owned(), key.random));
+        }
     }
 }
 
@@ -109,6 +148,7 @@ impl Store for MemoryStore {
         sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
+        subject: &str,
     ) -> Result<bool, StoreError> {
         let key = (sig.key.secret_id.to_owned(), sig.key.random);
         let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
@@ -120,14 +160,134 @@ impl Store for MemoryStore {
         }
         let expires = instant + Duration::from_secs(ttl_seconds);
         shard.expiries.push(Reverse((expires, key.clone())));
-        shard
-            .records
-            .insert(key, (Record::issued(sig.fingerprint, now), expires));
+        shard.records.insert(
+            key,
+            (Record::issued(sig.fingerprint, now, subject), expires),
+        );
         Ok(true)
     }
 
+    async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
+        let instant = Instant::now();
+        let mut subjects = self.subjects();
+        // Forget the indexes whose records have all expired, when the map has doubled since
+        // the last sweep: amortised O(1) per issue however many subjects there are.
+        let sweep_at = self.subjects_sweep_at.load(Ordering::Relaxed);
+        if subjects.len() > sweep_at {
+            subjects.retain(|_, index| index.forget_at > instant);
+            self.subjects_sweep_at
+                .store((subjects.len() * 2).max(1024), Ordering::Relaxed);
+        }
+        let index = subjects
+            .entry(a.subject.to_owned())
+            .or_insert_with(|| SubjectIndex {
+                outstanding: HashMap::new(),
+                listing: BTreeSet::new(),
+                forget_at: instant,
+            });
+        index
+            .outstanding
+            .retain(|_, expire| *expire >= a.expired_before);
+        if a.cap > 0 && index.outstanding.len() >= a.cap as usize {
+            return Ok(false);
+        }
+        index.outstanding.insert(
+            (a.entry.secret_id.clone(), a.entry.random),
+            a.entry.expire_time,
+        );
+        // Lazy cleanup, as in Redis: the oldest few entries when expired (listing drops the
+        // others it meets), and anything issued before the longest validity.
+        let stale: Vec<(i64, String)> = index
+            .listing
+            .iter()
+            .enumerate()
+            .take_while(|(i, (issued_at, _))| *i < 4 || *issued_at < a.issued_before)
+            .filter(|(_, (issued_at, member))| {
+                *issued_at < a.issued_before || expire_of(member) < a.expired_before
+            })
+            .map(|(_, e)| e.clone())
+            .collect();
+        for e in stale {
+            index.listing.remove(&e);
+        }
+        index.listing.insert((a.entry.issued_at, a.entry.member()));
+        index.forget_at = index
+            .forget_at
+            .max(instant + Duration::from_secs(a.ttl_seconds));
+        Ok(true)
+    }
+
+    async fn discard(&self, key: RecordKey<'_>) -> Result<(), StoreError> {
+        let key = (key.secret_id.to_owned(), key.random);
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
+        lock(shard).records.remove(&key);
+        Ok(())
+    }
+
+    async fn list_subject(
+        &self,
+        subject: &str,
+        after: Option<&ListCursor>,
+        count: usize,
+        expired_before: i64,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let entries: Vec<SubjectEntry> = {
+            let mut subjects = self.subjects();
+            let Some(index) = subjects.get_mut(subject) else {
+                return Ok(Vec::new());
+            };
+            let mut expired = Vec::new();
+            let mut found = Vec::new();
+            let candidates: Box<dyn Iterator<Item = &(i64, String)>> = match after {
+                Some(c) => Box::new(index.listing.range(..(c.issued_at, c.member.clone())).rev()),
+                None => Box::new(index.listing.iter().rev()),
+            };
+            for (issued_at, member) in candidates {
+                if found.len() >= count {
+                    break;
+                }
+                match SubjectEntry::from_member(member, *issued_at) {
+                    Some(e) if e.expire_time >= expired_before => found.push(e),
+                    _ => expired.push((*issued_at, member.clone())),
+                }
+            }
+            for gone in expired {
+                index.listing.remove(&gone);
+            }
+            found
+        };
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let state = self.with_record(entry.key(), |r| {
+                    r.map_or(RecordState::NotIssued, |r| r.state_in_subject(subject))
+                });
+                Listed { entry, state }
+            })
+            .collect())
+    }
+
+    async fn revoke_in_subject(
+        &self,
+        key: RecordKey<'_>,
+        subject: &str,
+        now: i64,
+    ) -> Result<RecordState, StoreError> {
+        let before = self.with_record(key, |r| match r {
+            Some(r) if r.state_in_subject(subject) != RecordState::NotIssued => {
+                let fingerprint = r.fingerprint.clone();
+                r.revoke(&fingerprint, now)
+            }
+            _ => RecordState::NotIssued,
+        });
+        if before == RecordState::Issued {
+            self.release(subject, key);
+        }
+        Ok(before)
+    }
+
     async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
-        Ok(self.with_record(sig, |r| {
+        Ok(self.with_record(sig.key, |r| {
             r.map_or(RecordState::NotIssued, |r| r.state_for(sig.fingerprint))
         }))
     }
@@ -139,16 +299,29 @@ impl Store for MemoryStore {
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
         let token = idempotency_token(idempotency_key);
-        Ok(self.with_record(sig, |r| match r {
-            Some(r) => r.consume(sig.fingerprint, now, &token),
-            None => ConsumeOutcome::Refused(RecordState::NotIssued),
-        }))
+        let (outcome, subject) = self.with_record(sig.key, |r| match r {
+            Some(r) => (r.consume(sig.fingerprint, now, &token), r.subject.clone()),
+            None => (
+                ConsumeOutcome::Refused(RecordState::NotIssued),
+                String::new(),
+            ),
+        });
+        if matches!(outcome, ConsumeOutcome::Consumed { .. }) {
+            self.release(&subject, sig.key);
+        }
+        Ok(outcome)
     }
 
     async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
-        Ok(self.with_record(sig, |r| {
-            r.map_or(RecordState::NotIssued, |r| r.revoke(sig.fingerprint, now))
-        }))
+        let (before, subject) = self.with_record(sig.key, |r| {
+            r.map_or((RecordState::NotIssued, String::new()), |r| {
+                (r.revoke(sig.fingerprint, now), r.subject.clone())
+            })
+        });
+        if before == RecordState::Issued {
+            self.release(&subject, sig.key);
+        }
+        Ok(before)
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
@@ -190,7 +363,6 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RecordKey;
 
     fn sig(random: u32) -> RecordRef<'static> {
         RecordRef {
@@ -206,24 +378,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn records_expire_with_their_ttl() {
         let store = MemoryStore::new();
-        assert!(store.insert_issued(sig(1), 0, 60).await.unwrap());
+        assert!(store.insert_issued(sig(1), 0, 60, "").await.unwrap());
         tokio::time::advance(Duration::from_secs(59)).await;
         assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::Issued);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::NotIssued);
         // Its nonce is free again.
-        assert!(store.insert_issued(sig(1), 0, 60).await.unwrap());
+        assert!(store.insert_issued(sig(1), 0, 60, "").await.unwrap());
     }
 
     #[tokio::test]
     async fn expired_records_are_evicted() {
         let store = MemoryStore::new();
         for r in 0..100 {
-            assert!(store.insert_issued(sig(r), 0, 0).await.unwrap());
+            assert!(store.insert_issued(sig(r), 0, 0, "").await.unwrap());
         }
         // A zero TTL expires at once: the next insert in each shard sweeps them.
         for r in 100..400 {
-            store.insert_issued(sig(r), 0, 3600).await.unwrap();
+            store.insert_issued(sig(r), 0, 3600, "").await.unwrap();
         }
         assert_eq!(store.len(), 300);
         assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::NotIssued);

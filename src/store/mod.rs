@@ -7,6 +7,11 @@
 //! confused. A missing record always means refusal: lost data can never let a signature
 //! through twice.
 //!
+//! Signatures issued for a `subject` are also indexed per subject ([`Store::admit`],
+//! [`Store::list_subject`], [`Store::revoke_in_subject`]): the index finds and counts them
+//! (the outstanding cap is atomic on it), while each record stays the only authority on
+//! whether its signature is accepted.
+//!
 //! The store knows nothing of gRPC; it reports outcomes, and the service decides what they
 //! mean for the caller.
 
@@ -16,6 +21,7 @@ mod redis;
 
 pub use self::memory::MemoryStore;
 pub use self::record::Record;
+
 pub use self::redis::RedisStore;
 
 use std::future::Future;
@@ -88,6 +94,99 @@ pub struct RecordRef<'a> {
     pub issued_at: i64,
 }
 
+/// One signature's entry in its subject's index (ListSignatures, RevokeSubject and the
+/// outstanding cap). Redis keeps it as the member `{secretId}:{random}:{expireTime}:{sourceContext}`
+/// of the subject's listing index, scored by issue time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectEntry {
+    /// The signature's `secretId`.
+    pub secret_id: String,
+    /// The signature's `random`.
+    pub random: u32,
+    /// Issue time, Unix seconds.
+    pub issued_at: i64,
+    /// The signature's `expireTime`, Unix seconds.
+    pub expire_time: i64,
+    /// The signature's `sourceContext` (empty: none).
+    pub source_context: String,
+}
+
+impl SubjectEntry {
+    /// The member of the listing index (also the tie-breaker of the listing order).
+    pub fn member(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.secret_id, self.random, self.expire_time, self.source_context
+        )
+    }
+
+    /// Parses a listing index member.
+    pub fn from_member(member: &str, issued_at: i64) -> Option<SubjectEntry> {
+        let mut parts = member.splitn(4, ':');
+        Some(SubjectEntry {
+            secret_id: parts.next()?.to_owned(),
+            random: parts.next()?.parse().ok()?,
+            expire_time: parts.next()?.parse().ok()?,
+            source_context: parts.next()?.to_owned(),
+            issued_at,
+        })
+    }
+
+    /// The member of the outstanding index: the record's name.
+    pub fn outstanding_member(&self) -> String {
+        format!("{}:{}", self.secret_id, self.random)
+    }
+
+    /// Its record's name.
+    pub fn key(&self) -> RecordKey<'_> {
+        RecordKey {
+            secret_id: &self.secret_id,
+            random: self.random,
+        }
+    }
+}
+
+/// A position in a subject's listing order (newest first): entries after it come next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    /// The issue time of the last entry seen.
+    pub issued_at: i64,
+    /// Its listing index member.
+    pub member: String,
+}
+
+/// An index entry with what its record says now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The index entry.
+    pub entry: SubjectEntry,
+    /// The record's state (`NotIssued`: the record is gone or belongs to another signature).
+    pub state: RecordState,
+}
+
+/// How an issue for a subject is put in the subject's index.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission<'a> {
+    /// The digest of the subject ([`subject_digest`]).
+    pub subject: &'a str,
+    /// The new signature's entry.
+    pub entry: &'a SubjectEntry,
+    /// Most ISSUED, unexpired signatures the subject may have (0: no cap).
+    pub cap: u32,
+    /// Entries whose `expireTime` is below this are expired (now minus the leeway).
+    pub expired_before: i64,
+    /// How long the index must live at least, seconds (the new record's TTL).
+    pub ttl_seconds: u64,
+    /// Entries issued before this are expired whatever they say (now minus the longest
+    /// validity and the leeway): a bound on what the lazy cleanup may leave behind.
+    pub issued_before: i64,
+}
+
+/// The digest that names a subject in the store: any subject makes a short, safe key.
+pub fn subject_digest(subject: &str) -> String {
+    crate::digest::sha256_hex(subject.as_bytes(), 12)
+}
+
 /// The store did not answer, or answered something it should not: fail closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -106,13 +205,45 @@ impl StoreError {
 /// The record of issued, consumed and revoked signatures.
 pub trait Store: Send + Sync + 'static {
     /// Records a new signature as issued, unless its key exists (then `Ok(false)`: pick another
-    /// nonce). The record expires after `ttl_seconds`.
+    /// nonce). The record expires after `ttl_seconds`. `subject` is the digest of the
+    /// subject it is for (empty: none), kept in the record.
     fn insert_issued(
         &self,
         sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
+        subject: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds a just-recorded signature to its subject's index, in one atomic step with the
+    /// outstanding cap: first drops the expired entries, then refuses (`Ok(false)`, nothing
+    /// added) if the subject already has `cap` outstanding.
+    fn admit(
+        &self,
+        admission: Admission<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the record of a signature that was never handed out (its admission failed).
+    fn discard(&self, key: RecordKey<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `count` unexpired entries of the subject's index after `after` (newest first),
+    /// each with its record's state. Fewer than `count`: the end of the index.
+    fn list_subject(
+        &self,
+        subject: &str,
+        after: Option<&ListCursor>,
+        count: usize,
+        expired_before: i64,
+    ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
+
+    /// The same atomic step as [`Store::revoke`], for a record found by its subject (with
+    /// digest `subject`) instead of its signature; returns the state before.
+    fn revoke_in_subject(
+        &self,
+        key: RecordKey<'_>,
+        subject: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
 
     /// The signature's status; changes nothing.
     fn status(

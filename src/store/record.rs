@@ -2,12 +2,16 @@
 //!
 //! Redis value, two forms:
 //!
-//! - issued (written with `SET NX` at issue): the fingerprint's bits as a decimal integer
-//!   ([`compact_issued`]). Redis keeps an integer inside the key's object header instead of
-//!   allocating a string, which is most of the value's memory: an outstanding signature costs
-//!   ~64 bytes less. Its issue time is the signature's own `currentTimeStamp`.
-//! - after a change (and any record written by an older version):
-//!   `v1|{state}|{fingerprint}|{issued_at}|{changed_at}|{idempotency token}`.
+//! - issued without a subject (written with `SET NX` at issue): the fingerprint's bits as a
+//!   decimal integer ([`compact_issued`]). Redis keeps an integer inside the key's object
+//!   header instead of allocating a string, which is most of the value's memory: an
+//!   outstanding signature costs ~64 bytes less. Its issue time is the signature's own
+//!   `currentTimeStamp`.
+//! - otherwise (issued for a subject, after a change, or written by an older version):
+//!   `v1|{state}|{fingerprint}|{issued_at}|{changed_at}|{idempotency token}`, and for a
+//!   signature issued for a `subject` a seventh field, the subject's digest
+//!   (`|{subject digest}`), which names its subject index and lets RevokeSubject revoke it
+//!   without the signature.
 //!
 //! The Lua scripts in `redis.rs` implement the same transitions as [`Record::consume`] and
 //! [`Record::revoke`] on both forms.
@@ -65,30 +69,38 @@ pub struct Record {
     pub changed_at: i64,
     /// Token of the idempotency key of the consume that used it (empty: none).
     pub idempotency: String,
+    /// Digest of the subject it was issued for (empty: none).
+    pub subject: String,
 }
 
 impl Record {
     /// A freshly issued record.
-    pub fn issued(fingerprint: &str, now: i64) -> Record {
+    pub fn issued(fingerprint: &str, now: i64, subject: &str) -> Record {
         Record {
             state: State::Issued,
             fingerprint: fingerprint.to_owned(),
             issued_at: now,
             changed_at: now,
             idempotency: String::new(),
+            subject: subject.to_owned(),
         }
     }
 
     /// The text stored in Redis.
     pub fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "v1|{}|{}|{}|{}|{}",
             self.state.as_str(),
             self.fingerprint,
             self.issued_at,
             self.changed_at,
             self.idempotency
-        )
+        );
+        if !self.subject.is_empty() {
+            text.push('|');
+            text.push_str(&self.subject);
+        }
+        text
     }
 
     /// Parses the value stored in Redis for the signature `sig`; `None` for anything else,
@@ -96,7 +108,7 @@ impl Record {
     pub fn decode_for(text: &str, sig: &RecordRef<'_>) -> Option<Record> {
         if is_compact(text) {
             return (compact_issued(sig.fingerprint).as_deref() == Some(text))
-                .then(|| Record::issued(sig.fingerprint, sig.issued_at));
+                .then(|| Record::issued(sig.fingerprint, sig.issued_at, ""));
         }
         Record::decode(text)
     }
@@ -117,6 +129,7 @@ impl Record {
         let issued_at = parts.next()?.parse().ok()?;
         let changed_at = parts.next()?.parse().ok()?;
         let idempotency = parts.next()?.to_owned();
+        let subject = parts.next().unwrap_or_default().to_owned();
         if parts.next().is_some() {
             return None;
         }
@@ -126,6 +139,7 @@ impl Record {
             issued_at,
             changed_at,
             idempotency,
+            subject,
         })
     }
 
@@ -163,6 +177,14 @@ impl Record {
         }
     }
 
+    /// The state this record gives a signature of the subject with digest `subject`.
+    pub fn state_in_subject(&self, subject: &str) -> RecordState {
+        if self.subject.is_empty() || self.subject != subject {
+            return RecordState::NotIssued;
+        }
+        self.state_for(&self.fingerprint)
+    }
+
     /// Revokes the record for the signature with `fingerprint` if it is issued; the state before.
     pub fn revoke(&mut self, fingerprint: &str, now: i64) -> RecordState {
         let before = self.state_for(fingerprint);
@@ -180,13 +202,19 @@ mod tests {
 
     #[test]
     fn text_round_trip() {
-        let mut r = Record::issued("abc", 10);
+        let mut r = Record::issued("abc", 10, "");
         assert_eq!(Record::decode(&r.encode()), Some(r.clone()));
         r.consume("abc", 11, "ff");
         assert_eq!(r.encode(), "v1|consumed|abc|10|11|ff");
         assert_eq!(Record::decode(&r.encode()), Some(r));
         assert_eq!(Record::decode("v2|issued|a|1|1|"), None);
-        assert_eq!(Record::decode("v1|issued|a|1|1||x"), None);
+        assert_eq!(Record::decode("v1|issued|a|1|1||x|y"), None);
+        let mut s = Record::issued("abc", 10, "5ub");
+        assert_eq!(s.encode(), "v1|issued|abc|10|10||5ub");
+        s.revoke("abc", 12);
+        assert_eq!(Record::decode(&s.encode()), Some(s.clone()));
+        assert_eq!(s.state_in_subject("5ub"), RecordState::Revoked { at: 12 });
+        assert_eq!(s.state_in_subject("other"), RecordState::NotIssued);
     }
 
     fn sig(fingerprint: &str) -> RecordRef<'_> {
@@ -211,7 +239,7 @@ mod tests {
         let stored = compact_issued("00000000ff10").unwrap();
         assert_eq!(
             Record::decode_for(&stored, &sig("00000000ff10")),
-            Some(Record::issued("00000000ff10", 10))
+            Some(Record::issued("00000000ff10", 10, ""))
         );
         // Another signature with the same nonce: no record of its own.
         assert_eq!(Record::decode_for(&stored, &sig("00000000ff11")), None);

@@ -15,53 +15,119 @@ use redis::Script;
 
 use super::record::compact_issued;
 use super::{
-    ConsumeOutcome, QuotaOutcome, Record, RecordRef, RecordState, Store, StoreError,
-    idempotency_token,
+    Admission, ConsumeOutcome, ListCursor, Listed, QuotaOutcome, Record, RecordKey, RecordRef,
+    RecordState, Store, StoreError, SubjectEntry, idempotency_token,
 };
 use crate::quota::Charge;
 use crate::redis::{Conn, Connector, Failure, RedisConfig};
 
-/// Consume: `issued` becomes `consumed` keeping the expiry; a repeat with the same
-/// idempotency token answers the same success. Returns `{outcome, at}`. ARGV: fingerprint,
-/// now, idempotency token, compact form of the fingerprint, issue time. A value of digits is
-/// the compact issued form (`record.rs`).
+/// Consume: `issued` becomes `consumed` keeping the expiry (and the subject digest, when the
+/// record has one); a repeat with the same idempotency token answers the same success.
+/// Returns `{outcome, at, subject digest}`. ARGV: fingerprint, now, idempotency token, compact
+/// form of the fingerprint, issue time. A value of digits is the compact issued form
+/// (`record.rs`), which has no subject.
 const CONSUME_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
-local state, fp, issued, changed, idem
+local state, fp, issued, changed, idem, sub
 if string.match(v, '^%d+$') then
   if v ~= ARGV[4] then return {'missing'} end
-  state, fp, issued, changed, idem = 'issued', ARGV[1], ARGV[5], ARGV[5], ''
+  state, fp, issued, changed, idem, sub = 'issued', ARGV[1], ARGV[5], ARGV[5], '', ''
 else
-  state, fp, issued, changed, idem = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)$')
+  state, fp, issued, changed, idem, sub = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)|?(%x*)$')
   if not state or fp ~= ARGV[1] then return {'missing'} end
 end
 if state == 'issued' then
-  redis.call('SET', KEYS[1], 'v1|consumed|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'KEEPTTL')
-  return {'ok', ARGV[2]}
+  local tail = ''
+  if sub ~= '' then tail = '|' .. sub end
+  redis.call('SET', KEYS[1], 'v1|consumed|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. tail, 'KEEPTTL')
+  return {'ok', ARGV[2], sub}
 end
-if state == 'consumed' and ARGV[3] ~= '' and idem == ARGV[3] then return {'ok', changed} end
-return {state, changed}
+if state == 'consumed' and ARGV[3] ~= '' and idem == ARGV[3] then return {'ok', changed, sub} end
+return {state, changed, sub}
 "#;
 
-/// Revoke: `issued` becomes `revoked` keeping the expiry. Returns the state before. ARGV:
-/// fingerprint, now, compact form of the fingerprint, issue time.
+/// Revoke: `issued` becomes `revoked` keeping the expiry. The record is named by the
+/// signature's fingerprint (ARGV[1], RevokeSignature) or by its subject's digest (ARGV[3],
+/// RevokeSubject); an empty one is not compared, and the caller always gives one of them.
+/// ARGV[4] and ARGV[5]: the compact form of the fingerprint and the issue time, for a record
+/// in the compact issued form (which has no subject). Returns `{state before, at, subject
+/// digest}`.
 const REVOKE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
-local state, fp, issued, changed
+local state, fp, issued, changed, idem, sub
 if string.match(v, '^%d+$') then
-  if v ~= ARGV[3] then return {'missing'} end
-  state, fp, issued, changed = 'issued', ARGV[1], ARGV[4], ARGV[4]
+  if ARGV[3] ~= '' or v ~= ARGV[4] then return {'missing'} end
+  state, fp, issued, changed, sub = 'issued', ARGV[1], ARGV[5], ARGV[5], ''
 else
-  state, fp, issued, changed = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|%x*$')
-  if not state or fp ~= ARGV[1] then return {'missing'} end
+  state, fp, issued, changed, idem, sub = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)|?(%x*)$')
+  if not state then return {'missing'} end
+  if ARGV[1] ~= '' and fp ~= ARGV[1] then return {'missing'} end
+  if ARGV[3] ~= '' and sub ~= ARGV[3] then return {'missing'} end
 end
 if state == 'issued' then
-  redis.call('SET', KEYS[1], 'v1|revoked|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|', 'KEEPTTL')
-  return {'issued', ARGV[2]}
+  local tail = ''
+  if sub ~= '' then tail = '|' .. sub end
+  redis.call('SET', KEYS[1], 'v1|revoked|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|' .. tail, 'KEEPTTL')
+  return {'issued', ARGV[2], sub}
 end
-return {state, changed}
+return {state, changed, sub}
+"#;
+
+/// Admission to a subject's index, with the outstanding cap, in one atomic step on the
+/// subject's slot. KEYS: the outstanding index (record name scored by `expireTime`), the
+/// listing index (entry scored by issue time). ARGV: outstanding member, expireTime, listing
+/// member, issued_at, expired-before, cap (0: none), TTL seconds, issued-before (entries
+/// issued before it are past the longest validity). Returns 1 (added) or 0 (cap reached).
+const ADMIT_LUA: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
+local cap = tonumber(ARGV[6])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[8])
+local cutoff = tonumber(ARGV[5])
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, 3)) do
+  local exp = tonumber(string.match(m, '^[^:]*:[^:]*:(%-?%d+):'))
+  if not exp or exp < cutoff then redis.call('ZREM', KEYS[2], m) end
+end
+local ttl = tonumber(ARGV[7])
+for _, k in ipairs(KEYS) do
+  if redis.call('TTL', k) < ttl then redis.call('EXPIRE', k, ttl) end
+end
+return 1
+"#;
+
+/// A page of a subject's listing index, newest first, after a cursor, skipping (and
+/// deleting) expired entries. KEYS: the listing index. ARGV: expired-before, count, cursor
+/// given (1/0), cursor score, cursor member. Returns `{member, score, member, score, ...}`.
+const PAGE_LUA: &str = r#"
+local cutoff = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local max = '+inf'
+if ARGV[3] == '1' then max = ARGV[4] end
+local out, expired = {}, {}
+local offset, batch = 0, want + 16
+while #out < 2 * want do
+  local r = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, '-inf', 'WITHSCORES', 'LIMIT', offset, batch)
+  for i = 1, #r, 2 do
+    local m, s = r[i], r[i + 1]
+    if not (ARGV[3] == '1' and tonumber(s) == tonumber(ARGV[4]) and m >= ARGV[5]) then
+      local exp = tonumber(string.match(m, '^[^:]*:[^:]*:(%-?%d+):'))
+      if not exp or exp < cutoff then
+        expired[#expired + 1] = m
+      elseif #out < 2 * want then
+        out[#out + 1] = m
+        out[#out + 1] = s
+      end
+    end
+  end
+  if #r < 2 * batch then break end
+  offset = offset + batch
+end
+for _, m in ipairs(expired) do redis.call('ZREM', KEYS[1], m) end
+return out
 "#;
 
 /// Quotas (GCRA, see `crate::quota`): checks every key of the group with the server's clock,
@@ -94,6 +160,8 @@ pub struct RedisStore {
     consume: Script,
     revoke: Script,
     quota: Script,
+    admit: Script,
+    page: Script,
 }
 
 impl RedisStore {
@@ -107,6 +175,8 @@ impl RedisStore {
             consume: Script::new(CONSUME_LUA),
             revoke: Script::new(REVOKE_LUA),
             quota: Script::new(QUOTA_LUA),
+            admit: Script::new(ADMIT_LUA),
+            page: Script::new(PAGE_LUA),
         })
     }
 
@@ -126,6 +196,38 @@ impl RedisStore {
             "{}sig:{}:{}",
             self.prefix, sig.key.secret_id, sig.key.random
         )
+    }
+
+    /// The Redis key of a record.
+    fn key_of(&self, key: &RecordKey<'_>) -> String {
+        format!("{}sig:{}:{}", self.prefix, key.secret_id, key.random)
+    }
+
+    /// The keys of a subject's indexes, under the subject's own hash tag (one Cluster slot):
+    /// (outstanding, listing).
+    pub fn subject_keys(&self, subject: &str) -> (String, String) {
+        (
+            format!("{}sub:{{{subject}}}:out", self.prefix),
+            format!("{}sub:{{{subject}}}:all", self.prefix),
+        )
+    }
+
+    /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
+    /// The index lives in another slot than the record, so this is a second step; when it
+    /// fails, the entry stays until its expiry (the cap is then stricter, never looser).
+    async fn release(&self, conn: &mut Conn, subject: &str, key: &RecordKey<'_>) {
+        if subject.is_empty() {
+            return;
+        }
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.subject_keys(subject).0)
+            .arg(format!("{}:{}", key.secret_id, key.random));
+        if let Err(e) = self
+            .bounded(conn, async |c| zrem.query_async::<i64>(c).await)
+            .await
+        {
+            tracing::warn!(error = %e, "could not update the subject index; the entry stays until it expires");
+        }
     }
 
     /// The connection, waiting (within the store timeout) for the first one.
@@ -229,10 +331,14 @@ impl Store for RedisStore {
         sig: RecordRef<'_>,
         now: i64,
         ttl_seconds: u64,
+        subject: &str,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        let value = compact_issued(sig.fingerprint)
-            .unwrap_or_else(|| Record::issued(sig.fingerprint, now).encode());
+        // Without a subject, the compact form (an integer Redis stores in the key's header).
+        let value = match compact_issued(sig.fingerprint) {
+            Some(compact) if subject.is_empty() => compact,
+            _ => Record::issued(sig.fingerprint, now, subject).encode(),
+        };
         let mut set = redis::cmd("SET");
         let key = self.record_key(&sig);
         set.arg(&key)
@@ -292,6 +398,8 @@ impl Store for RedisStore {
             })?;
             // Also on an idempotent repeat: success is only promised once replicated.
             self.replicated(&conn, &key).await?;
+            let subject = reply.get(2).map_or("", String::as_str);
+            self.release(&mut conn, subject, &sig.key).await;
             return Ok(ConsumeOutcome::Consumed { at });
         }
         scripted_status(&reply).map(ConsumeOutcome::Refused)
@@ -303,6 +411,7 @@ impl Store for RedisStore {
         let mut call = self.revoke.key(&key);
         call.arg(sig.fingerprint)
             .arg(now)
+            .arg("")
             .arg(compact_issued(sig.fingerprint).unwrap_or_default())
             .arg(sig.issued_at);
         let reply: Vec<String> = self
@@ -311,8 +420,110 @@ impl Store for RedisStore {
         let before = scripted_status(&reply)?;
         if before == RecordState::Issued {
             self.replicated(&conn, &key).await?;
+            let subject = reply.get(2).map_or("", String::as_str);
+            self.release(&mut conn, subject, &sig.key).await;
         }
         Ok(before)
+    }
+
+    async fn revoke_in_subject(
+        &self,
+        record: RecordKey<'_>,
+        subject: &str,
+        now: i64,
+    ) -> Result<RecordState, StoreError> {
+        if subject.is_empty() {
+            return Ok(RecordState::NotIssued);
+        }
+        let mut conn = self.conn().await?;
+        let key = self.key_of(&record);
+        let mut call = self.revoke.key(&key);
+        call.arg("").arg(now).arg(subject).arg("").arg(0);
+        let reply: Vec<String> = self
+            .bounded(&mut conn, async |c| call.invoke_async(c).await)
+            .await?;
+        let before = scripted_status(&reply)?;
+        if before == RecordState::Issued {
+            self.replicated(&conn, &key).await?;
+            self.release(&mut conn, subject, &record).await;
+        }
+        Ok(before)
+    }
+
+    async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let (outstanding, listing) = self.subject_keys(a.subject);
+        let mut call = self.admit.key(outstanding);
+        call.key(listing)
+            .arg(a.entry.outstanding_member())
+            .arg(a.entry.expire_time)
+            .arg(a.entry.member())
+            .arg(a.entry.issued_at)
+            .arg(a.expired_before)
+            .arg(a.cap)
+            .arg(a.ttl_seconds.max(1))
+            .arg(a.issued_before);
+        let added: i64 = self
+            .bounded(&mut conn, async |c| call.invoke_async(c).await)
+            .await?;
+        Ok(added == 1)
+    }
+
+    async fn discard(&self, record: RecordKey<'_>) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let mut del = redis::cmd("DEL");
+        del.arg(self.key_of(&record));
+        self.bounded(&mut conn, async |c| del.query_async::<i64>(c).await)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_subject(
+        &self,
+        subject: &str,
+        after: Option<&ListCursor>,
+        count: usize,
+        expired_before: i64,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut call = self.page.key(self.subject_keys(subject).1);
+        call.arg(expired_before).arg(count);
+        match after {
+            Some(c) => call.arg(1).arg(c.issued_at).arg(&c.member),
+            None => call.arg(0).arg(0).arg(""),
+        };
+        let page: Vec<String> = self
+            .bounded(&mut conn, async |c| call.invoke_async(c).await)
+            .await?;
+        let entries: Vec<SubjectEntry> = page
+            .chunks_exact(2)
+            .filter_map(|pair| {
+                let issued_at = pair[1].parse::<f64>().ok()? as i64;
+                SubjectEntry::from_member(&pair[0], issued_at)
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The records live in other slots: MGET, which the Cluster client splits by slot.
+        let mut mget = redis::cmd("MGET");
+        for e in &entries {
+            mget.arg(self.key_of(&e.key()));
+        }
+        let records: Vec<Option<String>> = self
+            .bounded(&mut conn, async |c| mget.query_async(c).await)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .zip(records)
+            .map(|(entry, text)| {
+                let state = text
+                    .as_deref()
+                    .and_then(Record::decode)
+                    .map_or(RecordState::NotIssued, |r| r.state_in_subject(subject));
+                Listed { entry, state }
+            })
+            .collect())
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {

@@ -21,7 +21,10 @@ import type { ProtoGrpcType } from './generated/signer';
 import type { ConsumeSignatureRequest } from './generated/vodsigner/v1/ConsumeSignatureRequest';
 import type { ConsumeSignatureResponse__Output } from './generated/vodsigner/v1/ConsumeSignatureResponse';
 import type { IssueSignatureResponse__Output } from './generated/vodsigner/v1/IssueSignatureResponse';
+import type { ListSignaturesRequest } from './generated/vodsigner/v1/ListSignaturesRequest';
+import type { ListSignaturesResponse__Output } from './generated/vodsigner/v1/ListSignaturesResponse';
 import type { RevokeSignatureResponse__Output } from './generated/vodsigner/v1/RevokeSignatureResponse';
+import type { RevokeSubjectResponse__Output } from './generated/vodsigner/v1/RevokeSubjectResponse';
 import type { SignatureServiceClient } from './generated/vodsigner/v1/SignatureService';
 import type { UploadPolicy } from './generated/vodsigner/v1/UploadPolicy';
 import type { VerifySignatureResponse__Output } from './generated/vodsigner/v1/VerifySignatureResponse';
@@ -89,6 +92,15 @@ export interface ConsumeOptions extends CallOptions {
   idempotencyKey?: string;
 }
 
+export interface ListOptions extends CallOptions {
+  /** States to list (ISSUED, CONSUMED, REVOKED); empty or absent: ISSUED only. */
+  states?: ListSignaturesRequest['states'];
+  /** 0 or absent: 100; at most 1000. */
+  pageSize?: number;
+  /** The previous page's next_page_token; empty or absent: the first page. */
+  pageToken?: string;
+}
+
 type Unary<Req, Res> = (
   request: Req,
   metadata: grpc.Metadata,
@@ -154,6 +166,23 @@ export class Client {
   /** RevokeSignature; idempotent in effect, so retried. */
   revoke(signature: string, options: CallOptions = {}): Promise<RevokeSignatureResponse__Output> {
     return this.#call('RevokeSignature', this.#stub.RevokeSignature, { signature }, options);
+  }
+
+  /** ListSignatures: one page of the subject's signatures, newest first; read-only, so retried. */
+  listSignatures(subject: string, options: ListOptions = {}): Promise<ListSignaturesResponse__Output> {
+    const request: ListSignaturesRequest = {
+      subject,
+      states: options.states ?? [],
+      page_size: options.pageSize ?? 0,
+      page_token: options.pageToken ?? '',
+    };
+    return this.#call('ListSignatures', this.#stub.ListSignatures, request, options);
+  }
+
+  /** RevokeSubject: revokes every ISSUED signature of the subject; idempotent in effect, so
+   * retried (a retry's `revoked` counts only what it revoked itself). */
+  revokeSubject(subject: string, options: CallOptions = {}): Promise<RevokeSubjectResponse__Output> {
+    return this.#call('RevokeSubject', this.#stub.RevokeSubject, { subject }, options);
   }
 
   close(): void {

@@ -100,6 +100,29 @@ describe('against a live server', () => {
     }
   });
 
+  test('list a subject newest first, then revoke all it holds', async () => {
+    const client = admin(signer.target);
+    try {
+      const first = await client.issue('user-node-list', { policy: { source_context: 'n/1' } });
+      const second = await client.issue('user-node-list', { policy: { source_context: 'n/2' } });
+      await client.consume(first.signature);
+      const page = await client.listSignatures('user-node-list');
+      assert.deepEqual(page.signatures.map((s) => s.random), [second.claims?.random]);
+      assert.equal(page.signatures[0].state, SignatureState.ISSUED);
+      assert.equal(page.signatures[0].source_context, 'n/2');
+      assert.equal(page.next_page_token, '');
+      const both = await client.listSignatures('user-node-list', { states: ['ISSUED', 'CONSUMED'], pageSize: 1 });
+      assert.equal(both.signatures.length, 1);
+      assert.ok(both.next_page_token);
+      assert.equal((await client.revokeSubject('user-node-list')).revoked, 1);
+      const revoked = await rejection(client.consume(second.signature), Refused);
+      assert.equal(revoked.reason, 'SIGNATURE_REVOKED');
+      assert.equal((await client.revokeSubject('user-node-list')).revoked, 0);
+    } finally {
+      client.close();
+    }
+  });
+
   test('an oversize upload is refused FILE_TOO_LARGE and the signature stays usable', async () => {
     const client = admin(signer.target);
     try {

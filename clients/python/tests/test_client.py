@@ -196,3 +196,22 @@ def test_tls(tls_signer: Signer) -> None:
         with pytest.raises(CallFailed) as untrusted:
             untrusting.verify(sig)
         assert untrusted.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_list_and_revoke_a_subject(signer: Signer) -> None:
+    with admin(signer.target) as client:
+        first = client.issue("user-list", source_context="user-list/1")
+        second = client.issue("user-list", source_context="user-list/2")
+        client.consume(first.signature)
+        page = client.list_signatures("user-list")
+        assert [s.random for s in page.signatures] == [second.claims.random]
+        assert page.signatures[0].state == pb.ISSUED
+        assert page.signatures[0].source_context == "user-list/2"
+        assert not page.next_page_token
+        every = client.list_signatures("user-list", states=[pb.ISSUED, pb.CONSUMED], page_size=1)
+        assert len(every.signatures) == 1 and every.next_page_token
+        assert client.revoke_subject("user-list").revoked == 1
+        with pytest.raises(Refused) as refused:
+            client.consume(second.signature)
+        assert refused.value.reason is Reason.SIGNATURE_REVOKED
+        assert client.revoke_subject("user-list").revoked == 0

@@ -147,6 +147,27 @@ class Client:
             "RevokeSignature", self._stub.RevokeSignature, request, timeout)
         return result
 
+    def list_signatures(self, subject: str, *,
+                        states: Sequence[signer_pb2.SignatureState] = (),
+                        page_size: int = 0, page_token: str = "",
+                        timeout: float | None = None) -> signer_pb2.ListSignaturesResponse:
+        """ListSignatures: one page of the subject's signatures, newest first (`states`
+        empty: ISSUED only); read-only, so retried."""
+        request = signer_pb2.ListSignaturesRequest(
+            subject=subject, states=list(states), page_size=page_size, page_token=page_token)
+        result: signer_pb2.ListSignaturesResponse = self._call(
+            "ListSignatures", self._stub.ListSignatures, request, timeout)
+        return result
+
+    def revoke_subject(self, subject: str, *,
+                       timeout: float | None = None) -> signer_pb2.RevokeSubjectResponse:
+        """RevokeSubject: revokes every ISSUED signature of `subject`; idempotent in effect,
+        so retried (a retry's `revoked` counts only what it revoked itself)."""
+        request = signer_pb2.RevokeSubjectRequest(subject=subject)
+        result: signer_pb2.RevokeSubjectResponse = self._call(
+            "RevokeSubject", self._stub.RevokeSubject, request, timeout)
+        return result
+
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, name: str, method: Callable[..., T], request: object,

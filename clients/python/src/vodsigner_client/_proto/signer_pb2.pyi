@@ -176,3 +176,53 @@ class Event(_message.Message):
     reason: str
     time: int
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., secret_id: _Optional[str] = ..., random: _Optional[int] = ..., subject: _Optional[str] = ..., source_context: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[int] = ...) -> None: ...
+
+class ListSignaturesRequest(_message.Message):
+    __slots__ = ("subject", "states", "page_size", "page_token")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    states: _containers.RepeatedScalarFieldContainer[SignatureState]
+    page_size: int
+    page_token: str
+    def __init__(self, subject: _Optional[str] = ..., states: _Optional[_Iterable[_Union[SignatureState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSignaturesResponse(_message.Message):
+    __slots__ = ("signatures", "next_page_token")
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    signatures: _containers.RepeatedCompositeFieldContainer[SignatureSummary]
+    next_page_token: str
+    def __init__(self, signatures: _Optional[_Iterable[_Union[SignatureSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SignatureSummary(_message.Message):
+    __slots__ = ("secret_id", "random", "state", "issued_at", "changed_at", "expire_time", "source_context")
+    SECRET_ID_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    secret_id: str
+    random: int
+    state: SignatureState
+    issued_at: int
+    changed_at: int
+    expire_time: int
+    source_context: str
+    def __init__(self, secret_id: _Optional[str] = ..., random: _Optional[int] = ..., state: _Optional[_Union[SignatureState, str]] = ..., issued_at: _Optional[int] = ..., changed_at: _Optional[int] = ..., expire_time: _Optional[int] = ..., source_context: _Optional[str] = ...) -> None: ...
+
+class RevokeSubjectRequest(_message.Message):
+    __slots__ = ("subject",)
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    def __init__(self, subject: _Optional[str] = ...) -> None: ...
+
+class RevokeSubjectResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: int
+    def __init__(self, revoked: _Optional[int] = ...) -> None: ...

@@ -61,6 +61,16 @@ class SignatureServiceStub:
                 request_serializer=vodsigner_dot_v1_dot_signer__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=vodsigner_dot_v1_dot_signer__pb2.Event.FromString,
                 _registered_method=True)
+        self.ListSignatures = channel.unary_unary(
+                '/vodsigner.v1.SignatureService/ListSignatures',
+                request_serializer=vodsigner_dot_v1_dot_signer__pb2.ListSignaturesRequest.SerializeToString,
+                response_deserializer=vodsigner_dot_v1_dot_signer__pb2.ListSignaturesResponse.FromString,
+                _registered_method=True)
+        self.RevokeSubject = channel.unary_unary(
+                '/vodsigner.v1.SignatureService/RevokeSubject',
+                request_serializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectRequest.SerializeToString,
+                response_deserializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class SignatureServiceServicer:
@@ -102,6 +112,20 @@ class SignatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSignatures(self, request, context):
+        """The signatures issued for one subject, newest first (roles issuer, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSubject(self, request, context):
+        """Revokes every ISSUED signature of one subject (roles issuer, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +153,16 @@ def add_SignatureServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=vodsigner_dot_v1_dot_signer__pb2.WatchEventsRequest.FromString,
                     response_serializer=vodsigner_dot_v1_dot_signer__pb2.Event.SerializeToString,
+            ),
+            'ListSignatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSignatures,
+                    request_deserializer=vodsigner_dot_v1_dot_signer__pb2.ListSignaturesRequest.FromString,
+                    response_serializer=vodsigner_dot_v1_dot_signer__pb2.ListSignaturesResponse.SerializeToString,
+            ),
+            'RevokeSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSubject,
+                    request_deserializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectRequest.FromString,
+                    response_serializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +301,60 @@ class SignatureService:
             '/vodsigner.v1.SignatureService/WatchEvents',
             vodsigner_dot_v1_dot_signer__pb2.WatchEventsRequest.SerializeToString,
             vodsigner_dot_v1_dot_signer__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSignatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vodsigner.v1.SignatureService/ListSignatures',
+            vodsigner_dot_v1_dot_signer__pb2.ListSignaturesRequest.SerializeToString,
+            vodsigner_dot_v1_dot_signer__pb2.ListSignaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vodsigner.v1.SignatureService/RevokeSubject',
+            vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectRequest.SerializeToString,
+            vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,604 @@
+//! A subject's signatures through the public gRPC surface: ListSignatures (newest first,
+//! pages, state filter, expired ones left out, nothing secret), RevokeSubject (counts, typed
+//! refusal afterwards, racing a consume), and the outstanding cap (consume, revoke and expiry
+//! free a slot; 40 racers on two replicas sharing one Redis). On the in-memory store, one
+//! Redis, and a Redis Cluster.
+
+mod common;
+
+use common::*;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+use vod_signer::clock::Clock as _;
+use vod_signer::proto::signature_service_client::SignatureServiceClient;
+use vod_signer::proto::{
+    IssueSignatureRequest, ListSignaturesRequest, ListSignaturesResponse, RevokeSignatureRequest,
+    RevokeSubjectRequest, SignatureState, SignatureSummary, UploadPolicy, VerifySignatureRequest,
+};
+use vod_signer::reason::Reason;
+use vod_signer::service::Settings;
+
+macro_rules! on_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(super::Backend::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Backend::Redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(super::Backend::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_stores!(
+    listing_is_newest_first_paged_filtered_and_secret_free,
+    revoke_subject_revokes_only_what_is_issued,
+    revoke_subject_racing_consume_ends_in_exactly_one,
+    outstanding_cap_is_freed_by_consume_revoke_and_expiry,
+);
+
+/// The leeway of `Settings::default()`: a signature is expired once the clock is past
+/// `expireTime` plus this.
+const LEEWAY: i64 = 60;
+
+fn issue_for(subject: &str, context: &str, ttl: u64) -> IssueSignatureRequest {
+    IssueSignatureRequest {
+        subject: subject.into(),
+        ttl_seconds: ttl,
+        policy: Some(UploadPolicy {
+            source_context: context.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn list(
+    subject: &str,
+    states: &[SignatureState],
+    page_size: u32,
+    token: &str,
+) -> ListSignaturesRequest {
+    ListSignaturesRequest {
+        subject: subject.into(),
+        states: states.iter().map(|&s| s as i32).collect(),
+        page_size,
+        page_token: token.into(),
+    }
+}
+
+async fn listing(
+    client: &mut SignatureServiceClient<Channel>,
+    req: ListSignaturesRequest,
+) -> ListSignaturesResponse {
+    client.list_signatures(req).await.unwrap().into_inner()
+}
+
+fn contexts(signatures: &[SignatureSummary]) -> Vec<&str> {
+    signatures
+        .iter()
+        .map(|s| s.source_context.as_str())
+        .collect()
+}
+
+async fn revoke_subject(client: &mut SignatureServiceClient<Channel>, subject: &str) -> u32 {
+    client
+        .revoke_subject(RevokeSubjectRequest {
+            subject: subject.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revoked
+}
+
+async fn listing_is_newest_first_paged_filtered_and_secret_free(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let mut signatures = Vec::new();
+    let mut randoms = Vec::new();
+    for i in 1..=5 {
+        let issued = client
+            .issue_signature(issue_for("alice", &format!("upload-{i}"), 0))
+            .await
+            .unwrap()
+            .into_inner();
+        randoms.push(issued.claims.unwrap().random);
+        signatures.push(issued.signature);
+        server.clock.advance(1);
+    }
+    client
+        .issue_signature(issue_for("bob", "bob-1", 0))
+        .await
+        .unwrap();
+    // Issued without a subject: in nobody's listing.
+    client
+        .issue_signature(IssueSignatureRequest::default())
+        .await
+        .unwrap();
+    client
+        .consume_signature(consume_req(&signatures[1]))
+        .await
+        .unwrap();
+    server.clock.advance(1);
+    client
+        .revoke_signature(RevokeSignatureRequest {
+            signature: signatures[3].clone(),
+        })
+        .await
+        .unwrap();
+    let revoked_at = server.clock.now();
+
+    // Default: ISSUED only, newest first.
+    let page = listing(&mut client, list("alice", &[], 0, "")).await;
+    assert_eq!(
+        contexts(&page.signatures),
+        ["upload-5", "upload-3", "upload-1"]
+    );
+    assert!(page.next_page_token.is_empty());
+    let newest = &page.signatures[0];
+    assert_eq!(newest.secret_id, SECRET_ID);
+    assert_eq!(newest.random, randoms[4]);
+    assert_eq!(newest.state, SignatureState::Issued as i32);
+    assert_eq!(newest.changed_at, newest.issued_at);
+    assert_eq!(newest.expire_time, newest.issued_at + 3600);
+
+    // The others, with when they changed.
+    let page = listing(
+        &mut client,
+        list(
+            "alice",
+            &[SignatureState::Consumed, SignatureState::Revoked],
+            0,
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(contexts(&page.signatures), ["upload-4", "upload-2"]);
+    assert_eq!(page.signatures[0].state, SignatureState::Revoked as i32);
+    assert_eq!(page.signatures[0].changed_at, revoked_at);
+    assert_eq!(page.signatures[1].state, SignatureState::Consumed as i32);
+
+    // Pages of two over all three states.
+    let all = [
+        SignatureState::Issued,
+        SignatureState::Consumed,
+        SignatureState::Revoked,
+    ];
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = listing(&mut client, list("alice", &all, 2, &token)).await;
+        assert!(page.signatures.len() <= 2);
+        seen.extend(page.signatures.iter().map(|s| s.source_context.clone()));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        ["upload-5", "upload-4", "upload-3", "upload-2", "upload-1"]
+    );
+    assert_eq!(pages, 3);
+    // A token of alice's listing is not one of bob's.
+    let page = listing(&mut client, list("alice", &all, 2, "")).await;
+    assert_eq!(
+        refused(
+            client
+                .list_signatures(list("bob", &all, 2, &page.next_page_token))
+                .await
+        ),
+        Reason::InvalidRequest
+    );
+    let page = listing(&mut client, list("bob", &[], 0, "")).await;
+    assert_eq!(contexts(&page.signatures), ["bob-1"]);
+
+    // Nothing secret: neither the signature nor any part of its tag.
+    let page = listing(&mut client, list("alice", &all, 0, "")).await;
+    let text = format!("{page:?}");
+    for signature in &signatures {
+        assert!(!text.contains(&signature[..16]), "{text}");
+    }
+    use prost::Message as _;
+    let bytes = page.encode_to_vec();
+    for signature in &signatures {
+        let tag = &vod_signer::signature::parse(signature).unwrap().tag;
+        assert!(!bytes.windows(8).any(|w| w == &tag[..8]));
+    }
+
+    // Expired ones are not listed: a short one expires, the others stay.
+    client
+        .issue_signature(issue_for("alice", "short", 10))
+        .await
+        .unwrap();
+    let page = listing(&mut client, list("alice", &[], 0, "")).await;
+    assert_eq!(contexts(&page.signatures)[0], "short");
+    server.clock.advance(10 + LEEWAY + 1);
+    let page = listing(&mut client, list("alice", &all, 0, "")).await;
+    assert_eq!(
+        contexts(&page.signatures),
+        ["upload-5", "upload-4", "upload-3", "upload-2", "upload-1"]
+    );
+    server.clock.advance(3600);
+    let page = listing(&mut client, list("alice", &all, 0, "")).await;
+    assert!(page.signatures.is_empty(), "{page:?}");
+
+    // Requests out of range.
+    for bad in [
+        list("", &[], 0, ""),
+        list("alice", &[], 1001, ""),
+        list("alice", &[SignatureState::Expired], 0, ""),
+        list("alice", &[], 0, "not-a-token"),
+    ] {
+        assert_eq!(
+            refused(client.list_signatures(bad).await),
+            Reason::InvalidRequest
+        );
+    }
+    let mut bad_state = list("alice", &[], 0, "");
+    bad_state.states = vec![42];
+    assert_eq!(
+        refused(client.list_signatures(bad_state).await),
+        Reason::InvalidRequest
+    );
+}
+
+async fn revoke_subject_revokes_only_what_is_issued(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let mut signatures = Vec::new();
+    for i in 0..4 {
+        let issued = client
+            .issue_signature(issue_for("carol", &format!("c-{i}"), 0))
+            .await
+            .unwrap()
+            .into_inner();
+        signatures.push(issued.signature);
+    }
+    let dave = client
+        .issue_signature(issue_for("dave", "d", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .signature;
+    client
+        .consume_signature(consume_req(&signatures[0]))
+        .await
+        .unwrap();
+
+    assert_eq!(revoke_subject(&mut client, "carol").await, 3);
+    for signature in &signatures[1..] {
+        assert_eq!(
+            refused(client.consume_signature(consume_req(signature)).await),
+            Reason::SignatureRevoked
+        );
+    }
+    // The consumed one stays consumed.
+    let state = client
+        .verify_signature(VerifySignatureRequest {
+            signature: signatures[0].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
+    assert_eq!(state, SignatureState::Consumed as i32);
+    // Nothing left to revoke; nothing ISSUED listed.
+    assert_eq!(revoke_subject(&mut client, "carol").await, 0);
+    assert!(
+        listing(&mut client, list("carol", &[], 0, ""))
+            .await
+            .signatures
+            .is_empty()
+    );
+    let revoked = listing(
+        &mut client,
+        list("carol", &[SignatureState::Revoked], 0, ""),
+    )
+    .await;
+    assert_eq!(revoked.signatures.len(), 3);
+    // Another subject is untouched; an unknown one has nothing.
+    client.consume_signature(consume_req(&dave)).await.unwrap();
+    assert_eq!(revoke_subject(&mut client, "nobody").await, 0);
+    assert_eq!(
+        refused(client.revoke_subject(RevokeSubjectRequest::default()).await),
+        Reason::InvalidRequest
+    );
+}
+
+async fn revoke_subject_racing_consume_ends_in_exactly_one(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = server.client().await;
+    let (mut consumed, mut revoked) = (0, 0);
+    for round in 0..30 {
+        let subject = format!("race-{round}");
+        let signature = client
+            .clone()
+            .issue_signature(issue_for(&subject, "r", 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .signature;
+        let (mut a, mut b) = (client.clone(), client.clone());
+        let sig = signature.clone();
+        let consume = tokio::spawn(async move { a.consume_signature(consume_req(&sig)).await });
+        let s = subject.clone();
+        let revoke = tokio::spawn(async move { revoke_subject(&mut b, &s).await });
+        let (consume, revoke) = (consume.await.unwrap(), revoke.await.unwrap());
+        let state = client
+            .clone()
+            .verify_signature(VerifySignatureRequest { signature })
+            .await
+            .unwrap()
+            .into_inner()
+            .state;
+        match consume {
+            Ok(_) => {
+                assert_eq!(revoke, 0, "round {round}: consumed and revoked");
+                assert_eq!(state, SignatureState::Consumed as i32);
+                consumed += 1;
+            }
+            Err(status) => {
+                assert_eq!(reason_of(&status), Reason::SignatureRevoked);
+                assert_eq!(revoke, 1, "round {round}");
+                assert_eq!(state, SignatureState::Revoked as i32);
+                revoked += 1;
+            }
+        }
+    }
+    assert_eq!(consumed + revoked, 30);
+}
+
+fn capped(n: u32) -> Settings {
+    Settings {
+        max_outstanding_per_subject: n,
+        ..Settings::default()
+    }
+}
+
+fn assert_outstanding_refusal(status: &tonic::Status) {
+    assert_eq!(reason_of(status), Reason::RateLimited);
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["quota"], "outstanding");
+    assert!(status.get_details_retry_info().is_none());
+    assert!(
+        status.message().contains("consume or revoke one first"),
+        "{}",
+        status.message()
+    );
+}
+
+async fn outstanding_cap_is_freed_by_consume_revoke_and_expiry(backend: Backend) {
+    let server = TestServer::start_with(backend, capped(3)).await;
+    let mut client = server.client().await;
+    let mut signatures = Vec::new();
+    for i in 0..3 {
+        let issued = client
+            .issue_signature(issue_for("erin", &format!("e-{i}"), 0))
+            .await
+            .unwrap()
+            .into_inner();
+        signatures.push(issued.signature);
+    }
+    let status = client
+        .issue_signature(issue_for("erin", "over", 0))
+        .await
+        .unwrap_err();
+    assert_outstanding_refusal(&status);
+    // The refused one left nothing behind.
+    let page = listing(&mut client, list("erin", &[], 0, "")).await;
+    assert_eq!(page.signatures.len(), 3);
+    // Others are not affected; neither are issues without a subject.
+    client
+        .issue_signature(issue_for("frank", "f", 0))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        client
+            .issue_signature(IssueSignatureRequest::default())
+            .await
+            .unwrap();
+    }
+
+    // A consume frees a slot.
+    client
+        .consume_signature(consume_req(&signatures[0]))
+        .await
+        .unwrap();
+    let fourth = client
+        .issue_signature(issue_for("erin", "e-3", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .signature;
+    assert_outstanding_refusal(
+        &client
+            .issue_signature(issue_for("erin", "over", 0))
+            .await
+            .unwrap_err(),
+    );
+    // So does a revoke.
+    client
+        .revoke_signature(RevokeSignatureRequest {
+            signature: signatures[1].clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .issue_signature(issue_for("erin", "e-4", 0))
+        .await
+        .unwrap();
+    // And RevokeSubject frees them all.
+    assert_eq!(revoke_subject(&mut client, "erin").await, 3);
+    let _ = fourth;
+    for i in 0..3 {
+        client
+            .issue_signature(issue_for("erin", &format!("short-{i}"), 10))
+            .await
+            .unwrap();
+    }
+    assert_outstanding_refusal(
+        &client
+            .issue_signature(issue_for("erin", "over", 0))
+            .await
+            .unwrap_err(),
+    );
+    // Expiry: once past expireTime plus the leeway, they no longer count.
+    server.clock.advance(10 + LEEWAY);
+    assert_outstanding_refusal(
+        &client
+            .issue_signature(issue_for("erin", "over", 0))
+            .await
+            .unwrap_err(),
+    );
+    server.clock.advance(1);
+    for i in 0..3 {
+        client
+            .issue_signature(issue_for("erin", &format!("later-{i}"), 0))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_holds_for_40_racers_on_two_replicas_sharing_one_redis() {
+    let redis = RedisServer::start();
+    let keys = keys_dir();
+    let url = redis.url();
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--max-outstanding-per-subject",
+        "5",
+    ];
+    let a = ServerProcess::start(keys.path(), &args);
+    let b = ServerProcess::start(keys.path(), &args);
+    let (ca, cb) = (connect(a.addr).await, connect(b.addr).await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut client = if i % 2 == 0 { ca.clone() } else { cb.clone() };
+        tasks.push(tokio::spawn(async move {
+            client.issue_signature(issue_for("mallory", "m", 0)).await
+        }));
+    }
+    let mut ok = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) => ok.push(r.into_inner().signature),
+            Err(status) => assert_outstanding_refusal(&status),
+        }
+    }
+    assert_eq!(ok.len(), 5);
+    // Exactly five records for her, and her index holds exactly those.
+    let out = redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let sig_keys = redis.cli(&["KEYS", "vodsigner:sig:*"]).unwrap_or_default();
+    assert_eq!(sig_keys.lines().count(), 5, "{sig_keys}");
+    // A consume on one replica frees a slot on the other.
+    let (mut ca, mut cb) = (ca, cb);
+    ca.consume_signature(consume_req(&ok[0])).await.unwrap();
+    cb.issue_signature(issue_for("mallory", "m", 0))
+        .await
+        .unwrap();
+    assert_outstanding_refusal(
+        &ca.issue_signature(issue_for("mallory", "m", 0))
+            .await
+            .unwrap_err(),
+    );
+}
+
+#[tokio::test]
+async fn no_subject_no_index() {
+    let server = TestServer::start(Backend::Redis).await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        let s = client
+            .issue_signature(IssueSignatureRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .signature;
+        client.consume_signature(consume_req(&s)).await.unwrap();
+    }
+    let redis = server.redis.as_ref().unwrap();
+    assert_eq!(
+        redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default(),
+        ""
+    );
+    // With a subject: two index keys under the subject's hash tag.
+    client
+        .issue_signature(issue_for("grace", "g", 0))
+        .await
+        .unwrap();
+    let keys = redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default();
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with("vodsigner:sub:{")),
+        "{keys:?}"
+    );
+}
+
+/// `used_memory` of a Redis, bytes.
+fn used_memory(redis: &RedisServer) -> i64 {
+    let info = redis.cli(&["INFO", "memory"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The README's figure: Redis memory per issued record, with and without a subject.
+/// `cargo test --test subjects -- --ignored --nocapture measure_index_memory`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_index_memory() {
+    const N: u64 = 10_000;
+    for (label, subjects) in [
+        ("no subject", 0u64),
+        ("1 000 subjects x 10", 1_000),
+        ("10 000 subjects x 1", 10_000),
+        ("1 subject x 10 000", 1),
+    ] {
+        let server = TestServer::start(Backend::Redis).await;
+        let mut client = server.client().await;
+        let redis = server.redis.as_ref().unwrap();
+        let before = used_memory(redis);
+        for i in 0..N {
+            let subject = if subjects == 0 {
+                String::new()
+            } else {
+                format!("user-{}", i % subjects)
+            };
+            client
+                .issue_signature(IssueSignatureRequest {
+                    subject,
+                    policy: Some(UploadPolicy {
+                        source_context: format!("user-{}/upload-{i}", i % 1000),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let after = used_memory(redis);
+        println!(
+            "{label}: {} bytes per issued record ({} keys)",
+            (after - before) / N as i64,
+            redis.cli(&["DBSIZE"]).unwrap()
+        );
+    }
+}
