@@ -99,21 +99,101 @@ async fn two_replicas_share_one_redis() {
     );
 }
 
+/// SIGTERM with a call in flight (held by a stalled Redis): the health probe port reports
+/// NOT_SERVING while the call is still running, new connections are refused, the call in
+/// flight finishes with success, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_turns_health_off_and_exits_zero() {
+async fn sigterm_turns_health_off_drains_and_exits_zero() {
+    use common::proxy::{Fault, FaultProxy};
+    const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port).await;
     let keys = keys_dir();
-    let mut server = ServerProcess::start(keys.path(), &[]);
+    let timeout_ms = STORE_TIMEOUT.as_millis().to_string();
+    let mut server = ServerProcess::start(
+        keys.path(),
+        &[
+            "--redis-url",
+            &proxy.url(),
+            "--store-timeout-ms",
+            &timeout_ms,
+            "--health-listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "20",
+        ],
+    );
+    let probes = server.logged_addr("serving plaintext health probes");
+    let metrics = server.metrics_addr();
+    wait_health(server.addr, "", true, STORE_TIMEOUT).await;
     let mut client = connect(server.addr).await;
-    client
-        .issue_signature(IssueSignatureRequest::default())
+    // Load the consume script, so the consume below is one round trip.
+    let issue =
+        async |client: &mut vod_signer::proto::signature_service_client::SignatureServiceClient<
+            tonic::transport::Channel,
+        >| {
+            client
+                .issue_signature(IssueSignatureRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .signature
+        };
+    let warm = issue(&mut client).await;
+    client.consume_signature(consume_req(&warm)).await.unwrap();
+    let sig = issue(&mut client).await;
+
+    // Redis stops answering (within the store timeout): the consume stays in flight.
+    proxy.set(Fault::Stall);
+    let in_flight = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.consume_signature(consume_req(&sig)).await })
+    };
+    let deadline = std::time::Instant::now() + STORE_TIMEOUT / 2;
+    while scrape(metrics)
         .await
-        .unwrap();
-    let started = std::time::Instant::now();
+        .value("vodsigner_inflight_requests", &[])
+        != Some(1.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consume never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     server.terminate();
-    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
-    eprintln!("exit took {:?}", started.elapsed());
+    // Probes see NOT_SERVING, overall and for the service, while the call is still running.
+    wait_health(probes, "", false, STORE_TIMEOUT / 2).await;
+    assert_eq!(
+        health(probes, "vodsigner.v1.SignatureService").await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
+    );
+    // No new connections: the listener is closed as the drain starts.
+    let deadline = std::time::Instant::now() + STORE_TIMEOUT / 2;
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting connections while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the call was still in flight during all of the above"
+    );
+
+    // Redis answers again: the call in flight finishes, then the process exits 0.
+    proxy.set(Fault::Pass);
+    let consumed = tokio::time::timeout(STORE_TIMEOUT, in_flight)
+        .await
+        .expect("the call in flight finished")
+        .unwrap();
+    consumed.expect("the call in flight finished with success");
+    assert_eq!(server.exited(Duration::from_secs(25)).await, Some(0));
     let log = server.stderr.lock().unwrap().join("\n");
     assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("drained: exiting"), "{log}");
 }
 
 #[tokio::test]
