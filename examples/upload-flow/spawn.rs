@@ -120,6 +120,38 @@ impl Redis {
     }
 }
 
+/// The address in vod-signer's `serving gRPC addr=...` log line (text format), waited for up
+/// to `within`.
+fn serving_addr(
+    child: &mut Killed,
+    log: &Mutex<Vec<String>>,
+    within: Duration,
+) -> Result<SocketAddr, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = log.lock().unwrap().iter().find_map(|line| {
+            let rest = line.split("serving gRPC").nth(1)?;
+            let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+            addr.parse::<SocketAddr>().ok()
+        });
+        if let Some(addr) = found {
+            return Ok(addr);
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Err(format!(
+                "vod-signer exited ({status}):\n{}",
+                log.lock().unwrap().join("\n")
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "vod-signer did not log its address within {within:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Why a Redis did not start: its port was taken (try another), or anything else.
 enum StartError {
     Taken(String),
@@ -185,11 +217,12 @@ impl Signer {
             crate::web::random_hex(20) + "\n",
         )
         .map_err(|e| e.to_string())?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        // Port 0: the system picks a free port, which nobody can take first; the address
+        // is read back from the "serving gRPC" log line.
         let mut command = Command::new(binary);
         command
             .arg("serve")
-            .args(["--listen", &addr.to_string(), "--metrics-listen", "off"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
             .arg("--keys-dir")
             .arg(keys.path())
             .args(["--active-key", SECRET_ID, "--redis-url", redis_url])
@@ -218,6 +251,8 @@ impl Signer {
                 sink.lock().unwrap().push(line);
             }
         });
+        let mut child = child;
+        let addr = serving_addr(&mut child, &log, Duration::from_secs(20))?;
         let mut signer = Signer {
             addr,
             log,
