@@ -15,8 +15,17 @@ use vod_signer::reason::Reason;
 async fn two_replicas_share_one_redis() {
     let redis = RedisServer::start();
     let keys = keys_dir();
-    let a = ServerProcess::start(keys.path(), &["--redis-url", &redis.url()]);
-    let b = ServerProcess::start(keys.path(), &["--redis-url", &redis.url()]);
+    // What the replicas answer is under test, not how fast: the semantic suites' store
+    // timeout, so a busy machine does not turn a refusal into STORE_UNAVAILABLE.
+    let timeout_ms = SEMANTIC_STORE_TIMEOUT.as_millis().to_string();
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--store-timeout-ms",
+        &timeout_ms,
+    ];
+    let a = ServerProcess::start(keys.path(), &args);
+    let b = ServerProcess::start(keys.path(), &args);
     let (mut ca, mut cb) = (connect(a.addr).await, connect(b.addr).await);
 
     // Issued on A, consumed on B, refused on A.
