@@ -430,6 +430,13 @@ impl TestServer {
         server
     }
 
+    /// Now, Unix seconds, as the service sees it (its clock stands still until moved): the
+    /// time to forge signatures' timestamps from, not the system's.
+    pub fn now(&self) -> i64 {
+        use vod_signer::clock::Clock as _;
+        self.clock.now()
+    }
+
     /// A client of this server.
     pub async fn client(&self) -> SignatureServiceClient<Channel> {
         connect(self.addr).await
