@@ -344,7 +344,8 @@ impl<S: Store> Store for Instrumented<S> {
         subject: &str,
         now: i64,
     ) -> Result<RecordState, StoreError> {
-        self.measure("revoke", self.inner.revoke_in_subject(key, subject, now)).await
+        self.measure("revoke", self.inner.revoke_in_subject(key, subject, now))
+            .await
     }
 
     async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {

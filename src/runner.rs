@@ -181,8 +181,11 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(store, keys, settings, events, metrics);
-            serve(listener, signer, options, shutdown_signal()).await
+            let signer = assemble(store, keys, settings, events.clone(), metrics);
+            let drain = options.drain_timeout;
+            let served = serve(listener, signer, options, shutdown_signal()).await;
+            flush_events(&*events, drain).await;
+            served
         }
         None => {
             warn!(
@@ -198,13 +201,24 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
                 Arc::new(MemoryStore::new()),
                 keys,
                 settings,
-                events,
+                events.clone(),
                 metrics,
             );
-            serve(listener, signer, options, shutdown_signal()).await
+            let drain = options.drain_timeout;
+            let served = serve(listener, signer, options, shutdown_signal()).await;
+            flush_events(&*events, drain).await;
+            served
         }
     };
     served.map_err(|e| format!("server failed: {e}"))
+}
+
+/// After the drain: the events of the calls served are written before the process exits
+/// (bounded by `within`; past it they are lost, as when Redis is away).
+async fn flush_events(events: &dyn EventLog, within: Duration) {
+    if tokio::time::timeout(within, events.flush()).await.is_err() {
+        warn!("audit events still queued at exit were not written in time; dropped");
+    }
 }
 
 /// The Redis settings from the flags; secrets come from files or the environment.

@@ -51,8 +51,28 @@ async fn refusals_are_reasons_and_retries_are_safe() {
     // The reply of the first attempt is lost; the client retries with the same key and gets
     // the success the first attempt earned.
     proxy.set(Fault::LoseReplies);
+    let random = vod_signer::signature::parse(&sig).unwrap().claims.random;
+    let record_key = format!("vodsigner:sig:{SECRET_ID}:{random}");
+    let redis_port = server.redis.as_ref().unwrap().port;
     let heal = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Heals once Redis applied the consume (read directly, not through the proxy) and
+        // the proxy lost a reply: the attempt's outcome was unknown to the client. Bounded
+        // by the client's attempts (3 of at most 2 s each).
+        let applied = || {
+            std::process::Command::new("redis-cli")
+                .args(["-p", &redis_port.to_string(), "GET", &record_key])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).starts_with("v1|consumed|"))
+                .unwrap_or(false)
+        };
+        tokio::time::timeout(Duration::from_secs(6), async {
+            proxy.replies_lost(1).await;
+            while !applied() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the consume reached Redis while replies were lost");
         proxy.set(Fault::Pass);
         proxy
     });

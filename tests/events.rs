@@ -32,6 +32,15 @@ fn issue_for(subject: &str, source_context: &str) -> IssueSignatureRequest {
     }
 }
 
+/// SIGTERM, and waits (bounded by the default `--drain-timeout`, 20 s) for a clean exit. The
+/// wait is async: this test's runtime must keep running the client's connection, which the
+/// draining server waits for to close.
+async fn stop_gracefully(server: &mut ServerProcess) {
+    server.terminate();
+    assert_eq!(server.exited(Duration::from_secs(25)).await, Some(0));
+    server.wait_log(&["drained: exiting"], Duration::from_secs(1));
+}
+
 #[tokio::test]
 async fn redis_stream_watch_resume_and_filter() {
     let redis = RedisServer::start();
@@ -52,7 +61,8 @@ async fn redis_stream_watch_resume_and_filter() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watchers take their starting point
+    // No wait here: WatchEvents answers (its headers) only once the watch has fixed its
+    // starting point, so every event published from now on is seen.
 
     let reply = client
         .issue_signature(issue_for("user-42", "user-42/upload-1"))
@@ -142,7 +152,7 @@ async fn redis_stream_watch_resume_and_filter() {
 async fn the_stream_stays_capped() {
     let redis = RedisServer::start();
     let keys = keys_dir();
-    let server = ServerProcess::start(
+    let mut server = ServerProcess::start(
         keys.path(),
         &["--redis-url", &redis.url(), "--events-maxlen", "50"],
     );
@@ -153,7 +163,13 @@ async fn the_stream_stays_capped() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await; // the writer flushes its batches
+    // A drained server has written every event of the calls it served before it exits.
+    stop_gracefully(&mut server).await;
+    let added = redis.cli(&["XINFO", "STREAM", "vodsigner:events"]).unwrap();
+    assert!(
+        added.contains("entries-added\n600"),
+        "all 600 events were written: {added}"
+    );
     let len: u64 = redis
         .cli(&["XLEN", "vodsigner:events"])
         .unwrap()
@@ -167,7 +183,7 @@ async fn the_stream_stays_capped() {
 async fn events_can_be_turned_off() {
     let redis = RedisServer::start();
     let keys = keys_dir();
-    let server = ServerProcess::start(
+    let mut server = ServerProcess::start(
         keys.path(),
         &["--redis-url", &redis.url(), "--events-maxlen", "0"],
     );
@@ -180,7 +196,8 @@ async fn events_can_be_turned_off() {
         refused(client.watch_events(WatchEventsRequest::default()).await),
         Reason::InvalidRequest
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A drained server has written whatever events it had before it exits: none.
+    stop_gracefully(&mut server).await;
     assert_eq!(redis.cli(&["EXISTS", "vodsigner:events"]).unwrap(), "0");
 }
 
@@ -216,12 +233,25 @@ async fn in_memory_events_go_to_the_log_and_to_watchers() {
         Reason::InvalidRequest
     );
 
-    let log = server.stderr.lock().unwrap().join("\n");
-    let audit: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "audit event")
-        .collect();
+    // The log lines were written before the watcher got the events; the thread reading the
+    // child's stderr may still be behind, so poll it (bounded).
+    let audit_lines = || {
+        let log = server.stderr.lock().unwrap().join("\n");
+        let audit: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "audit event")
+            .collect();
+        (log, audit)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (log, audit) = loop {
+        let (log, audit) = audit_lines();
+        if audit.len() >= 2 || std::time::Instant::now() > deadline {
+            break (log, audit);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(audit.len(), 2, "{log}");
     assert_eq!(
         (

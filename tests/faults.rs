@@ -282,17 +282,23 @@ async fn redis_killed_and_restarted_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_during_a_burst_lose_no_consume_and_double_none() {
+    const CALLS: usize = 200;
     let (server, proxy) = behind_proxy(Settings::default()).await;
     let mut client = server.client().await;
     let mut sigs = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..CALLS {
         sigs.push(issue(&mut client).await);
     }
+    // Owners done so far: the cuts are paced by the burst's progress, not by a timer.
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
+    let done_tx = Arc::new(done_tx);
     let mut tasks = Vec::new();
     for (i, sig) in sigs.iter().enumerate() {
         let mut client = client.clone();
         let sig = sig.clone();
+        let done_tx = done_tx.clone();
         tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
             let owner = consume_retrying(
                 &mut client,
                 &sig,
@@ -300,6 +306,8 @@ async fn connections_cut_during_a_burst_lose_no_consume_and_double_none() {
                 Duration::from_secs(20),
             )
             .await;
+            let end = Instant::now();
+            done_tx.send_modify(|n| *n += 1);
             // A replay racing the owner, with its own key.
             let replay = consume_retrying(
                 &mut client,
@@ -308,16 +316,25 @@ async fn connections_cut_during_a_burst_lose_no_consume_and_double_none() {
                 Duration::from_secs(20),
             )
             .await;
-            (owner, replay)
+            (owner, replay, start..end)
         }));
     }
-    for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(15)).await;
+    let mut cuts = Vec::new();
+    for threshold in [10, 40, 70, 100, 130, 160] {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            done_rx.wait_for(|n| *n >= threshold),
+        )
+        .await
+        .expect("the burst progresses")
+        .unwrap();
+        cuts.push(Instant::now());
         proxy.cut_all();
     }
     let mut consumed_at = HashMap::new();
+    let mut calls = Vec::new();
     for (i, task) in tasks.into_iter().enumerate() {
-        let (owner, replay) = task.await.unwrap();
+        let (owner, replay, call) = task.await.unwrap();
         let at = owner.unwrap_or_else(|r| panic!("signature {i}: owner refused with {r}"));
         assert_eq!(
             replay,
@@ -325,8 +342,17 @@ async fn connections_cut_during_a_burst_lose_no_consume_and_double_none() {
             "signature {i} accepted twice"
         );
         consumed_at.insert(i, at);
+        calls.push(call);
     }
-    assert_eq!(consumed_at.len(), 200);
+    assert_eq!(consumed_at.len(), CALLS);
+    // Every cut hit owners' consumes in flight (started before it, finished after it).
+    for (n, cut) in cuts.iter().enumerate() {
+        let in_flight = calls.iter().filter(|c| c.contains(cut)).count();
+        assert!(
+            in_flight > 0,
+            "cut {n} happened while no owner's consume was in flight"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,9 +415,23 @@ async fn the_callers_deadline_is_respected() {
     );
 }
 
+/// The in-process server drains: with a consume held in flight by a stalled Redis, the
+/// shutdown stops accepting connections at once, waits for the call, and it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_calls_in_flight() {
-    let (server, proxy) = behind_proxy(Settings::default()).await;
+    // A store timeout well above the time the test holds Redis back.
+    const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port).await;
+    let store = Arc::new(redis_store_within(
+        &proxy.url(),
+        "vodsigner:",
+        STORE_TIMEOUT,
+    ));
+    let options = test_options();
+    let drain = options.drain_timeout;
+    let server =
+        TestServer::start_configured(store, Some(redis), Settings::default(), options).await;
     let mut client = server.client().await;
     // Load the script, so the consume below is one round trip.
     let warm = issue(&mut client).await;
@@ -400,16 +440,35 @@ async fn shutdown_drains_calls_in_flight() {
         .await
         .unwrap();
     let sig = issue(&mut client).await;
-    proxy.set(Fault::Delay(Duration::from_millis(150)));
+    proxy.set(Fault::Stall);
     let in_flight = {
         let mut client = client.clone();
         tokio::spawn(async move { client.consume_signature(consume_with(&sig, "")).await })
     };
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    let deadline = Instant::now() + STORE_TIMEOUT / 2;
+    loop {
+        let exposition = Exposition::parse(server.metrics.encode());
+        if exposition.value("vodsigner_inflight_requests", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the consume never got in flight");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let addr = server.addr;
     let started = Instant::now();
-    server.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let shutdown = tokio::spawn(server.shutdown());
+    let deadline = Instant::now() + STORE_TIMEOUT / 2;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting while draining");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!in_flight.is_finished() && !shutdown.is_finished());
+    proxy.set(Fault::Pass);
+    tokio::time::timeout(drain, shutdown)
+        .await
+        .expect("drained within the drain timeout")
+        .unwrap();
+    assert!(started.elapsed() < drain);
     in_flight
         .await
         .unwrap()

@@ -93,8 +93,8 @@ fn errors_naming(server: &ServerProcess, needle: &str) -> Vec<serde_json::Value>
 /// `vodsigner_active_key_missing`, scraped from `/metrics`.
 async fn active_key_missing(metrics: SocketAddr) -> f64 {
     let body = scrape(metrics).await;
-    sample(&body, "vodsigner_active_key_missing")
-        .unwrap_or_else(|| panic!("no vodsigner_active_key_missing in {body}"))
+    body.value("vodsigner_active_key_missing", &[])
+        .unwrap_or_else(|| panic!("no vodsigner_active_key_missing in {}", body.text))
 }
 
 /// Issues with `secret_id` (empty: the active key); the signature and the SecretId it names.
@@ -237,9 +237,14 @@ async fn removing_the_active_key_refuses_issuing_until_it_is_back() {
         "no error line naming the missing active key: {lines:#?}"
     );
     let body = scrape(metrics).await;
-    assert!(
-        body.contains(r#"result="NO_ACTIVE_KEY""#),
-        "refusals are counted by reason: {body}"
+    assert_eq!(
+        body.value(
+            "vodsigner_requests_total",
+            &[("rpc", "IssueSignature"), ("result", "NO_ACTIVE_KEY")]
+        ),
+        Some(1.0),
+        "refusals are counted by reason: {}",
+        body.text
     );
 
     // The new key verifies, consumes and, named explicitly, issues.

@@ -48,65 +48,81 @@ async fn counts_are_exact_after_known_calls() {
     client.verify_signature(bad).await.unwrap_err();
 
     let text = scrape(metrics).await;
-    let count = |series: &str| {
-        sample(&text, series).unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        text.value(name, labels)
+            .unwrap_or_else(|| panic!("{name}{labels:?} missing in:\n{}", text.text))
     };
+    let requests = "vodsigner_requests_total";
     assert_eq!(
-        count(r#"vodsigner_requests_total{rpc="IssueSignature",result="ok"}"#),
+        count(requests, &[("rpc", "IssueSignature"), ("result", "ok")]),
         3.0
     );
     assert_eq!(
-        count(r#"vodsigner_requests_total{rpc="ConsumeSignature",result="ok"}"#),
+        count(requests, &[("rpc", "ConsumeSignature"), ("result", "ok")]),
         2.0
     );
     assert_eq!(
         count(
-            r#"vodsigner_requests_total{rpc="ConsumeSignature",result="SIGNATURE_ALREADY_USED"}"#
+            requests,
+            &[
+                ("rpc", "ConsumeSignature"),
+                ("result", "SIGNATURE_ALREADY_USED")
+            ]
         ),
         1.0
     );
     assert_eq!(
-        count(r#"vodsigner_requests_total{rpc="VerifySignature",result="SIGNATURE_MALFORMED"}"#),
+        count(
+            requests,
+            &[
+                ("rpc", "VerifySignature"),
+                ("result", "SIGNATURE_MALFORMED")
+            ]
+        ),
         1.0
     );
     assert_eq!(
-        count(r#"vodsigner_request_duration_seconds_count{rpc="ConsumeSignature"}"#),
+        count(
+            "vodsigner_request_duration_seconds_count",
+            &[("rpc", "ConsumeSignature")]
+        ),
         3.0
     );
-    assert_eq!(
-        count(r#"vodsigner_request_duration_seconds_bucket{le="+Inf",rpc="IssueSignature"}"#),
-        3.0
-    );
-    assert!(
-        text.contains(
-            r#"vodsigner_request_duration_seconds_bucket{le="0.001",rpc="IssueSignature"}"#
+    let issue_buckets = text
+        .buckets(
+            "vodsigner_request_duration_seconds",
+            &[("rpc", "IssueSignature")],
         )
+        .unwrap_or_else(|| panic!("no IssueSignature histogram in:\n{}", text.text));
+    assert_eq!(issue_buckets.last(), Some(&(f64::INFINITY, 3.0)));
+    assert!(
+        issue_buckets.iter().any(|(le, _)| *le == 0.001),
+        "{issue_buckets:?}"
     );
     // Three consumes reached the store (the malformed verify never did).
-    assert_eq!(
-        count(r#"vodsigner_store_duration_seconds_count{op="consume"}"#),
-        3.0
-    );
-    assert_eq!(
-        count(r#"vodsigner_store_duration_seconds_count{op="issue"}"#),
-        3.0
-    );
-    assert_eq!(count("vodsigner_inflight_requests"), 0.0);
-    assert_eq!(count("vodsigner_store_up"), 1.0);
-    assert_eq!(count(r#"vodsigner_build_info{version="0.1.0"}"#), 1.0);
+    let store = "vodsigner_store_duration_seconds_count";
+    assert_eq!(count(store, &[("op", "consume")]), 3.0);
+    assert_eq!(count(store, &[("op", "issue")]), 3.0);
+    assert_eq!(count("vodsigner_inflight_requests", &[]), 0.0);
+    assert_eq!(count("vodsigner_store_up", &[]), 1.0);
+    assert_eq!(count("vodsigner_build_info", &[("version", "0.1.0")]), 1.0);
     // Nothing from a request is a label.
     assert!(
-        !text.contains("user-secret-subject") && !text.contains(SECRET_ID),
-        "{text}"
+        !text.text.contains("user-secret-subject") && !text.text.contains(SECRET_ID),
+        "{}",
+        text.text
     );
 
     redis.stop();
     wait_health(server.addr, "", false, Duration::from_secs(5)).await;
     let text = scrape(metrics).await;
-    assert_eq!(sample(&text, "vodsigner_store_up"), Some(0.0));
+    assert_eq!(text.value("vodsigner_store_up", &[]), Some(0.0));
     assert!(
-        sample(&text, r#"vodsigner_store_errors_total{op="ping"}"#).unwrap_or(0.0) >= 1.0,
-        "{text}"
+        text.value("vodsigner_store_errors_total", &[("op", "ping")])
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        text.text
     );
 }
 
@@ -138,7 +154,7 @@ async fn the_in_memory_store_reports_its_records() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         // Updated with each health check (every 100 ms in tests).
-        if sample(&scrape(metrics).await, "vodsigner_store_records") == Some(3.0) {
+        if scrape(metrics).await.value("vodsigner_store_records", &[]) == Some(3.0) {
             break;
         }
         assert!(

@@ -105,30 +105,56 @@ async fn exact_count_at_the_limit(backend: Backend) {
 }
 
 async fn the_window_rolls_over(backend: Backend) {
+    // 3 per 3 s: one more every second (the interval), a burst of 3 (2 s of tolerance).
+    const INTERVAL: Duration = Duration::from_secs(1);
+    const TOLERANCE: Duration = Duration::from_secs(2);
     let server =
         TestServer::start_with(backend, with_quotas(&[(Scope::Subject, "subject", "3/3s")])).await;
     let mut client = server.client().await;
     for _ in 0..3 {
         client.issue_signature(for_subject("carol")).await.unwrap();
     }
+    let asked = Instant::now();
     let status = client
         .issue_signature(for_subject("carol"))
         .await
         .unwrap_err();
+    assert_eq!(reason_of(&status), Reason::RateLimited);
     let wait = status
         .get_details_retry_info()
         .unwrap()
         .retry_delay
         .unwrap();
-    assert!(wait <= Duration::from_secs(1), "{wait:?}");
-    tokio::time::sleep(wait + Duration::from_millis(50)).await;
-    client.issue_signature(for_subject("carol")).await.unwrap();
-    assert_eq!(
-        refused(client.issue_signature(for_subject("carol")).await),
-        Reason::RateLimited
+    assert!(wait <= INTERVAL, "{wait:?}");
+    // Polled, not slept: refused until the delay the refusal named, allowed from then on.
+    let deadline = asked + wait + SEMANTIC_STORE_TIMEOUT;
+    let allowed_at = loop {
+        match client.issue_signature(for_subject("carol")).await {
+            Ok(_) => break Instant::now(),
+            Err(status) => assert_eq!(reason_of(&status), Reason::RateLimited),
+        }
+        assert!(Instant::now() < deadline, "still refused after {wait:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The quota's clock counts whole milliseconds: a few of them of slack.
+    assert!(
+        allowed_at + Duration::from_millis(5) >= asked + wait,
+        "allowed {:?} after the refusal, before its retry delay {wait:?}",
+        allowed_at - asked
     );
-    // A whole period of silence brings the whole burst back.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let status = client
+        .issue_signature(for_subject("carol"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&status), Reason::RateLimited);
+    let wait = status
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
+    // A whole burst's worth of silence brings the whole burst back. This sleep is the
+    // silence under test (the quota runs on the store's clock, which a test cannot move).
+    tokio::time::sleep(wait + TOLERANCE + Duration::from_millis(5)).await;
     for _ in 0..3 {
         client.issue_signature(for_subject("carol")).await.unwrap();
     }

@@ -211,3 +211,31 @@ async fn custom_key_prefix() {
     let keys = server.redis.as_ref().unwrap().cli(&["KEYS", "*"]).unwrap();
     assert_eq!(keys, format!("tenant-a:sig:{SECRET_ID}:{random}"));
 }
+
+/// The harness itself: a port taken by another Redis (a lost race after `free_port`) is never
+/// mistaken for the test's own server. On a port the test chose, the start fails loudly; on
+/// a picked port, another one is picked and the server answering is the test's own.
+#[test]
+fn a_taken_port_is_never_mistaken_for_our_own_redis() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static TAKEN: AtomicU16 = AtomicU16::new(0);
+    let other = RedisServer::start();
+    other.cli(&["SET", "owner", "the other test"]).unwrap();
+
+    let fixed = std::panic::catch_unwind(|| RedisServer::start_on(other.port));
+    assert!(fixed.is_err(), "started on a port another Redis holds");
+
+    TAKEN.store(other.port, Ordering::SeqCst);
+    // The first pick loses the race (the other Redis has it); the next ones are free.
+    let pick = || match TAKEN.swap(0, Ordering::SeqCst) {
+        0 => free_port(),
+        taken => taken,
+    };
+    let ours = RedisServer::start_configured_picking(pick, &[], &[]);
+    assert_ne!(ours.port, other.port);
+    assert_eq!(ours.cli(&["EXISTS", "owner"]).as_deref(), Some("0"));
+    assert_eq!(
+        other.cli(&["GET", "owner"]).as_deref(),
+        Some("the other test")
+    );
+}

@@ -353,9 +353,18 @@ async fn certificate_files_reload_without_a_restart() {
 
     // cert-manager style: new files appear under the same names.
     let new = new_ca.leaf(&["localhost"]);
-    std::thread::sleep(Duration::from_millis(1100)); // a different modification time
     write(files.path(), "tls.key.tmp", &new.key);
     write(files.path(), "tls.crt.tmp", &new.cert);
+    // A different modification time, set rather than waited for (coarse file systems).
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    for name in ["tls.key.tmp", "tls.crt.tmp"] {
+        std::fs::File::options()
+            .write(true)
+            .open(files.path().join(name))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
     std::fs::rename(files.path().join("tls.key.tmp"), &key).unwrap();
     std::fs::rename(files.path().join("tls.crt.tmp"), &cert).unwrap();
 
@@ -432,8 +441,18 @@ async fn keys_rotate_without_a_restart() {
 
     // A bad file name is skipped (logged); the other keys stay in force.
     std::fs::write(dir.path().join("bad name"), "x").unwrap();
+    let reloads_before = reloads_done(&server);
     hangup(&server);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Waits for that reload to be done (its log line), not for a time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads_done(&server) <= reloads_before {
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP reload did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.wait_log(&["bad name", "skipped"], Duration::from_secs(1));
     client
         .verify_signature(VerifySignatureRequest {
             signature: old_sig.clone(),
@@ -482,6 +501,18 @@ async fn keys_rotate_without_a_restart() {
         !log.contains("key-one") && !log.contains("key-two"),
         "a key leaked into the log"
     );
+}
+
+/// How many key reloads the server has finished (its `keys reload done` lines).
+fn reloads_done(server: &ServerProcess) -> usize {
+    server
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "keys reload done")
+        .count()
 }
 
 fn hangup(server: &ServerProcess) {

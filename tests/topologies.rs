@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::topology::{RedisCluster, SentinelGroup};
@@ -28,7 +29,13 @@ struct Ledger {
 
 /// Issues `n` signatures (retrying through outages), then for each runs an owner consume and
 /// a racing replay with another key, both retrying while the store is unavailable.
-async fn burst(client: &SignatureServiceClient<Channel>, n: usize, within: Duration) -> Ledger {
+/// `done` counts the signatures whose owner and replay both finished.
+async fn burst(
+    client: &SignatureServiceClient<Channel>,
+    n: usize,
+    within: Duration,
+    done: Arc<AtomicUsize>,
+) -> Ledger {
     let mut sigs = Vec::new();
     let mut issuer = client.clone();
     while sigs.len() < n {
@@ -46,12 +53,15 @@ async fn burst(client: &SignatureServiceClient<Channel>, n: usize, within: Durat
     let mut tasks = Vec::new();
     for (i, sig) in sigs.into_iter().enumerate() {
         let (mut a, mut b) = (client.clone(), client.clone());
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let (owner, replay) = (format!("owner-{i}"), format!("replay-{i}"));
-            tokio::join!(
+            let outcome = tokio::join!(
                 consume_retrying(&mut a, &sig, &owner, within),
                 consume_retrying(&mut b, &sig, &replay, within)
-            )
+            );
+            done.fetch_add(1, Ordering::SeqCst);
+            outcome
         }));
     }
     let mut ledger = Ledger::default();
@@ -71,6 +81,35 @@ async fn burst(client: &SignatureServiceClient<Channel>, n: usize, within: Durat
     ledger
 }
 
+/// Blocks (a bounded poll) until `counter` reaches `n`: faults are injected once a burst is
+/// under way, paced by its progress rather than by a timer.
+fn wait_until(counter: &AtomicUsize, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the load did not reach {n} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Which node id owns each of the 16384 slots, from `CLUSTER NODES` on `node`.
+fn slot_owners(node: &RedisServer) -> Vec<Option<String>> {
+    let mut owners = vec![None; 16384];
+    let nodes = node.cli(&["CLUSTER", "NODES"]).unwrap();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // id addr flags master ping pong epoch link slot...; "[slot->-id]" are migrations.
+        for range in fields.iter().skip(8).filter(|f| !f.starts_with('[')) {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            let (lo, hi) = (lo.parse::<usize>().unwrap(), hi.parse::<usize>().unwrap());
+            owners[lo..=hi].fill(Some(fields[0].to_owned()));
+        }
+    }
+    owners
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_resharding_during_a_burst_loses_no_consume() {
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, false))
@@ -80,7 +119,7 @@ async fn cluster_resharding_during_a_burst_loses_no_consume() {
     let server = TestServer::start_on(store, None, Settings::default()).await;
     let client = server.client().await;
     // Keys land on every master.
-    let _ = burst(&client, 60, Duration::from_secs(5)).await;
+    let _ = burst(&client, 60, Duration::from_secs(5), Arc::default()).await;
     assert!(
         cluster
             .nodes
@@ -90,6 +129,7 @@ async fn cluster_resharding_during_a_burst_loses_no_consume() {
     );
 
     let (from, to) = (cluster.node_id(0), cluster.node_id(1));
+    let before = slot_owners(&cluster.nodes[2]);
     let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
     let reshard = std::thread::spawn(move || {
         Command::new("redis-cli")
@@ -112,7 +152,7 @@ async fn cluster_resharding_during_a_burst_loses_no_consume() {
             .output()
             .unwrap()
     });
-    let ledger = burst(&client, 400, Duration::from_secs(20)).await;
+    let ledger = burst(&client, 400, Duration::from_secs(20), Arc::default()).await;
     let out = reshard.join().unwrap();
     assert!(
         out.status.success(),
@@ -124,11 +164,42 @@ async fn cluster_resharding_during_a_burst_loses_no_consume() {
         "{ledger:?}"
     );
     assert_eq!(ledger.consumed, 400);
-    // The slots really moved.
-    let slots = cluster.nodes[1]
-        .cli(&["CLUSTER", "SHARDS"])
-        .unwrap_or_default();
-    assert!(!slots.is_empty());
+    // The slots really moved: 3000 of node 0's slots are node 1's now, as every node sees
+    // it, and records of the burst live in moved slots on node 1.
+    let (from, to) = (cluster.node_id(0), cluster.node_id(1));
+    let after = slot_owners(&cluster.nodes[1]);
+    let moved: Vec<usize> = (0..16384)
+        .filter(|&slot| before[slot].as_deref() == Some(from.as_str()))
+        .filter(|&slot| after[slot].as_deref() == Some(to.as_str()))
+        .collect();
+    assert_eq!(moved.len(), 3000, "slots moved from node 0 to node 1");
+    // The other nodes learn it by gossip: within two node timeouts (3 s each).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for node in &cluster.nodes {
+        while !{
+            let owners = slot_owners(node);
+            moved
+                .iter()
+                .all(|&s| owners[s].as_deref() == Some(to.as_str()))
+        } {
+            assert!(
+                Instant::now() < deadline,
+                "node {} does not see the moved slots on node 1",
+                node.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let moved_keys: usize = moved
+        .iter()
+        .map(|slot| {
+            let count = cluster.nodes[1]
+                .cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+                .unwrap();
+            count.parse::<usize>().unwrap()
+        })
+        .sum();
+    assert!(moved_keys > 0, "no record lives in a moved slot on node 1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,10 +212,12 @@ async fn cluster_master_restart_during_a_burst() {
     let store = Arc::new(redis_store(&url, "vodsigner:"));
     let server = TestServer::start_on(store, None, Settings::default()).await;
     let client = server.client().await;
+    let done = Arc::new(AtomicUsize::new(0));
     let restarter = {
-        let cluster = cluster.clone();
+        let (cluster, done) = (cluster.clone(), done.clone());
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+            // The master goes down once the burst is under way.
+            wait_until(&done, 30, Duration::from_secs(30));
             let started = Instant::now();
             let mut cluster = cluster.lock().unwrap();
             cluster.nodes[2].kill_and_restart();
@@ -152,7 +225,7 @@ async fn cluster_master_restart_during_a_burst() {
             started.elapsed()
         })
     };
-    let ledger = burst(&client, 300, Duration::from_secs(30)).await;
+    let ledger = burst(&client, 300, Duration::from_secs(30), done.clone()).await;
     let outage = restarter.join().unwrap();
     println!("master restarted, cluster ok again after {outage:?}; {ledger:?}");
     assert!(
@@ -187,12 +260,13 @@ async fn steady_stream(
     workers: usize,
     until: Instant,
     owner_patience: Duration,
+    consumed: Arc<AtomicUsize>,
 ) -> Stream {
     let successes = Arc::new(std::sync::Mutex::new(vec![Instant::now()]));
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (mut mine, mut other) = (replicas[w % 2].clone(), replicas[(w + 1) % 2].clone());
-        let successes = successes.clone();
+        let (successes, consumed) = (successes.clone(), consumed.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen = Stream::default();
             let mut n = 0;
@@ -211,6 +285,7 @@ async fn steady_stream(
                 match consume_retrying(&mut mine, &sig, &owner, owner_patience).await {
                     Ok(_) => {
                         seen.consumed += 1;
+                        consumed.fetch_add(1, Ordering::SeqCst);
                         successes.lock().unwrap().push(Instant::now());
                     }
                     Err(reason) => seen.owner_failures.push((owner, reason)),
@@ -272,8 +347,12 @@ async fn sentinel_failover_under_a_steady_stream_accepts_nothing_twice() {
 
     let old_master = group.master.port;
     let sentinel_port = group.sentinels[0].port;
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let progress = consumed.clone();
     let failover = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
+        // The failover comes once the stream runs (consumes done through both replicas),
+        // early enough in its 25 s for the stream to run well past the failover.
+        wait_until(&progress, 20, Duration::from_secs(15));
         let out = Command::new("redis-cli")
             .args(["-p", &sentinel_port.to_string()])
             .args(["SENTINEL", "FAILOVER", "mymaster"])
@@ -283,7 +362,7 @@ async fn sentinel_failover_under_a_steady_stream_accepts_nothing_twice() {
     });
     // The stream runs on well past the failover and the old master's return as a replica.
     let until = Instant::now() + Duration::from_secs(25);
-    let seen = steady_stream(clients, 16, until, Duration::from_secs(30)).await;
+    let seen = steady_stream(clients, 16, until, Duration::from_secs(30), consumed).await;
     assert_eq!(failover.join().unwrap(), "OK");
     let new_master = group.sentinels[0].master_port().unwrap();
     println!(

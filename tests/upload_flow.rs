@@ -85,22 +85,43 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts chromedriver on a free port; another port when it exits at start (its port was
+    /// taken meanwhile). It must answer its own `/status` while the child is alive.
     fn start(binary: &Path) -> Driver {
-        let port = spawn::free_port();
-        let child = Command::new(binary)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let driver = Driver { port, child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let port = spawn::free_port();
+            let mut child = Command::new(binary)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let up = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    eprintln!("chromedriver on port {port} exited at start ({status})");
+                    break false;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    // Up, and still ours: a chromedriver that lost the port race exits.
+                    break child.try_wait().unwrap().is_none();
+                }
+                assert!(Instant::now() < deadline, "chromedriver did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if up {
+                return Driver { port, child };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                attempt < ATTEMPTS,
+                "chromedriver did not start on {ATTEMPTS} ports"
+            );
         }
-        driver
+        unreachable!()
     }
 }
 
@@ -354,7 +375,15 @@ async fn upload_flow_in_a_browser() {
         )))
         .await
         .expect("the page lists the notification");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Exactly one: once the gateway has no webhook left to deliver, none can come later.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while flow.gateway.webhooks_pending() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let notifications = flow.app.notifications();
     assert_eq!(notifications.len(), 1, "{notifications:?}");
     let notification = &notifications[0];

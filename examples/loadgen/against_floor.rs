@@ -362,8 +362,14 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
             "failed": failed,
         }));
     }
-    let memory = record_memory(&args, &clients[1], &redis, &pids_of(signer_guard.pid()), deadline)
-        .await;
+    let memory = record_memory(
+        &args,
+        &clients[1],
+        &redis,
+        &pids_of(signer_guard.pid()),
+        deadline,
+    )
+    .await;
     match memory {
         Some((records, bytes)) => println!(
             "== Redis memory per outstanding signature: {bytes:.0} B ({records} records issued \
@@ -423,7 +429,10 @@ async fn record_memory(
     };
     let stream = || -> f64 {
         redis
-            .cli(&redis.db, &["MEMORY", "USAGE", "vodsigner:events", "SAMPLES", "0"])
+            .cli(
+                &redis.db,
+                &["MEMORY", "USAGE", "vodsigner:events", "SAMPLES", "0"],
+            )
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)

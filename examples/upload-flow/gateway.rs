@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ pub struct GatewayState {
     config: GatewayConfig,
     files: Mutex<HashMap<String, StoredFile>>,
     webhook: WebhookClient,
+    /// Webhook deliveries not finished yet (acknowledged or given up).
+    webhooks_pending: AtomicUsize,
 }
 
 impl GatewayState {
@@ -83,12 +86,22 @@ impl GatewayState {
             config,
             files: Mutex::default(),
             webhook: crate::web::webhook_client(),
+            webhooks_pending: AtomicUsize::new(0),
         }
     }
 
     /// The files stored so far.
     pub fn files(&self) -> Vec<StoredFile> {
         self.files.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Upload-complete webhooks still being delivered (retried until acknowledged).
+    #[allow(
+        dead_code,
+        reason = "tests/upload_flow.rs waits on it; the example does not"
+    )]
+    pub fn webhooks_pending(&self) -> usize {
+        self.webhooks_pending.load(Ordering::SeqCst)
     }
 
     /// Where a file's bytes are.
@@ -285,6 +298,7 @@ async fn upload(
         file_name: stored.name,
         consumed_at: consumed.consumed_at,
     };
+    state.webhooks_pending.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(deliver(state.clone(), event));
     json(
         StatusCode::OK,
@@ -355,6 +369,11 @@ async fn store(path: &Path, body: Body, length: u64) -> Result<(), String> {
 
 /// Posts the event to the app server until it acknowledges (2xx), with exponential backoff.
 async fn deliver(state: Arc<GatewayState>, event: UploadEvent) {
+    deliver_until_done(&state, event).await;
+    state.webhooks_pending.fetch_sub(1, Ordering::SeqCst);
+}
+
+async fn deliver_until_done(state: &GatewayState, event: UploadEvent) {
     let body = Bytes::from(serde_json::to_vec(&event).expect("serializable"));
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=WEBHOOK_ATTEMPTS {

@@ -47,10 +47,26 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts one on a free loopback port and waits until it answers `PING`.
+    /// Starts one on a free loopback port and waits until it answers `PING`. The port is
+    /// picked free but may be taken before the server binds it: the server that answers must
+    /// be this child (`INFO server`'s `process_id`), else another port is tried.
     pub fn start() -> Result<Redis, String> {
-        let port = free_port();
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        const ATTEMPTS: usize = 5;
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            match Redis::start_on(free_port()) {
+                Ok(redis) => return Ok(redis),
+                Err(Taken(why)) => last = why,
+                Err(Failed(why)) => return Err(why),
+            }
+        }
+        Err(format!(
+            "redis-server did not start on {ATTEMPTS} ports; last: {last}"
+        ))
+    }
+
+    fn start_on(port: u16) -> Result<Redis, StartError> {
+        let dir = tempfile::tempdir().map_err(|e| Failed(e.to_string()))?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -60,19 +76,34 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                format!(
+                Failed(format!(
                     "cannot start redis-server ({e}): install it (apt-get install redis-server) \
                      or run vod-signer yourself and pass --vod-signer URL"
-                )
+                ))
             })?;
         let mut child = Killed(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ping(port) {
+        loop {
             if let Ok(Some(status)) = child.0.try_wait() {
-                return Err(format!("redis-server exited: {status}"));
+                return Err(Taken(format!(
+                    "redis-server on port {port} exited: {status}"
+                )));
+            }
+            if ping(port) {
+                match server_pid(port) {
+                    Some(pid) if pid == child.0.id() => break,
+                    Some(pid) => {
+                        return Err(Taken(format!(
+                            "port {port} is answered by another redis-server (pid {pid})"
+                        )));
+                    }
+                    None => {}
+                }
             }
             if Instant::now() > deadline {
-                return Err(format!("redis-server on port {port} did not answer PING"));
+                return Err(Failed(format!(
+                    "redis-server on port {port} did not answer PING"
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -86,6 +117,70 @@ impl Redis {
     /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// The address in vod-signer's `serving gRPC addr=...` log line (text format), waited for up
+/// to `within`.
+fn serving_addr(
+    child: &mut Killed,
+    log: &Mutex<Vec<String>>,
+    within: Duration,
+) -> Result<SocketAddr, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = log.lock().unwrap().iter().find_map(|line| {
+            let rest = line.split("serving gRPC").nth(1)?;
+            let addr = rest.split("addr=").nth(1)?.split_whitespace().next()?;
+            addr.parse::<SocketAddr>().ok()
+        });
+        if let Some(addr) = found {
+            return Ok(addr);
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Err(format!(
+                "vod-signer exited ({status}):\n{}",
+                log.lock().unwrap().join("\n")
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "vod-signer did not log its address within {within:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Why a Redis did not start: its port was taken (try another), or anything else.
+enum StartError {
+    Taken(String),
+    Failed(String),
+}
+use StartError::{Failed, Taken};
+
+/// The `process_id` the Redis on `port` reports in `INFO server`.
+fn server_pid(port: u16) -> Option<u32> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -122,11 +217,12 @@ impl Signer {
             crate::web::random_hex(20) + "\n",
         )
         .map_err(|e| e.to_string())?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        // Port 0: the system picks a free port, which nobody can take first; the address
+        // is read back from the "serving gRPC" log line.
         let mut command = Command::new(binary);
         command
             .arg("serve")
-            .args(["--listen", &addr.to_string(), "--metrics-listen", "off"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
             .arg("--keys-dir")
             .arg(keys.path())
             .args(["--active-key", SECRET_ID, "--redis-url", redis_url])
@@ -155,6 +251,8 @@ impl Signer {
                 sink.lock().unwrap().push(line);
             }
         });
+        let mut child = child;
+        let addr = serving_addr(&mut child, &log, Duration::from_secs(20))?;
         let mut signer = Signer {
             addr,
             log,

@@ -38,7 +38,9 @@ pub const OTHER_ID: &str = "AKIDotherkey";
 /// The second key's SecretKey.
 pub const OTHER_KEY: &str = "other-secret-key-fedcba9876543210";
 
-/// A port nobody listens on right now.
+/// A port nobody listened on a moment ago. Another process may take it before it is used:
+/// whatever starts a server on it checks that its own process answers (see
+/// [`RedisServer`]), and picks again when not.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -47,7 +49,59 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `redis-server` child process on a free loopback port, killed on drop.
+/// How many ports a server started on a picked port tries before the test gives up.
+const PORT_ATTEMPTS: usize = 5;
+
+/// How long a `redis-server` may take to answer after it was started (AOF loading included).
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `process_id` line of an `INFO server` reply.
+pub fn info_process_id(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until the server started as `child` answers `cli(INFO server)` with its own process
+/// id (and then `PING` with `PONG`). `Err` when the child exited (its port was taken, most
+/// likely), when another process answers on its port, or after `within`.
+pub fn wait_own_server(
+    child: &mut Child,
+    port: u16,
+    within: Duration,
+    cli: impl Fn(&[&str]) -> Option<String>,
+) -> Result<(), String> {
+    let pid = child.id();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!(
+                "the server on port {port} exited at start ({status}); is the port taken?"
+            ));
+        }
+        match cli(&["INFO", "server"]).as_deref().map(info_process_id) {
+            Some(Some(answered)) if answered != pid => {
+                return Err(format!(
+                    "port {port} is answered by another server (pid {answered}, ours is {pid})"
+                ));
+            }
+            Some(Some(_)) if cli(&["PING"]).as_deref() == Some("PONG") => return Ok(()),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the server on port {port} did not answer within {within:?}"
+            ));
+        }
+        // A bounded poll: the server says when it is up, nothing to wait on instead.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `redis-server` child process on a free loopback port, killed on drop. At every start it
+/// checks that the server answering on its port is its own process (`INFO server`'s
+/// `process_id`): a port picked by [`free_port`] can be taken by another test's server in
+/// between, and a test must never silently run against someone else's Redis.
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -55,6 +109,8 @@ pub struct RedisServer {
     persistent: bool,
     extra_args: Vec<String>,
     cli_args: Vec<String>,
+    /// Picks another port when the first is taken; `None`: the test chose the port.
+    pick_port: Option<fn() -> u16>,
 }
 
 fn redis_binary() -> &'static str {
@@ -72,59 +128,61 @@ fn redis_binary() -> &'static str {
 }
 
 impl RedisServer {
-    /// Starts a fresh, empty Redis that keeps nothing on disk.
-    pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
-    }
-
-    /// Starts a fresh, empty Redis on `port`.
-    pub fn start_on(port: u16) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
+    fn new(
+        pick_port: Option<fn() -> u16>,
+        port: u16,
+        persistent: bool,
+        extra_args: &[&str],
+        cli_args: &[&str],
+    ) -> RedisServer {
         let mut server = RedisServer {
             port,
             child: None,
-            dir,
-            persistent: false,
-            extra_args: Vec::new(),
-            cli_args: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            persistent,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            cli_args: cli_args.iter().map(|s| s.to_string()).collect(),
+            pick_port,
         };
-        server.spawn();
+        server.spawn_first();
         server
+    }
+
+    /// Starts a fresh, empty Redis that keeps nothing on disk.
+    pub fn start() -> RedisServer {
+        RedisServer::new(Some(free_port), free_port(), false, &[], &[])
+    }
+
+    /// Starts a fresh, empty Redis on `port` (fails if the port is taken).
+    pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::new(None, port, false, &[], &[])
     }
 
     /// Starts a Redis that keeps every acknowledged write on disk (AOF, fsync always), so a
     /// kill and restart brings its data back.
     pub fn start_persistent() -> RedisServer {
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            persistent: true,
-            extra_args: Vec::new(),
-            cli_args: Vec::new(),
-        };
-        server.spawn();
-        server
+        RedisServer::new(Some(free_port), free_port(), true, &[], &[])
     }
 
     /// Starts a Redis with extra server arguments (appended, so they override), reached by
     /// `redis-cli` with `cli_args` (for TLS, credentials).
     pub fn start_configured(extra_args: &[&str], cli_args: &[&str]) -> RedisServer {
-        RedisServer::start_configured_on(free_port(), extra_args, cli_args)
+        RedisServer::start_configured_picking(free_port, extra_args, cli_args)
     }
 
-    /// [`RedisServer::start_configured`] on a given port.
+    /// [`RedisServer::start_configured`] on a port from `pick_port` (tried again with another
+    /// one when taken).
+    pub fn start_configured_picking(
+        pick_port: fn() -> u16,
+        extra_args: &[&str],
+        cli_args: &[&str],
+    ) -> RedisServer {
+        RedisServer::new(Some(pick_port), pick_port(), false, extra_args, cli_args)
+    }
+
+    /// [`RedisServer::start_configured`] on a given port (fails if the port is taken).
     pub fn start_configured_on(port: u16, extra_args: &[&str], cli_args: &[&str]) -> RedisServer {
-        let mut server = RedisServer {
-            port,
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            persistent: false,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            cli_args: cli_args.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn();
-        server
+        RedisServer::new(None, port, false, extra_args, cli_args)
     }
 
     /// Its data directory (for TLS files and the like).
@@ -135,16 +193,32 @@ impl RedisServer {
     /// Kills the server (SIGKILL) and starts it again on the same port and data directory.
     pub fn kill_and_restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.spawn()
+            .unwrap_or_else(|e| panic!("restarting redis-server: {e}"));
     }
 
-    fn spawn(&mut self) {
+    /// The first start: on a picked port, another port is tried when this one is taken.
+    fn spawn_first(&mut self) {
+        for attempt in 1..=PORT_ATTEMPTS {
+            match (self.spawn(), self.pick_port) {
+                (Ok(()), _) => return,
+                (Err(e), Some(pick)) if attempt < PORT_ATTEMPTS => {
+                    eprintln!("redis-server: {e}; trying another port");
+                    self.port = pick();
+                }
+                (Err(e), _) => panic!("starting redis-server: {e}"),
+            }
+        }
+    }
+
+    /// Starts the process on `self.port` and waits until it, and not another server, answers.
+    fn spawn(&mut self) -> Result<(), String> {
         let persistence: &[&str] = if self.persistent {
             &["--appendonly", "yes", "--appendfsync", "always"]
         } else {
             &["--appendonly", "no"]
         };
-        let child = Command::new(redis_binary())
+        let mut child = Command::new(redis_binary())
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -165,15 +239,19 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let answered = wait_own_server(&mut child, self.port, REDIS_START_TIMEOUT, |args| {
+            self.cli(args)
+        });
+        match answered {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
         }
     }
 
@@ -205,7 +283,8 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart_empty(&mut self) {
         self.stop();
-        self.spawn();
+        self.spawn()
+            .unwrap_or_else(|e| panic!("restarting redis-server: {e}"));
     }
 }
 
@@ -351,6 +430,13 @@ impl TestServer {
         server
     }
 
+    /// Now, Unix seconds, as the service sees it (its clock stands still until moved): the
+    /// time to forge signatures' timestamps from, not the system's.
+    pub fn now(&self) -> i64 {
+        use vod_signer::clock::Clock as _;
+        self.clock.now()
+    }
+
     /// A client of this server.
     pub async fn client(&self) -> SignatureServiceClient<Channel> {
         connect(self.addr).await
@@ -483,25 +569,66 @@ pub fn code_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
     result.expect_err("expected a refusal").code()
 }
 
-/// `GET /metrics` at `addr`: the body.
-pub async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+/// A parsed `/metrics` exposition (with `prometheus-parse`), and its text.
+pub struct Exposition {
+    pub text: String,
+    parsed: prometheus_parse::Scrape,
 }
 
-/// The value of the sample `name{labels}` (labels exactly as exposed) in a scrape, if present.
-pub fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
+impl Exposition {
+    /// Parses an exposition.
+    pub fn parse(text: String) -> Exposition {
+        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("a Prometheus exposition");
+        Exposition { text, parsed }
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&prometheus_parse::Sample> {
+        self.parsed.samples.iter().find(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+    }
+
+    /// The value of the counter, gauge or untyped sample `name` with exactly `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        match self.find(name, labels)?.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The histogram `name` with exactly `labels` (besides `le`): its buckets as
+    /// (upper bound, cumulative count).
+    pub fn buckets(&self, name: &str, labels: &[(&str, &str)]) -> Option<Vec<(f64, f64)>> {
+        match &self.find(name, labels)?.value {
+            prometheus_parse::Value::Histogram(b) => {
+                Some(b.iter().map(|h| (h.less_than, h.count)).collect())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `GET /metrics` at `addr` (HTTP/1.1 with hyper-util's client), parsed.
+pub async fn scrape(addr: SocketAddr) -> Exposition {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let response = client
+        .get(format!("http://{addr}/metrics").parse().unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("GET http://{addr}/metrics: {e}"));
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "GET /metrics: {response:?}"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Exposition::parse(String::from_utf8(body.to_vec()).expect("a UTF-8 exposition"))
 }
 
 /// A consume of `signature` without file size or idempotency key.
@@ -655,16 +782,43 @@ impl ServerProcess {
 
     /// The metrics address the process logged (waits for the line a little).
     pub fn metrics_addr(&self) -> SocketAddr {
+        self.logged_addr("serving metrics")
+    }
+
+    /// The `addr` of the first log line with `message` (polled for up to 10 s: the reader of
+    /// the child's stderr may be behind).
+    pub fn logged_addr(&self, message: &str) -> SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             for line in self.stderr.lock().unwrap().iter() {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-                    && v["message"] == "serving metrics"
+                    && v["message"] == message
                 {
                     return v["addr"].as_str().unwrap().parse().unwrap();
                 }
             }
-            assert!(Instant::now() < deadline, "no 'serving metrics' log line");
+            assert!(Instant::now() < deadline, "no {message:?} log line");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (polling, up to `within`) until a log line contains every one of `needles`.
+    pub fn wait_log(&self, needles: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?} within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -676,6 +830,22 @@ impl ServerProcess {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// [`ServerProcess::wait_exit`] without blocking the test's runtime (whose client
+    /// connections a draining server waits for).
+    pub async fn exited(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vod-signer did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits for the process to exit (bounded) and returns its exit code.

@@ -33,6 +33,8 @@ pub struct FaultProxy {
     fault: Arc<Mutex<Fault>>,
     connections: Arc<Mutex<Vec<Carried>>>,
     accept: JoinHandle<()>,
+    /// Replies lost so far (connections cut by [`Fault::LoseReplies`]).
+    lost: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 /// One carried connection, and whether it went dark.
@@ -48,7 +50,8 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let fault = Arc::new(Mutex::new(Fault::Pass));
         let connections: Arc<Mutex<Vec<Carried>>> = Arc::default();
-        let (f, conns) = (fault.clone(), connections.clone());
+        let lost = Arc::new(tokio::sync::watch::Sender::new(0));
+        let (f, conns, l) = (fault.clone(), connections.clone(), lost.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -62,7 +65,7 @@ impl FaultProxy {
                     continue;
                 };
                 let dark = Arc::new(AtomicBool::new(false));
-                let task = tokio::spawn(carry(client, server, f.clone(), dark.clone()));
+                let task = tokio::spawn(carry(client, server, f.clone(), dark.clone(), l.clone()));
                 let mut conns = conns.lock().unwrap();
                 conns.retain(|c| !c.task.is_finished());
                 conns.push(Carried { task, dark });
@@ -73,7 +76,14 @@ impl FaultProxy {
             fault,
             connections,
             accept,
+            lost,
         }
+    }
+
+    /// Waits until `n` replies in all were lost by [`Fault::LoseReplies`].
+    pub async fn replies_lost(&self, n: usize) {
+        let mut lost = self.lost.subscribe();
+        let _ = lost.wait_for(|lost| *lost >= n).await;
     }
 
     /// `redis://127.0.0.1:PORT/0` through the proxy.
@@ -118,17 +128,12 @@ async fn carry(
     server: TcpStream,
     fault: Arc<Mutex<Fault>>,
     dark: Arc<AtomicBool>,
+    lost: Arc<tokio::sync::watch::Sender<usize>>,
 ) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let requests = pump(
-        client_read,
-        server_write,
-        fault.clone(),
-        dark.clone(),
-        false,
-    );
-    let replies = pump(server_read, client_write, fault, dark, true);
+    let requests = pump(client_read, server_write, fault.clone(), dark.clone(), None);
+    let replies = pump(server_read, client_write, fault, dark, Some(lost));
     // When either direction ends (or is cut), the connection is closed both ways.
     tokio::select! {
         () = requests => {}
@@ -143,8 +148,10 @@ async fn pump(
     mut to: impl AsyncWriteExt + Unpin,
     fault: Arc<Mutex<Fault>>,
     dark: Arc<AtomicBool>,
-    is_reply: bool,
+    // Replies only: counts the replies lost.
+    replies_lost: Option<Arc<tokio::sync::watch::Sender<usize>>>,
 ) {
+    let is_reply = replies_lost.is_some();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let read_fault = fault.clone();
     let reader = async move {
@@ -156,7 +163,12 @@ async fn pump(
             };
             let now = *read_fault.lock().unwrap();
             let delay = match now {
-                Fault::LoseReplies if is_reply => return,
+                Fault::LoseReplies if is_reply => {
+                    if let Some(lost) = &replies_lost {
+                        lost.send_modify(|n| *n += 1);
+                    }
+                    return;
+                }
                 // Only replies are delayed: one-way latency on the way back.
                 Fault::Delay(d) if is_reply => d,
                 _ => Duration::ZERO,

@@ -27,7 +27,6 @@ impl RedisCluster {
     pub fn start(masters: usize, persistent: bool) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters {
-            let port = free_cluster_port();
             let mut args = vec![
                 "--cluster-enabled",
                 "yes",
@@ -39,7 +38,12 @@ impl RedisCluster {
             if persistent {
                 args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
             }
-            nodes.push(RedisServer::start_configured_on(port, &args, &[]));
+            // Another port pair is picked when this one turns out taken.
+            nodes.push(RedisServer::start_configured_picking(
+                free_cluster_port,
+                &args,
+                &[],
+            ));
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -103,6 +107,17 @@ impl RedisCluster {
     }
 }
 
+/// `redis-cli` against the sentinel on `port`.
+fn sentinel_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+}
+
 /// One `redis-server --sentinel` process.
 pub struct Sentinel {
     pub port: u16,
@@ -113,48 +128,53 @@ pub struct Sentinel {
 impl Sentinel {
     fn start(master_port: u16) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
         let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n\
-                 sentinel parallel-syncs mymaster 1\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server --sentinel");
-        let sentinel = Sentinel {
-            port,
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sentinel.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(Instant::now() < deadline, "sentinel did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        for attempt in 1..=super::PORT_ATTEMPTS {
+            let port = super::free_port();
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n\
+                     sentinel parallel-syncs mymaster 1\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server --sentinel");
+            // Its own process must be the one answering: the port may have been taken.
+            let answered =
+                super::wait_own_server(&mut child, port, super::REDIS_START_TIMEOUT, |args| {
+                    sentinel_cli(port, args)
+                });
+            match answered {
+                Ok(()) => {
+                    return Sentinel {
+                        port,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(attempt < super::PORT_ATTEMPTS, "starting a sentinel: {e}");
+                    eprintln!("sentinel: {e}; trying another port");
+                }
+            }
         }
-        sentinel
+        unreachable!()
     }
 
     /// `redis-cli` against this sentinel.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        sentinel_cli(self.port, args)
     }
 
     /// The port of the master this sentinel names now.
