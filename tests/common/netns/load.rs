@@ -1,0 +1,227 @@
+//! A steady load of issue, consume, replay and revoke from a client host, through the crate's
+//! typed client, every attempt recorded in a history.
+//!
+//! Each worker loops: issue on its replica; then, for most signatures, the owner consumes on
+//! that replica with its own idempotency key (retrying with that key while the answer is
+//! unknown or transient), and once it succeeded a replay with another key goes to the next
+//! replica (retried the same way until it has a definite answer); every `revoke_every`-th
+//! signature is revoked instead and then presented once.
+
+use std::time::{Duration, Instant};
+
+use vod_signer::client::{Client, ClientConfig, ClientError};
+use vod_signer::proto::IssueSignatureRequest;
+
+use super::Host;
+use crate::history::{Call, OK, Rpc};
+
+/// What a client host does.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// The client's name in the history.
+    pub client: String,
+    /// The replicas it talks to: (name, endpoint).
+    pub replicas: Vec<(String, String)>,
+    /// Concurrent workers.
+    pub workers: usize,
+    /// The scenario's start (history times are relative to it).
+    pub t0: Instant,
+    /// No new signature after this.
+    pub stop_issuing: Instant,
+    /// Owners and replays stop retrying after this.
+    pub give_up: Instant,
+    /// Deadline of each attempt.
+    pub call_timeout: Duration,
+    /// Every n-th signature is revoked instead of consumed (0: never).
+    pub revoke_every: usize,
+    /// A worker's pause between two signatures (keeps the load steady, not flat out).
+    pub pause: Duration,
+}
+
+fn result_of<T>(r: &Result<T, ClientError>) -> String {
+    match r {
+        Ok(_) => OK.to_owned(),
+        Err(ClientError::Refused { reason, .. }) => reason.as_str().to_owned(),
+        Err(ClientError::Failed { code, .. }) => format!("{code:?}"),
+    }
+}
+
+struct Recorder<'a> {
+    load: &'a Load,
+    calls: Vec<Call>,
+}
+
+impl Recorder<'_> {
+    fn ms(&self, at: Instant) -> f64 {
+        (at - self.load.t0).as_secs_f64() * 1000.0
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        replica: usize,
+        rpc: Rpc,
+        sig: &str,
+        key: &str,
+        start: Instant,
+        result: String,
+    ) {
+        let end = Instant::now();
+        self.calls.push(Call {
+            client: self.load.client.clone(),
+            replica: self.load.replicas[replica].0.clone(),
+            rpc,
+            sig: sig.to_owned(),
+            key: key.to_owned(),
+            start_ms: self.ms(start),
+            end_ms: self.ms(end),
+            result,
+        });
+    }
+}
+
+/// Sleeps a jittered backoff step and doubles it (25 ms to 400 ms).
+async fn back_off(step: &mut Duration) {
+    let jitter = rand::random_range(0..=step.as_millis() as u64);
+    tokio::time::sleep(*step / 2 + Duration::from_millis(jitter / 2)).await;
+    *step = (*step * 2).min(Duration::from_millis(400));
+}
+
+async fn worker(load: Load, clients: Vec<Client>, w: usize) -> Vec<Call> {
+    let mut rec = Recorder {
+        load: &load,
+        calls: Vec::new(),
+    };
+    let (mine, other) = (w % clients.len(), (w + 1) % clients.len());
+    let mut n = 0;
+    let mut replays = Vec::new();
+    while Instant::now() < load.stop_issuing {
+        n += 1;
+        let start = Instant::now();
+        let issued = clients[mine]
+            .issue(IssueSignatureRequest {
+                subject: format!("{}-{w}", load.client),
+                ..Default::default()
+            })
+            .await;
+        let sig_id = issued
+            .as_ref()
+            .ok()
+            .and_then(|r| r.claims.as_ref())
+            .map(|c| format!("{}:{}", c.secret_id, c.random))
+            .unwrap_or_default();
+        rec.record(mine, Rpc::Issue, &sig_id, "", start, result_of(&issued));
+        let Ok(issued) = issued else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let sig = issued.signature;
+        if load.revoke_every > 0 && n % load.revoke_every == 0 {
+            let mut step = Duration::from_millis(25);
+            loop {
+                let start = Instant::now();
+                let r = clients[mine].revoke(&sig).await;
+                rec.record(mine, Rpc::Revoke, &sig_id, "", start, result_of(&r));
+                match r {
+                    Ok(_) => {
+                        let key = format!("{}-{w}-{n}-after-revoke", load.client);
+                        let start = Instant::now();
+                        let r = clients[other].consume(&sig, None, Some(&key)).await;
+                        rec.record(other, Rpc::Consume, &sig_id, &key, start, result_of(&r));
+                        break;
+                    }
+                    Err(e) if e.is_retryable() && Instant::now() < load.give_up => {
+                        back_off(&mut step).await
+                    }
+                    Err(_) => break,
+                }
+            }
+            continue;
+        }
+        let owner = format!("{}-{w}-{n}", load.client);
+        let mut step = Duration::from_millis(25);
+        let owner_ok = loop {
+            let start = Instant::now();
+            let r = clients[mine].consume(&sig, None, Some(&owner)).await;
+            rec.record(mine, Rpc::Consume, &sig_id, &owner, start, result_of(&r));
+            match r {
+                Ok(_) => break true,
+                Err(e) if e.is_retryable() && Instant::now() < load.give_up => {
+                    back_off(&mut step).await
+                }
+                Err(_) => break false,
+            }
+        };
+        if !owner_ok {
+            continue;
+        }
+        // The replay runs on by itself (until it has a definite answer), so a replica that
+        // does not answer holds up only the calls sent to it.
+        let replay = format!("{}-{w}-{n}-replay", load.client);
+        let (load2, client) = (load.clone(), clients[other].clone());
+        replays.push(tokio::spawn(async move {
+            let mut rec = Recorder {
+                load: &load2,
+                calls: Vec::new(),
+            };
+            let mut step = Duration::from_millis(25);
+            loop {
+                let start = Instant::now();
+                let r = client.consume(&sig, None, Some(&replay)).await;
+                rec.record(other, Rpc::Replay, &sig_id, &replay, start, result_of(&r));
+                match r {
+                    Err(e) if e.is_retryable() && Instant::now() < load2.give_up => {
+                        back_off(&mut step).await
+                    }
+                    _ => break,
+                }
+            }
+            rec.calls
+        }));
+        tokio::time::sleep(load.pause).await;
+    }
+    for replay in replays {
+        rec.calls.extend(replay.await.unwrap());
+    }
+    rec.calls
+}
+
+/// Runs `load` from `host` (its own namespace) on a thread; joins to the history.
+pub fn drive(host: &Host, load: Load) -> std::thread::JoinHandle<Vec<Call>> {
+    let host2 = host.clone();
+    host.spawn(move || {
+        host2.block_on_here(async move {
+            let clients: Vec<Client> = load
+                .replicas
+                .iter()
+                .map(|(_, endpoint)| {
+                    Client::connect(ClientConfig {
+                        timeout: load.call_timeout,
+                        attempts: 1,
+                        ..ClientConfig::new(endpoint.clone())
+                    })
+                    .unwrap()
+                })
+                .collect();
+            let tasks: Vec<_> = (0..load.workers)
+                .map(|w| tokio::spawn(worker(load.clone(), clients.clone(), w)))
+                .collect();
+            let mut calls = Vec::new();
+            for t in tasks {
+                calls.extend(t.await.unwrap());
+            }
+            calls
+        })
+    })
+}
+
+impl Host {
+    /// Runs `f` on a current-thread runtime on this thread (already inside the namespace).
+    fn block_on_here<T>(&self, f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+}
