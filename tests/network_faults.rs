@@ -373,8 +373,8 @@ fn split_brain_without_min_replicas_ack_measured() {
     let report = split_brain("split-brain-unsafe", false);
     println!(
         "[split-brain-unsafe] WITHOUT --min-replicas-ack / min-replicas-to-write: {} signatures \
-         accepted twice ({} replays accepted), {} records lost (refused SIGNATURE_NOT_ISSUED \
-         after an OK), {} owners never succeeded",
+         accepted twice ({} replays accepted), {} acknowledged records lost (the final audit \
+         finds them not issued, or not consumed), {} owners never succeeded",
         report.double_accepts.len(),
         report.replays_accepted.len(),
         report.lost_records.len(),

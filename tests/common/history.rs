@@ -23,6 +23,8 @@ pub enum Rpc {
     /// ConsumeSignature by someone else (another key) after the owner: must be refused.
     Replay,
     Revoke,
+    /// VerifySignature after the load (the audit): the result is the state it reports.
+    Verify,
 }
 
 /// The answer `ok`, or the refusal reason (`STORE_UNAVAILABLE`, ...), or the gRPC code of a
@@ -76,12 +78,12 @@ pub struct Report {
     /// Owners (signature, key) that never succeeded though they retried after the heal, with
     /// their last answer.
     pub owners_stuck: Vec<(String, String, String)>,
-    /// Signatures whose issue (or consume) answered OK and that were later refused
-    /// `SIGNATURE_NOT_ISSUED`: their record was lost.
+    /// Signatures whose issue answered OK but that the audit finds not issued, or whose
+    /// consume answered OK but that the audit finds still issued: an acknowledged write lost.
     pub lost_records: Vec<String>,
-    /// Answers `STORE_UNAVAILABLE`.
+    /// Answers `STORE_UNAVAILABLE` (during the load).
     pub store_unavailable: usize,
-    /// The first and the last `STORE_UNAVAILABLE` answer (end of call, ms).
+    /// The first and the last `STORE_UNAVAILABLE` answer after the fault (end of call, ms).
     pub store_unavailable_span: Option<(f64, f64)>,
     /// The longest gap without a successful call (any client, any replica): (ms, from, to).
     pub longest_gap: (f64, f64, f64),
@@ -190,8 +192,11 @@ pub fn check(calls: &[Call], marks: Marks) -> Report {
         if !c.sig.is_empty() {
             by_sig.entry(&c.sig).or_default().push(c);
         }
-        if c.result == "STORE_UNAVAILABLE" {
+        if c.result == "STORE_UNAVAILABLE" && c.rpc != Rpc::Verify {
             report.store_unavailable += 1;
+            if c.end_ms < marks.fault_ms {
+                continue;
+            }
             let span = report
                 .store_unavailable_span
                 .get_or_insert((c.end_ms, c.end_ms));
@@ -226,16 +231,17 @@ pub fn check(calls: &[Call], marks: Marks) -> Report {
                 report.accepted_after_revoke.push(sig.clone());
             }
         }
-        // A record known to exist (issue or consume answered OK) that a later call found missing.
-        let known_from = calls
+        // The audit's final states against what was acknowledged.
+        let finals: Vec<&str> = calls
             .iter()
-            .filter(|c| c.ok())
-            .map(|c| c.end_ms)
-            .fold(f64::INFINITY, f64::min);
-        if calls
+            .filter(|c| c.rpc == Rpc::Verify)
+            .map(|c| c.result.as_str())
+            .collect();
+        let missing = finals
             .iter()
-            .any(|c| c.result == "SIGNATURE_NOT_ISSUED" && c.start_ms > known_from)
-        {
+            .any(|r| matches!(*r, "NOT_ISSUED" | "SIGNATURE_NOT_ISSUED"));
+        let unconsumed = !keys.is_empty() && finals.contains(&"ISSUED");
+        if (issued_ok.is_some() && missing) || unconsumed {
             report.lost_records.push(sig.clone());
         }
         // Owners: the consume attempts under one key. Signatures with a revoke have no owner
@@ -261,11 +267,13 @@ pub fn check(calls: &[Call], marks: Marks) -> Report {
             }
         }
     }
-    report.longest_gap = longest_gap(calls.iter());
+    // Availability is the load's; the audit comes after it.
+    let calls: Vec<&Call> = calls.iter().filter(|c| c.rpc != Rpc::Verify).collect();
+    report.longest_gap = longest_gap(calls.iter().copied());
     let replicas: BTreeSet<&str> = calls.iter().map(|c| c.replica.as_str()).collect();
     let mut recovery: Option<f64> = None;
     for replica in replicas {
-        let mine = calls.iter().filter(|c| c.replica == replica);
+        let mine = calls.iter().copied().filter(|c| c.replica == replica);
         report
             .replica_gaps
             .insert(replica.to_owned(), longest_gap(mine.clone()));
@@ -398,10 +406,23 @@ mod tests {
     #[test]
     fn a_lost_record_is_counted() {
         let mut h = good();
-        h[2].result = "SIGNATURE_NOT_ISSUED".into();
+        h.push(call(Rpc::Verify, "s1", "", 300.0, "CONSUMED"));
+        h.push(call(Rpc::Verify, "s2", "", 300.0, "REVOKED"));
+        assert!(check(&h, MARKS).lost_records.is_empty());
+        // A consume that answered OK, its record back to issued: a second use would pass.
+        h[7].result = "ISSUED".into();
+        assert_eq!(check(&h, MARKS).lost_records, ["s1"]);
+        // An issue that answered OK, its record gone.
+        h[7].result = "NOT_ISSUED".into();
+        assert_eq!(check(&h, MARKS).lost_records, ["s1"]);
+        // A refusal seen by one side of a partition is not a loss by itself.
+        let mut h = good();
+        h[3].result = "SIGNATURE_NOT_ISSUED".into();
+        h.push(call(Rpc::Verify, "s1", "", 300.0, "CONSUMED"));
         let report = check(&h, MARKS);
-        assert_eq!(report.lost_records, ["s1"]);
-        assert_eq!(report.owners_stuck.len(), 1);
+        assert!(report.lost_records.is_empty() && report.violations().is_empty());
+        // The audit does not count as availability.
+        assert_eq!(report.longest_gap.0, 110.0);
     }
 
     #[test]

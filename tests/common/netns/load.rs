@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use vod_signer::client::{Client, ClientConfig, ClientError};
-use vod_signer::proto::IssueSignatureRequest;
+use vod_signer::proto::{IssueSignatureRequest, SignatureState};
 
 use super::Host;
 use crate::history::{Call, OK, Rpc};
@@ -87,7 +87,7 @@ async fn back_off(step: &mut Duration) {
     *step = (*step * 2).min(Duration::from_millis(400));
 }
 
-async fn worker(load: Load, clients: Vec<Client>, w: usize) -> Vec<Call> {
+async fn worker(load: Load, clients: Vec<Client>, w: usize) -> (Vec<Call>, Vec<(String, String)>) {
     let mut rec = Recorder {
         load: &load,
         calls: Vec::new(),
@@ -95,6 +95,7 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> Vec<Call> {
     let (mine, other) = (w % clients.len(), (w + 1) % clients.len());
     let mut n = 0;
     let mut replays = Vec::new();
+    let mut issued_sigs = Vec::new();
     while Instant::now() < load.stop_issuing {
         n += 1;
         let start = Instant::now();
@@ -116,6 +117,7 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> Vec<Call> {
             continue;
         };
         let sig = issued.signature;
+        issued_sigs.push((sig_id.clone(), sig.clone()));
         if load.revoke_every > 0 && n % load.revoke_every == 0 {
             let mut step = Duration::from_millis(25);
             loop {
@@ -183,6 +185,40 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> Vec<Call> {
     for replay in replays {
         rec.calls.extend(replay.await.unwrap());
     }
+    (rec.calls, issued_sigs)
+}
+
+/// After the load: the state of every signature that was issued, as every replica reports it
+/// (`VerifySignature`, retried while the answer is unknown), recorded as [`Rpc::Verify`] calls
+/// whose result is the state (`CONSUMED`, `NOT_ISSUED`, ...). A record that was acknowledged
+/// and then lost shows up here.
+async fn audit(load: &Load, clients: &[Client], sigs: &[(String, String)]) -> Vec<Call> {
+    let mut rec = Recorder {
+        load,
+        calls: Vec::new(),
+    };
+    let give_up = Instant::now() + Duration::from_secs(20);
+    for (sig_id, sig) in sigs {
+        for (i, client) in clients.iter().enumerate() {
+            let mut step = Duration::from_millis(25);
+            loop {
+                let start = Instant::now();
+                let r = client.verify(sig).await;
+                let result = match &r {
+                    Ok(v) => SignatureState::try_from(v.state)
+                        .map_or("UNKNOWN_STATE".to_owned(), |s| s.as_str_name().to_owned()),
+                    Err(_) => result_of(&r),
+                };
+                rec.record(i, Rpc::Verify, sig_id, "", start, result);
+                match r {
+                    Err(e) if e.is_retryable() && Instant::now() < give_up => {
+                        back_off(&mut step).await
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
     rec.calls
 }
 
@@ -207,9 +243,13 @@ pub fn drive(host: &Host, load: Load) -> std::thread::JoinHandle<Vec<Call>> {
                 .map(|w| tokio::spawn(worker(load.clone(), clients.clone(), w)))
                 .collect();
             let mut calls = Vec::new();
+            let mut sigs = Vec::new();
             for t in tasks {
-                calls.extend(t.await.unwrap());
+                let (c, s) = t.await.unwrap();
+                calls.extend(c);
+                sigs.extend(s);
             }
+            calls.extend(audit(&load, &clients, &sigs).await);
             calls
         })
     })
