@@ -56,6 +56,8 @@ struct World {
     signers: Vec<Host>,
     clients: Vec<Host>,
     name: String,
+    /// Every n-th signature is presented 2 s after its issue (0: none).
+    late_every: usize,
     _keys: tempfile::TempDir,
     dir: tempfile::TempDir,
     net: Net,
@@ -84,6 +86,7 @@ impl World {
             signers: Vec::new(),
             clients: vec![placeholder, net.host("client-2")],
             name: name.to_owned(),
+            late_every: 0,
             _keys: common::keys_dir(),
             dir: tempfile::tempdir().unwrap(),
             net,
@@ -198,6 +201,8 @@ impl World {
                         call_timeout: CALL_TIMEOUT,
                         revoke_every: 5,
                         pause: PAUSE,
+                        late_every: self.late_every,
+                        late_by: Duration::from_secs(2),
                     },
                 )
             })
@@ -320,7 +325,9 @@ fn black_hole_between_one_replica_and_the_master_for_10_s() {
 /// signer-2; the sentinels promote a replica; both sides keep receiving consumes (the clients
 /// reach both replicas) for a while; then the partition heals.
 fn split_brain(name: &str, safe: bool) -> Report {
-    let w = World::sentinel(name, safe);
+    let mut w = World::sentinel(name, safe);
+    // Signatures issued before the cut are presented on both sides during it.
+    w.late_every = 3;
     let t0 = Instant::now();
     let fault_at = t0 + Duration::from_secs(3);
     let budget = failover_budget();

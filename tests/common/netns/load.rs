@@ -5,7 +5,8 @@
 //! that replica with its own idempotency key (retrying with that key while the answer is
 //! unknown or transient), and once it succeeded a replay with another key goes to the next
 //! replica (retried the same way until it has a definite answer); every `revoke_every`-th
-//! signature is revoked instead and then presented once.
+//! signature is revoked instead and then presented once; every `late_every`-th is presented
+//! only `late_by` after its issue.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,10 @@ pub struct Load {
     pub revoke_every: usize,
     /// A worker's pause between two signatures (keeps the load steady, not flat out).
     pub pause: Duration,
+    /// Every n-th signature is presented `late_by` after its issue, in the background (0:
+    /// never), so signatures issued before a fault are consumed during it.
+    pub late_every: usize,
+    pub late_by: Duration,
 }
 
 fn result_of<T>(r: &Result<T, ClientError>) -> String {
@@ -94,7 +99,7 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> (Vec<Call>, Vec<(
     };
     let (mine, other) = (w % clients.len(), (w + 1) % clients.len());
     let mut n = 0;
-    let mut replays = Vec::new();
+    let mut background = Vec::new();
     let mut issued_sigs = Vec::new();
     while Instant::now() < load.stop_issuing {
         n += 1;
@@ -141,51 +146,93 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> (Vec<Call>, Vec<(
             continue;
         }
         let owner = format!("{}-{w}-{n}", load.client);
-        let mut step = Duration::from_millis(25);
-        let owner_ok = loop {
-            let start = Instant::now();
-            let r = clients[mine].consume(&sig, None, Some(&owner)).await;
-            rec.record(mine, Rpc::Consume, &sig_id, &owner, start, result_of(&r));
-            match r {
-                Ok(_) => break true,
-                Err(e) if e.is_retryable() && Instant::now() < load.give_up => {
-                    back_off(&mut step).await
-                }
-                Err(_) => break false,
-            }
-        };
-        if !owner_ok {
-            continue;
-        }
-        // The replay runs on by itself (until it has a definite answer), so a replica that
-        // does not answer holds up only the calls sent to it.
         let replay = format!("{}-{w}-{n}-replay", load.client);
-        let (load2, client) = (load.clone(), clients[other].clone());
-        replays.push(tokio::spawn(async move {
-            let mut rec = Recorder {
-                load: &load2,
-                calls: Vec::new(),
-            };
-            let mut step = Duration::from_millis(25);
-            loop {
-                let start = Instant::now();
-                let r = client.consume(&sig, None, Some(&replay)).await;
-                rec.record(other, Rpc::Replay, &sig_id, &replay, start, result_of(&r));
-                match r {
-                    Err(e) if e.is_retryable() && Instant::now() < load2.give_up => {
-                        back_off(&mut step).await
-                    }
-                    _ => break,
+        let (load2, a, b) = (load.clone(), clients[mine].clone(), clients[other].clone());
+        let ends = (mine, other);
+        if load.late_every > 0 && n % load.late_every == 0 {
+            // Presented later (a user uploading a while after asking), in the background.
+            background.push(tokio::spawn(async move {
+                tokio::time::sleep(load2.late_by).await;
+                let (ok, mut calls) =
+                    owner_consume(&load2, &a, ends.0, &sig, &sig_id, &owner).await;
+                if ok {
+                    calls.extend(replay_consume(&load2, &b, ends.1, &sig, &sig_id, &replay).await);
                 }
+                calls
+            }));
+        } else {
+            let (ok, calls) = owner_consume(&load, &a, mine, &sig, &sig_id, &owner).await;
+            rec.calls.extend(calls);
+            if ok {
+                // The replay runs on by itself (until it has a definite answer), so a replica
+                // that does not answer holds up only the calls sent to it.
+                background.push(tokio::spawn(async move {
+                    replay_consume(&load2, &b, ends.1, &sig, &sig_id, &replay).await
+                }));
             }
-            rec.calls
-        }));
+        }
         tokio::time::sleep(load.pause).await;
     }
-    for replay in replays {
-        rec.calls.extend(replay.await.unwrap());
+    for task in background {
+        rec.calls.extend(task.await.unwrap());
     }
     (rec.calls, issued_sigs)
+}
+
+/// The owner's consume with its key, retried while the outcome is unknown or transient:
+/// whether it succeeded, and the attempts.
+async fn owner_consume(
+    load: &Load,
+    client: &Client,
+    replica: usize,
+    sig: &str,
+    sig_id: &str,
+    key: &str,
+) -> (bool, Vec<Call>) {
+    let mut rec = Recorder {
+        load,
+        calls: Vec::new(),
+    };
+    let mut step = Duration::from_millis(25);
+    loop {
+        let start = Instant::now();
+        let r = client.consume(sig, None, Some(key)).await;
+        rec.record(replica, Rpc::Consume, sig_id, key, start, result_of(&r));
+        match r {
+            Ok(_) => return (true, rec.calls),
+            Err(e) if e.is_retryable() && Instant::now() < load.give_up => {
+                back_off(&mut step).await
+            }
+            Err(_) => return (false, rec.calls),
+        }
+    }
+}
+
+/// A replay with another key, retried until it has a definite answer.
+async fn replay_consume(
+    load: &Load,
+    client: &Client,
+    replica: usize,
+    sig: &str,
+    sig_id: &str,
+    key: &str,
+) -> Vec<Call> {
+    let mut rec = Recorder {
+        load,
+        calls: Vec::new(),
+    };
+    let mut step = Duration::from_millis(25);
+    loop {
+        let start = Instant::now();
+        let r = client.consume(sig, None, Some(key)).await;
+        rec.record(replica, Rpc::Replay, sig_id, key, start, result_of(&r));
+        match r {
+            Err(e) if e.is_retryable() && Instant::now() < load.give_up => {
+                back_off(&mut step).await
+            }
+            _ => return rec.calls,
+        }
+    }
 }
 
 /// After the load: the state of every signature that was issued, as every replica reports it
