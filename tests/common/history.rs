@@ -92,6 +92,8 @@ pub struct Report {
     /// From the heal to the first successful consume that started after it, on the replica
     /// that took longest (ms).
     pub recovery_ms: Option<f64>,
+    /// Replicas that were called after the heal but never answered a call OK after it.
+    pub not_recovered: Vec<String>,
 }
 
 impl Report {
@@ -119,6 +121,10 @@ impl Report {
             .map(|(s, k, r)| format!("{s} key {k}: {r}"))
             .collect();
         add("owners that never succeeded after the heal", &stuck);
+        add(
+            "replicas with no successful call after the heal",
+            &self.not_recovered,
+        );
         v
     }
 
@@ -277,6 +283,13 @@ pub fn check(calls: &[Call], marks: Marks) -> Report {
         report
             .replica_gaps
             .insert(replica.to_owned(), longest_gap(mine.clone()));
+        let after: Vec<&Call> = mine
+            .clone()
+            .filter(|c| c.start_ms >= marks.healed_ms)
+            .collect();
+        if !after.is_empty() && !after.iter().any(|c| c.ok()) {
+            report.not_recovered.push(replica.to_owned());
+        }
         let first = mine
             .filter(|c| c.rpc == Rpc::Consume && c.ok() && c.start_ms >= marks.healed_ms)
             .map(|c| c.end_ms - marks.healed_ms)
@@ -401,6 +414,16 @@ mod tests {
         assert!(!report.violations().is_empty());
         h.remove(2);
         assert!(check(&h, MARKS).violations().is_empty());
+    }
+
+    #[test]
+    fn a_replica_that_never_recovers_fails() {
+        let mut h = good();
+        h.push(call(Rpc::Issue, "", "", 160.0, "STORE_UNAVAILABLE"));
+        h.last_mut().unwrap().replica = "r2".into();
+        let report = check(&h, MARKS);
+        assert_eq!(report.not_recovered, ["r2"]);
+        assert_eq!(report.violations().len(), 1);
     }
 
     #[test]

@@ -8,13 +8,19 @@
 //! signature is revoked instead and then presented once; every `late_every`-th is presented
 //! only `late_by` after its issue.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use vod_signer::client::{Client, ClientConfig, ClientError};
 use vod_signer::proto::{IssueSignatureRequest, SignatureState};
 
 use super::Host;
 use crate::history::{Call, OK, Rpc};
+
+/// Replays and late presentations in flight per worker.
+const BACKGROUND_PER_WORKER: usize = 8;
 
 /// What a client host does.
 #[derive(Clone, Debug)]
@@ -100,6 +106,11 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> (Vec<Call>, Vec<(
     let (mine, other) = (w % clients.len(), (w + 1) % clients.len());
     let mut n = 0;
     let mut background = Vec::new();
+    // Background flows (replays, late presentations) a worker may have at once: without a
+    // bound, replays retrying against a replica that does not answer pile up by the
+    // thousand and keep it overloaded after the fault healed (a retry storm of the test's own
+    // making).
+    let slots = Arc::new(Semaphore::new(BACKGROUND_PER_WORKER));
     let mut issued_sigs = Vec::new();
     while Instant::now() < load.stop_issuing {
         n += 1;
@@ -149,9 +160,14 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> (Vec<Call>, Vec<(
         let replay = format!("{}-{w}-{n}-replay", load.client);
         let (load2, a, b) = (load.clone(), clients[mine].clone(), clients[other].clone());
         let ends = (mine, other);
-        if load.late_every > 0 && n % load.late_every == 0 {
+        let late = load.late_every > 0 && n % load.late_every == 0;
+        if let Some(slot) = late
+            .then(|| slots.clone().try_acquire_owned().ok())
+            .flatten()
+        {
             // Presented later (a user uploading a while after asking), in the background.
             background.push(tokio::spawn(async move {
+                let _slot = slot;
                 tokio::time::sleep(load2.late_by).await;
                 let (ok, mut calls) =
                     owner_consume(&load2, &a, ends.0, &sig, &sig_id, &owner).await;
@@ -163,10 +179,12 @@ async fn worker(load: Load, clients: Vec<Client>, w: usize) -> (Vec<Call>, Vec<(
         } else {
             let (ok, calls) = owner_consume(&load, &a, mine, &sig, &sig_id, &owner).await;
             rec.calls.extend(calls);
-            if ok {
-                // The replay runs on by itself (until it has a definite answer), so a replica
-                // that does not answer holds up only the calls sent to it.
+            // The replay runs on by itself (until it has a definite answer), so a replica that
+            // does not answer holds up only the calls sent to it; skipped while the worker has
+            // too many in flight.
+            if let Some(slot) = ok.then(|| slots.clone().try_acquire_owned().ok()).flatten() {
                 background.push(tokio::spawn(async move {
+                    let _slot = slot;
                     replay_consume(&load2, &b, ends.1, &sig, &sig_id, &replay).await
                 }));
             }
