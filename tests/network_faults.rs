@@ -510,16 +510,23 @@ fn cluster_master_goes_dark() {
             .count();
         (all_ok && linked == 3).then_some(())
     });
-    // The dark one: the master that node-1 is not (any master works; take the first listed).
-    let table = w.nodes[0]
-        .redis_cli(REDIS_PORT, &["CLUSTER", "NODES"])
-        .unwrap();
-    let victim_line = table
-        .lines()
-        .find(|l| l.contains("master") && !l.contains("myself"))
-        .unwrap()
-        .to_owned();
-    let victim_id = victim_line.split_whitespace().next().unwrap().to_owned();
+    // The dark one: a master other than node-1 whose replica node-1 already knows (gossip
+    // may take a moment to show it).
+    let (victim_line, replica_line) = wait_for(
+        "node-1 sees a master with its replica",
+        Duration::from_secs(10),
+        || {
+            let table = w.nodes[0].redis_cli(REDIS_PORT, &["CLUSTER", "NODES"])?;
+            table
+                .lines()
+                .filter(|l| l.contains("master") && !l.contains("myself"))
+                .find_map(|m| {
+                    let id = m.split_whitespace().next()?;
+                    let r = table.lines().find(|l| l.contains(&format!("slave {id}")))?;
+                    Some((m.to_owned(), r.to_owned()))
+                })
+        },
+    );
     let victim_ip = victim_line
         .split_whitespace()
         .nth(1)
@@ -534,11 +541,6 @@ fn cluster_master_goes_dark() {
         .find(|n| n.ip.to_string() == victim_ip)
         .unwrap()
         .clone();
-    let replica_line = table
-        .lines()
-        .find(|l| l.contains(&format!("slave {victim_id}")))
-        .unwrap()
-        .to_owned();
     let replica_ip = replica_line
         .split_whitespace()
         .nth(1)
