@@ -115,9 +115,11 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Refused { reason, .. } => *reason == Reason::StoreUnavailable,
+            // tonic's server ends a call past its `grpc-timeout` with CANCELLED ("Timeout
+            // expired"), not DEADLINE_EXCEEDED: the outcome is just as unknown.
             ClientError::Failed { code, .. } => matches!(
                 code,
-                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
             ),
         }
     }

@@ -191,3 +191,16 @@ async fn tls_and_a_bearer_token() {
         .signature;
     ops.consume(&sig, None, None).await.unwrap();
 }
+
+/// A call that outlived its deadline on the server comes back CANCELLED from tonic ("Timeout
+/// expired"): its outcome is unknown, so it is retried like DEADLINE_EXCEEDED (a consume with
+/// its one idempotency key). The network fault suite found owners giving up on it.
+#[test]
+fn a_server_side_deadline_is_retryable() {
+    let e = ClientError::from(tonic::Status::cancelled("Timeout expired"));
+    assert!(e.is_retryable(), "{e:?}");
+    let e = ClientError::from(tonic::Status::deadline_exceeded("deadline"));
+    assert!(e.is_retryable(), "{e:?}");
+    let e = ClientError::from(tonic::Status::invalid_argument("no"));
+    assert!(!e.is_retryable(), "{e:?}");
+}
