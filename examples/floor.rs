@@ -118,7 +118,7 @@ impl SignatureService for Floor {
             .key(record_key)
             .arg(signature::fingerprint(&parsed.tag))
             .arg(now())
-            .arg(&req.idempotency_key)
+            .arg(vod_signer::store::idempotency_token(&req.idempotency_key))
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;

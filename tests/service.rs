@@ -160,8 +160,23 @@ async fn issue_records_before_answering(backend: Backend) {
         .state;
     assert_eq!(state, SignatureState::Issued as i32);
     if let Some(redis) = &server.redis {
+        // Issued for a subject: the text form, naming the subject's index.
         let key = format!("vodsigner:sig:{SECRET_ID}:{}", claims.random);
-        // The compact form: the fingerprint as an integer, kept in Redis' object header.
+        let value = redis.cli(&["GET", &key]).unwrap();
+        assert!(value.starts_with("v1|issued|"), "{value}");
+        assert_eq!(value.split('|').count(), 7, "{value}");
+
+        // Without a subject, the compact form: the fingerprint as an integer, kept in Redis'
+        // object header.
+        let reply = server
+            .client()
+            .await
+            .issue_signature(IssueSignatureRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let (sig, claims) = (reply.signature, reply.claims.unwrap());
+        let key = format!("vodsigner:sig:{SECRET_ID}:{}", claims.random);
         let value = redis.cli(&["GET", &key]).unwrap();
         assert!(value.parse::<u64>().is_ok(), "{value}");
         assert_eq!(redis.cli(&["OBJECT", "ENCODING", &key]).unwrap(), "int");
