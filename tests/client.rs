@@ -25,7 +25,13 @@ async fn refusals_are_reasons_and_retries_are_safe() {
         ..Settings::default()
     };
     let server = TestServer::start_on(store, Some(redis), settings).await;
-    let client = Client::connect(ClientConfig::new(format!("http://{}", server.addr))).unwrap();
+    // Attempts enough to outlast the lost replies: until the heal below, every reply on every
+    // new connection is lost too (on a loaded machine that can be several attempts).
+    let client = Client::connect(ClientConfig {
+        attempts: 8,
+        ..ClientConfig::new(format!("http://{}", server.addr))
+    })
+    .unwrap();
 
     let issued = client
         .issue(IssueSignatureRequest {
@@ -57,7 +63,7 @@ async fn refusals_are_reasons_and_retries_are_safe() {
     let heal = tokio::spawn(async move {
         // Heals once Redis applied the consume (read directly, not through the proxy) and
         // the proxy lost a reply: the attempt's outcome was unknown to the client. Bounded
-        // by the client's attempts (3 of at most 2 s each).
+        // by the client's first attempt (2 s deadline) and its backoff.
         let applied = || {
             std::process::Command::new("redis-cli")
                 .args(["-p", &redis_port.to_string(), "GET", &record_key])
