@@ -9,7 +9,7 @@
 //!   h2load repeating one consume with its idempotency key (h2load sends one body: the repeat
 //!   is the script's success path without its write, for both servers alike).
 //!
-//! Printed: per target, the median over rounds of server CPU per call, Redis CPU per call,
+//! Requests carry no subject (the floor keeps no subject index). Printed: per target, the median over rounds of server CPU per call, Redis CPU per call,
 //! throughput and latency; and the ratios vod-signer / floor, which are what counts on a
 //! shared machine (both sides see the same load, interleaved).
 
@@ -221,6 +221,10 @@ async fn measure_target(
 
 /// `--floor`: runs the comparison; true when every call that should succeed did.
 pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<bool, String> {
+    // Like for like: the floor keeps no per-subject index, so neither side is given a subject
+    // (the index's own cost is measured with `--without-subject` runs, README "A subject's
+    // signatures").
+    WITHOUT_SUBJECT.store(true, Ordering::Relaxed);
     let load_before = loadavg();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_seconds);
