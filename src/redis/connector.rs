@@ -482,21 +482,50 @@ pub(super) fn start_cluster(
 /// breaks or keeps timing out: a timeout is not an error to the redis crate, so a connection
 /// to a peer that went silent would otherwise be kept for as long as TCP retransmits.
 async fn keep_single(client: Client, shared: Arc<Shared>, timeout: Duration) {
+    let names = KeeperLogs {
+        connected: "connected to Redis",
+        replaced: "the Redis connection broke or stopped answering: dialled a new one",
+        unreachable: "Redis",
+    };
+    keep_dialling(shared, timeout, names, || async {
+        dial(&client, timeout).await.map(Link::Node)
+    })
+    .await
+}
+
+/// What a keeper logs when it connects, replaces a connection, or cannot reach Redis.
+struct KeeperLogs {
+    connected: &'static str,
+    replaced: &'static str,
+    unreachable: &'static str,
+}
+
+/// Dials with `dial` (retrying with backoff until it succeeds), installs the connection, and
+/// dials again each time a redial is requested.
+async fn keep_dialling<F, E>(
+    shared: Arc<Shared>,
+    timeout: Duration,
+    logs: KeeperLogs,
+    mut dial: impl FnMut() -> F,
+) where
+    F: Future<Output = Result<Link, E>>,
+    E: std::fmt::Display,
+{
     let mut retries = redial_backoff();
     loop {
-        match dial(&client, timeout).await {
-            Ok(conn) => {
+        match dial().await {
+            Ok(link) => {
                 if shared.current.load().is_none() {
-                    info!("connected to Redis");
+                    info!("{}", logs.connected);
                 } else {
-                    warn!("the Redis connection broke or stopped answering: dialled a new one");
+                    warn!("{}", logs.replaced);
                 }
-                shared.install(Link::Node(conn), Arc::default(), wait_bound(timeout));
+                shared.install(link, Arc::default(), wait_bound(timeout));
                 retries = redial_backoff();
                 shared.redial_requested().await;
             }
             Err(e) => {
-                warn!("Redis not reachable ({e}); retrying");
+                warn!("{} not reachable ({e}); retrying", logs.unreachable);
                 tokio::time::sleep(retries.next().unwrap_or(MAX_BACKOFF)).await;
             }
         }
@@ -532,23 +561,13 @@ async fn keep_cluster(
     shared: Arc<Shared>,
     timeout: Duration,
 ) {
-    let mut retries = redial_backoff();
-    loop {
-        match client.get_async_connection().await {
-            Ok(conn) => {
-                if shared.current.load().is_none() {
-                    info!("connected to Redis Cluster");
-                } else {
-                    info!("reconnected to Redis Cluster after failing calls");
-                }
-                shared.install(Link::Cluster(conn), Arc::default(), wait_bound(timeout));
-                retries = redial_backoff();
-                shared.redial_requested().await;
-            }
-            Err(e) => {
-                warn!("Redis Cluster not reachable ({e}); retrying");
-                tokio::time::sleep(retries.next().unwrap_or(MAX_BACKOFF)).await;
-            }
-        }
-    }
+    let names = KeeperLogs {
+        connected: "connected to Redis Cluster",
+        replaced: "reconnected to Redis Cluster after failing calls",
+        unreachable: "Redis Cluster",
+    };
+    keep_dialling(shared, timeout, names, || async {
+        client.get_async_connection().await.map(Link::Cluster)
+    })
+    .await
 }
