@@ -19,8 +19,11 @@ pub enum Fault {
     /// Hold every chunk (both ways) until the fault changes: a black hole that keeps
     /// connections open and answers nothing.
     Stall,
-    /// Forward requests, but on the first reply cut the connection instead of forwarding it:
-    /// the command ran on Redis, the client never hears of it.
+    /// Forward requests, but from the first reply on, deliver no reply on that connection ever
+    /// again (the connection stays open until its client closes it): the commands ran on
+    /// Redis, the client never hears of them. Requests keep flowing, so a command sent on
+    /// a connection after an earlier reply (say a health `PING`'s) was lost still reaches
+    /// Redis. New connections are affected too while the fault lasts.
     LoseReplies,
     /// Refuse new connections (accept and close at once).
     Refuse,
@@ -33,7 +36,7 @@ pub struct FaultProxy {
     fault: Arc<Mutex<Fault>>,
     connections: Arc<Mutex<Vec<Carried>>>,
     accept: JoinHandle<()>,
-    /// Replies lost so far (connections cut by [`Fault::LoseReplies`]).
+    /// Connections that lost their replies so far (by [`Fault::LoseReplies`]).
     lost: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
@@ -80,7 +83,7 @@ impl FaultProxy {
         }
     }
 
-    /// Waits until `n` replies in all were lost by [`Fault::LoseReplies`].
+    /// Waits until `n` connections in all lost their replies by [`Fault::LoseReplies`].
     pub async fn replies_lost(&self, n: usize) {
         let mut lost = self.lost.subscribe();
         let _ = lost.wait_for(|lost| *lost >= n).await;
@@ -156,19 +159,25 @@ async fn pump(
     let read_fault = fault.clone();
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut deaf = false;
         loop {
             let n = match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
             let now = *read_fault.lock().unwrap();
-            let delay = match now {
-                Fault::LoseReplies if is_reply => {
+            if is_reply && (deaf || now == Fault::LoseReplies) {
+                // Once a reply is lost no later one may arrive: TCP does not drop bytes
+                // mid-stream, so the connection stays deaf for good.
+                if !deaf {
+                    deaf = true;
                     if let Some(lost) = &replies_lost {
                         lost.send_modify(|n| *n += 1);
                     }
-                    return;
                 }
+                continue;
+            }
+            let delay = match now {
                 // Only replies are delayed: one-way latency on the way back.
                 Fault::Delay(d) if is_reply => d,
                 _ => Duration::ZERO,
