@@ -320,6 +320,84 @@ async fn bearer_tokens_over_plaintext() {
     assert_eq!(health(server.addr, "").await, Some(1));
 }
 
+/// At the default log level a refused call logs one `refused` line naming the reason, the RPC,
+/// the caller, the signature's SecretId and nonce and the caller's `x-request-id`; a call that
+/// succeeds logs nothing.
+#[tokio::test]
+async fn a_refusal_logs_one_line_with_the_calls_fields() {
+    let files = tempfile::tempdir().unwrap();
+    let policy = write(files.path(), "policy.toml", &policy_text());
+    let keys = keys_dir();
+    let mut cmd = serve_command();
+    cmd.env("RUST_LOG", "info")
+        .arg("--keys-dir")
+        .arg(keys.path())
+        .args(["--active-key", SECRET_ID, "--caller-policy", &policy]);
+    let server = ServerProcess::spawn(cmd);
+    let mut client = connect(server.addr).await;
+    let sig = client
+        .issue_signature(with_token(IssueSignatureRequest::default(), APP_TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .signature;
+    let random = vod_signer::signature::parse(&sig).unwrap().claims.random;
+    let consume = |request_id: &str| {
+        let mut request = with_token(
+            ConsumeSignatureRequest {
+                signature: sig.clone(),
+                ..Default::default()
+            },
+            OPS_TOKEN,
+        );
+        request
+            .metadata_mut()
+            .insert("x-request-id", request_id.parse().unwrap());
+        request
+    };
+    client
+        .consume_signature(consume("req-first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(client.consume_signature(consume("req-replay")).await),
+        Reason::SignatureAlreadyUsed
+    );
+
+    // The line is written before the answer; the pipe may deliver it a little later.
+    let refused_lines = || -> Vec<serde_json::Value> {
+        server
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "refused")
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused_lines().is_empty() {
+        assert!(Instant::now() < deadline, "no refused line was logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = refused_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["reason"], "SIGNATURE_ALREADY_USED");
+    assert_eq!(line["rpc"], "ConsumeSignature");
+    assert_eq!(line["caller"], "operator");
+    assert_eq!(line["secret_id"], SECRET_ID);
+    assert_eq!(line["random"], random);
+    assert_eq!(line["request_id"], "req-replay");
+    let log = server.stderr.lock().unwrap().join("\n");
+    assert!(
+        !log.contains("req-first"),
+        "a successful call logged: {log}"
+    );
+    assert!(!log.contains(&sig), "the signature reached the log");
+}
+
 #[tokio::test]
 async fn certificate_files_reload_without_a_restart() {
     let old_ca = Ca::new("old CA");

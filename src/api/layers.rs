@@ -1,9 +1,10 @@
 //! The per-call steps of the gRPC edge, one tower layer ([`CallLayer`]) around every RPC of
 //! `SignatureService` (WatchEvents included). In order:
 //!
-//! 1. a `call` span per RPC (the RPC, the caller's `x-request-id`, later the caller, SecretId
-//!    and nonce) and the in-flight gauge; with traces on, the span is also an OpenTelemetry
-//!    server span, child of the caller's `traceparent`;
+//! 1. a debug-level `call` span per RPC (the RPC, the caller's `x-request-id`, later the
+//!    caller, SecretId and nonce; the same fields go to the call's `refused` line through
+//!    `service::call_log`) and the in-flight gauge; with traces on, the span is also an
+//!    OpenTelemetry server span, child of the caller's `traceparent`;
 //! 2. [`check_caller`]: the caller policy (bearer token or client certificate);
 //! 3. [`Admission`]: at most `--max-concurrent-calls` at once; more are shed at once;
 //! 4. the service itself;
@@ -36,6 +37,7 @@ use crate::auth::{Credentials, Rpc, SharedPolicy};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
+use crate::service::call_log::{self, CallLog};
 
 /// The service's full name, as in `rpc.service` of its spans.
 const SERVICE: &str = "vodsigner.v1.SignatureService";
@@ -140,15 +142,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks the caller against the policy (when there is one): `CALLER_UNAUTHENTICATED`
-/// without a known credential, `PERMISSION_DENIED` without the role. The caller's name joins
-/// the call's span.
+/// without a known credential, `PERMISSION_DENIED` without the role. Answers the caller's
+/// name (`None` without a policy), which also joins the call's span.
 pub fn check_caller<B>(
     policy: &SharedPolicy,
     rpc: Rpc,
     request: &http::Request<B>,
-) -> Result<(), Refusal> {
+) -> Result<Option<String>, Refusal> {
     let Some(policy) = policy.load_full() else {
-        return Ok(());
+        return Ok(None);
     };
     let certs = request
         .extensions()
@@ -161,7 +163,7 @@ pub fn check_caller<B>(
     match policy.authorize(rpc, credentials) {
         Ok(caller) => {
             tracing::Span::current().record("caller", caller.name.as_str());
-            Ok(())
+            Ok(Some(caller.name.clone()))
         }
         Err(denied) => Err(Refusal::new(denied.reason(), denied.to_string())),
     }
@@ -270,10 +272,11 @@ where
         let metrics = self.steps.metrics.clone();
         let inflight = metrics.inflight();
         let traces = self.steps.traces;
+        // Debug-level (see `service::call_log`): at info only a refusal logs, with its fields.
         let span = if traces {
             server_span(rpc, request.headers())
         } else {
-            tracing::info_span!(
+            tracing::debug_span!(
                 "call",
                 rpc = rpc.name(),
                 request_id = tracing::field::Empty,
@@ -282,42 +285,55 @@ where
                 random = tracing::field::Empty,
             )
         };
-        if let Some(id) = request_id(request.headers()) {
-            span.record("request_id", id);
+        let mut log = CallLog {
+            request_id: request_id(request.headers()),
+            ..CallLog::default()
+        };
+        if let Some(id) = &log.request_id {
+            span.record("request_id", id.as_str());
         }
         let answer = span.in_scope(|| {
-            check_caller(&self.steps.policy, rpc, &request)?;
+            log.caller = check_caller(&self.steps.policy, rpc, &request)?;
             let permit = self.steps.admission.admit()?;
             Ok::<_, Refusal>((inner.call(request), permit))
         });
-        Box::pin(
-            async move {
-                let response = match answer {
-                    Ok((future, _permit)) => future.await.map(typed_size),
-                    Err(refusal) => Ok(refused(refusal)),
-                };
-                drop(inflight);
-                let outcome = response.as_ref().map(|r| outcome_of(r.headers()));
-                if traces && let Ok(outcome) = &outcome {
-                    record_outcome(&tracing::Span::current(), outcome);
-                }
-                let label = match outcome {
-                    Ok(Outcome::Ok) => {
-                        debug!("ok");
-                        "ok"
-                    }
-                    Ok(Outcome::Refused { label, message, .. }) => {
-                        let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
-                        info!(reason = label, detail, "refused");
-                        label
-                    }
-                    Err(_) => "error",
-                };
-                metrics.request(rpc.name(), label, started.elapsed());
-                response
+        let call = async move {
+            let response = match answer {
+                Ok((future, _permit)) => future.await.map(typed_size),
+                Err(refusal) => Ok(refused(refusal)),
+            };
+            drop(inflight);
+            let outcome = response.as_ref().map(|r| outcome_of(r.headers()));
+            if traces && let Ok(outcome) = &outcome {
+                record_outcome(&tracing::Span::current(), outcome);
             }
-            .instrument(span),
-        )
+            let label = match outcome {
+                Ok(Outcome::Ok) => {
+                    debug!("ok");
+                    "ok"
+                }
+                Ok(Outcome::Refused { label, message, .. }) => {
+                    let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
+                    call_log::with(|log| {
+                        info!(
+                            reason = label,
+                            rpc = rpc.name(),
+                            caller = log.caller.as_deref(),
+                            secret_id = log.secret_id.as_deref(),
+                            random = log.random,
+                            request_id = log.request_id.as_deref(),
+                            detail,
+                            "refused"
+                        )
+                    });
+                    label
+                }
+                Err(_) => "error",
+            };
+            metrics.request(rpc.name(), label, started.elapsed());
+            response
+        };
+        Box::pin(call_log::scope(log, call.instrument(span)))
     }
 }
 
@@ -326,7 +342,7 @@ where
 /// trace context as parent. Nothing from the request body is read here: no signature, key or
 /// token can reach the span's attributes.
 fn server_span(rpc: Rpc, headers: &HeaderMap) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "call",
         otel.name = format!("{SERVICE}/{}", rpc.name()),
         otel.kind = "server",

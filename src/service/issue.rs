@@ -97,9 +97,7 @@ impl<S: Store> Signer<S> {
                 if let Some(digest) = &subject {
                     self.admit(digest, &signed.claims, record_ttl).await?;
                 }
-                let span = tracing::Span::current();
-                span.record("secret_id", secret_id);
-                span.record("random", signed.claims.random);
+                super::call_log::note_signature(secret_id, signed.claims.random);
                 debug!(subject = %req.subject, "issued");
                 self.publish(EventKind::Issued, Some(&signed.claims), &req.subject, "");
                 return Ok(Issued {

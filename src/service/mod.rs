@@ -5,6 +5,7 @@
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
 //! injected [`Clock`], so tests move time instead of sleeping.
 
+pub mod call_log;
 mod issue;
 mod redeem;
 mod subjects;
@@ -210,13 +211,11 @@ impl<S: Store> Signer<S> {
         });
     }
 
-    /// Parses and authenticates a signature; its nonce joins the call's log span as soon as
-    /// it is known, so even a forgery's refusal is logged with the nonce it claimed.
+    /// Parses and authenticates a signature; its nonce joins the call's log as soon as it is
+    /// known, so even a forgery's refusal is logged with the nonce it claimed.
     fn authenticate(&self, signature: &str) -> Result<Parsed, Refusal> {
         let parsed = signature::parse(signature)?;
-        let span = tracing::Span::current();
-        span.record("secret_id", parsed.claims.secret_id.as_str());
-        span.record("random", parsed.claims.random);
+        call_log::note_signature(&parsed.claims.secret_id, parsed.claims.random);
         self.keys.load().verify(&parsed)?;
         Ok(parsed)
     }
