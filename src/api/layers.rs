@@ -338,7 +338,7 @@ where
 }
 
 /// The `call` span with traces on: the same fields, plus the OpenTelemetry name and kind (the
-/// log lines show them too), the RPC attributes (only the trace holds them) and the caller's
+/// debug log lines show them too), the RPC attributes (only the trace holds them) and the caller's
 /// trace context as parent. Nothing from the request body is read here: no signature, key or
 /// token can reach the span's attributes.
 fn server_span(rpc: Rpc, headers: &HeaderMap) -> tracing::Span {
