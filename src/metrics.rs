@@ -262,11 +262,18 @@ impl<S: Store> Instrumented<S> {
     /// Runs one store call: its latency and error recorded, inside a `store` span (a debug
     /// span, so it costs nothing unless traces or debug logs are on; the trace shows it as a
     /// child of the call's span, named `store.<op>`).
-    async fn measure<T>(
+    ///
+    /// It takes the call as a closure, not a future: a future passed to an `async fn` is kept
+    /// twice in its state (the argument, then the awaited value), and every caller above moves
+    /// that state; built inside, the store call's future is held once.
+    async fn measure<T, F>(
         &self,
         op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+        call: impl FnOnce() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
         use tracing::Instrument as _;
         let span = tracing::debug_span!(
             target: "vod_signer::store",
@@ -276,7 +283,7 @@ impl<S: Store> Instrumented<S> {
             otel.status_code = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = call.instrument(span.clone()).await;
+        let result = call().instrument(span.clone()).await;
         self.metrics.store_call(op, started, &result);
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
@@ -308,19 +315,18 @@ impl<S: Store> Store for Instrumented<S> {
         ttl_seconds: u64,
         subject: &str,
     ) -> Result<bool, StoreError> {
-        self.measure(
-            "issue",
-            self.inner.insert_issued(sig, now, ttl_seconds, subject),
-        )
+        self.measure("issue", || {
+            self.inner.insert_issued(sig, now, ttl_seconds, subject)
+        })
         .await
     }
 
     async fn admit(&self, admission: Admission<'_>) -> Result<bool, StoreError> {
-        self.measure("admit", self.inner.admit(admission)).await
+        self.measure("admit", || self.inner.admit(admission)).await
     }
 
     async fn discard(&self, key: RecordKey<'_>) -> Result<(), StoreError> {
-        self.measure("discard", self.inner.discard(key)).await
+        self.measure("discard", || self.inner.discard(key)).await
     }
 
     async fn list_subject(
@@ -330,11 +336,10 @@ impl<S: Store> Store for Instrumented<S> {
         count: usize,
         expired_before: i64,
     ) -> Result<Vec<Listed>, StoreError> {
-        self.measure(
-            "list",
+        self.measure("list", || {
             self.inner
-                .list_subject(subject, after, count, expired_before),
-        )
+                .list_subject(subject, after, count, expired_before)
+        })
         .await
     }
 
@@ -344,12 +349,12 @@ impl<S: Store> Store for Instrumented<S> {
         subject: &str,
         now: i64,
     ) -> Result<RecordState, StoreError> {
-        self.measure("revoke", self.inner.revoke_in_subject(key, subject, now))
+        self.measure("revoke", || self.inner.revoke_in_subject(key, subject, now))
             .await
     }
 
     async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
-        self.measure("status", self.inner.status(sig)).await
+        self.measure("status", || self.inner.status(sig)).await
     }
 
     async fn consume(
@@ -358,16 +363,17 @@ impl<S: Store> Store for Instrumented<S> {
         now: i64,
         idempotency_key: &str,
     ) -> Result<ConsumeOutcome, StoreError> {
-        self.measure("consume", self.inner.consume(sig, now, idempotency_key))
+        self.measure("consume", || self.inner.consume(sig, now, idempotency_key))
             .await
     }
 
     async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
-        self.measure("revoke", self.inner.revoke(sig, now)).await
+        self.measure("revoke", || self.inner.revoke(sig, now)).await
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
-        self.measure("quota", self.inner.charge_quotas(group)).await
+        self.measure("quota", || self.inner.charge_quotas(group))
+            .await
     }
 
     fn record_count(&self) -> Option<usize> {

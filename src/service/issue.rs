@@ -63,7 +63,11 @@ impl<S: Store> Signer<S> {
             (secret_id, key)
         };
 
-        self.charge_quotas(&req.subject, secret_id).await?;
+        if !self.settings.quotas.is_empty() {
+            // Boxed, as the subject index step below: large futures held inline would be
+            // moved on every call, also by callers that use neither.
+            Box::pin(self.charge_quotas(&req.subject, secret_id)).await?;
+        }
         let now = self.clock.now();
         let record_ttl = ttl.saturating_add(self.settings.leeway);
         // No subject: no index work at all.
@@ -95,7 +99,7 @@ impl<S: Store> Signer<S> {
                 .await?
             {
                 if let Some(digest) = &subject {
-                    self.admit(digest, &signed.claims, record_ttl).await?;
+                    Box::pin(self.admit(digest, &signed.claims, record_ttl)).await?;
                 }
                 super::call_log::note_signature(secret_id, signed.claims.random);
                 debug!(subject = %req.subject, "issued");

@@ -282,7 +282,10 @@ impl RedisStore {
         // picks one lacking it would bring back an `issued` state (a second acceptance) or lose
         // an issue record.
         let needed = self.min_replicas_ack.max(conn.promotable_replicas());
-        let acked = match tokio::time::timeout(self.timeout, conn.replicated(needed, key)).await {
+        // Boxed: the wait (a Cluster route) is a large future, and held inline it would
+        // enlarge every issue and consume, replicas or not.
+        let wait = Box::pin(conn.replicated(needed, key));
+        let acked = match tokio::time::timeout(self.timeout, wait).await {
             Ok(Ok(acked)) => acked,
             failed => {
                 let e = match failed {
