@@ -74,7 +74,10 @@ impl RedisEvents {
 /// fewer arguments per `XADD` is less for Redis to parse and store on every call. The cap is
 /// not checked here but once per batch ([`add_trim`]).
 fn add_xadd(pipe: &mut redis::Pipeline, key: &str, e: &Event) {
-    pipe.cmd("XADD")
+    // Sized up front: grown an argument at a time, each command reallocated several times.
+    let text = key.len() + e.secret_id.len() + e.subject.len() + e.source_context.len();
+    let mut xadd = redis::Cmd::with_capacity(17, text + e.reason.len() + 96);
+    xadd.arg("XADD")
         .arg(key)
         .arg("*")
         .arg("kind")
@@ -89,10 +92,11 @@ fn add_xadd(pipe: &mut redis::Pipeline, key: &str, e: &Event) {
         ("reason", &e.reason),
     ] {
         if !value.is_empty() {
-            pipe.arg(name).arg(value);
+            xadd.arg(name).arg(value);
         }
     }
-    pipe.arg("time").arg(e.time).ignore();
+    xadd.arg("time").arg(e.time);
+    pipe.add_command(xadd).ignore();
 }
 
 /// Appends the stream's cap, `XTRIM MAXLEN ~ maxlen`: once per batch rather than on every
@@ -145,7 +149,7 @@ async fn write(
                 }
             }
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(items.len() + 1);
         let mut events = 0;
         let mut flushes = Vec::new();
         for item in items.drain(..) {
