@@ -13,15 +13,21 @@ mod query;
 pub use query::{decode_component, encode_component};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::{Simd, general_purpose};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha1::Sha1;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::LazyLock;
 use zeroize::Zeroizing;
 
 use crate::reason::Reason;
+
+/// Standard Base64 with canonical padding, as `general_purpose::STANDARD`: the same alphabet and
+/// the same strict decoding, but AVX2/NEON (detected once) where the CPU has them, several times
+/// faster on a signature's few hundred characters.
+static BASE64: LazyLock<Simd> = LazyLock::new(|| Simd::standard(general_purpose::PAD));
 
 /// Length of the HMAC-SHA1 tag that prefixes the original.
 pub const TAG_LEN: usize = 20;
@@ -226,37 +232,67 @@ impl fmt::Debug for SecretKey {
 
 /// Builds the original of `req`, in vod-signer's fixed parameter order.
 pub fn original(req: &SignRequest<'_>) -> String {
-    use std::fmt::Write as _;
     let p = req.policy;
-    let mut s = String::with_capacity(128 + req.secret_id.len());
+    let text_len = |v: &Option<String>| v.as_ref().map_or(0, |v| v.len());
+    // Room for the fixed part and every parameter unescaped: one allocation in the usual case.
+    let mut s = String::with_capacity(
+        160 + req.secret_id.len()
+            + text_len(&p.procedure)
+            + text_len(&p.task_notify_mode)
+            + text_len(&p.source_context)
+            + text_len(&p.session_context)
+            + text_len(&p.storage_region),
+    );
+    // itoa: no formatter machinery and no temporary String per number.
+    let mut num = itoa::Buffer::new();
     s.push_str("secretId=");
     query::encode_component_into(&mut s, req.secret_id);
-    let _ = write!(
-        s,
-        "&currentTimeStamp={}&expireTime={}&random={}",
-        req.current_time_stamp, req.expire_time, req.random
-    );
+    s.push_str("&currentTimeStamp=");
+    s.push_str(num.format(req.current_time_stamp));
+    s.push_str("&expireTime=");
+    s.push_str(num.format(req.expire_time));
+    s.push_str("&random=");
+    s.push_str(num.format(req.random));
     if req.one_time_valid {
         s.push_str("&oneTimeValid=1");
     }
-    let mut text = |name: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            s.push('&');
-            s.push_str(name);
-            s.push('=');
-            query::encode_component_into(&mut s, v);
+    let param = |s: &mut String, name: &str, raw: &str, encode: bool| {
+        s.push('&');
+        s.push_str(name);
+        s.push('=');
+        if encode {
+            query::encode_component_into(s, raw);
+        } else {
+            s.push_str(raw);
         }
     };
-    let class_id = p.class_id.map(|v| v.to_string());
-    text("classId", &class_id);
-    text("procedure", &p.procedure);
-    text("taskPriority", &p.task_priority.map(|v| v.to_string()));
-    text("taskNotifyMode", &p.task_notify_mode);
-    text("sourceContext", &p.source_context);
-    text("sessionContext", &p.session_context);
-    text("vodSubAppId", &p.vod_sub_app_id.map(|v| v.to_string()));
-    text("storageRegion", &p.storage_region);
-    text("maxFileSize", &p.max_file_size.map(|v| v.to_string()));
+    if let Some(v) = p.class_id {
+        param(&mut s, "classId", num.format(v), false);
+    }
+    if let Some(v) = &p.procedure {
+        param(&mut s, "procedure", v, true);
+    }
+    if let Some(v) = p.task_priority {
+        param(&mut s, "taskPriority", num.format(v), false);
+    }
+    if let Some(v) = &p.task_notify_mode {
+        param(&mut s, "taskNotifyMode", v, true);
+    }
+    if let Some(v) = &p.source_context {
+        param(&mut s, "sourceContext", v, true);
+    }
+    if let Some(v) = &p.session_context {
+        param(&mut s, "sessionContext", v, true);
+    }
+    if let Some(v) = p.vod_sub_app_id {
+        param(&mut s, "vodSubAppId", num.format(v), false);
+    }
+    if let Some(v) = &p.storage_region {
+        param(&mut s, "storageRegion", v, true);
+    }
+    if let Some(v) = p.max_file_size {
+        param(&mut s, "maxFileSize", num.format(v), false);
+    }
     s
 }
 
@@ -267,10 +303,7 @@ pub fn original(req: &SignRequest<'_>) -> String {
 pub fn sign(key: &SecretKey, req: &SignRequest<'_>) -> Signed {
     let original = original(req);
     let tag = key.tag(original.as_bytes());
-    let mut raw = Vec::with_capacity(TAG_LEN + original.len());
-    raw.extend_from_slice(&tag);
-    raw.extend_from_slice(original.as_bytes());
-    let signature = BASE64.encode(&raw);
+    let signature = encode_signature(&tag, original.as_bytes());
     let claims = Claims {
         secret_id: req.secret_id.to_owned(),
         current_time_stamp: req.current_time_stamp,
@@ -286,6 +319,32 @@ pub fn sign(key: &SecretKey, req: &SignRequest<'_>) -> Signed {
         claims,
         tag,
     }
+}
+
+/// Base64(`tag` ++ `original`) written straight into the result, without first copying the two
+/// into one buffer: the tag and the original's first byte are 21 bytes, whole 3-byte groups, so
+/// their encoding and the rest's concatenate into the encoding of the whole.
+fn encode_signature(tag: &[u8; TAG_LEN], original: &[u8]) -> String {
+    let total = base64::encoded_len(TAG_LEN + original.len(), true).expect("a short original");
+    let mut out = vec![0u8; total];
+    let mut head = [0u8; TAG_LEN + 1];
+    head[..TAG_LEN].copy_from_slice(tag);
+    let rest = match original.split_first() {
+        Some((&first, rest)) => {
+            head[TAG_LEN] = first;
+            rest
+        }
+        None => &[],
+    };
+    let head = &head[..(TAG_LEN + original.len()).min(TAG_LEN + 1)];
+    let n = BASE64
+        .encode_slice(head, &mut out)
+        .expect("sized by encoded_len");
+    let m = BASE64
+        .encode_slice(rest, &mut out[n..])
+        .expect("sized by encoded_len");
+    debug_assert_eq!(n + m, total);
+    String::from_utf8(out).expect("Base64 is ASCII")
 }
 
 /// A parsed signature: its tag and claims, not yet authenticated.
@@ -402,43 +461,58 @@ pub fn parse_original(original: String) -> Result<Claims, SignatureError> {
     let mut extra = BTreeMap::new();
     let mut seen: u16 = 0;
 
-    for pair in original.split('&') {
-        let (raw_name, raw_value) = pair
-            .split_once('=')
+    // memchr's SIMD search finds where each parameter ends and its first '%' or '+', if any:
+    // `split('&')`, `split_once('=')` and a byte-by-byte scan per component took a third of
+    // parse's time. Only the short name is looked through byte by byte, for its '='.
+    let bytes = original.as_bytes();
+    let mut start = 0;
+    while start <= bytes.len() {
+        let rest = &bytes[start..];
+        let (len, first_escape) = match memchr::memchr3(b'&', b'%', b'+', rest) {
+            Some(i) if rest[i] == b'&' => (i, None),
+            Some(i) => (
+                memchr::memchr(b'&', &rest[i..]).map_or(rest.len(), |j| i + j),
+                Some(i),
+            ),
+            None => (rest.len(), None),
+        };
+        let pair = &rest[..len];
+        let eq = pair
+            .iter()
+            .position(|&b| b == b'=')
             .ok_or_else(|| malformed("a parameter has no '='"))?;
-        let name = decode_component(raw_name)
+        let (raw_name, raw_value) = (
+            &original[start..start + eq],
+            &original[start + eq + 1..start + len],
+        );
+        start += len + 1;
+        let name_escaped = first_escape.is_some_and(|i| i < eq);
+        let value_escaped = match first_escape {
+            None => false,
+            Some(i) if i > eq => true,
+            Some(_) => memchr::memchr2(b'%', b'+', raw_value.as_bytes()).is_some(),
+        };
+        let name = query::decode_if(raw_name, name_escaped)
             .map_err(|_| malformed("a parameter name is badly encoded"))?;
         if name.is_empty() {
             return Err(malformed("a parameter has an empty name"));
         }
-        let value = decode_component(raw_value)
+        let value = query::decode_if(raw_value, value_escaped)
             .map_err(|_| malformed(format!("parameter {} is badly encoded", printable(&name))))?;
-        let bit: u16 = match &*name {
-            "secretId" => 1,
-            "currentTimeStamp" => 1 << 1,
-            "expireTime" => 1 << 2,
-            "random" => 1 << 3,
-            "oneTimeValid" => 1 << 4,
-            "classId" => 1 << 5,
-            "procedure" => 1 << 6,
-            "taskPriority" => 1 << 7,
-            "taskNotifyMode" => 1 << 8,
-            "sourceContext" => 1 << 9,
-            "sessionContext" => 1 << 10,
-            "vodSubAppId" => 1 << 11,
-            "storageRegion" => 1 << 12,
-            "maxFileSize" => 1 << 13,
-            _ => 0,
+        let Some(param) = Param::from_name(&name) else {
+            if extra.contains_key(&*name) {
+                return Err(twice(&name));
+            }
+            extra.insert(name.into_owned(), value.into_owned());
+            continue;
         };
-        if (bit != 0 && seen & bit != 0) || (bit == 0 && extra.contains_key(&*name)) {
-            return Err(malformed(format!(
-                "parameter {} appears twice",
-                printable(&name)
-            )));
+        let bit = 1u16 << param as u16;
+        if seen & bit != 0 {
+            return Err(twice(&name));
         }
         seen |= bit;
-        match &*name {
-            "secretId" => {
+        match param {
+            Param::SecretId => {
                 if !is_valid_secret_id(&value) {
                     return Err(malformed(
                         "secretId is not 1-128 characters of A-Z a-z 0-9 _ -",
@@ -446,28 +520,25 @@ pub fn parse_original(original: String) -> Result<Claims, SignatureError> {
                 }
                 secret_id = Some(value.into_owned());
             }
-            "currentTimeStamp" => current = Some(number::<i64>(&name, &value)?),
-            "expireTime" => expire = Some(number::<i64>(&name, &value)?),
-            "random" => random = Some(number::<u32>(&name, &value)?),
-            "oneTimeValid" => {
+            Param::CurrentTimeStamp => current = Some(number::<i64>(&name, &value)?),
+            Param::ExpireTime => expire = Some(number::<i64>(&name, &value)?),
+            Param::Random => random = Some(number::<u32>(&name, &value)?),
+            Param::OneTimeValid => {
                 one_time = Some(match &*value {
                     "0" => false,
                     "1" => true,
                     _ => return Err(malformed("oneTimeValid must be 0 or 1")),
                 })
             }
-            "classId" => policy.class_id = Some(number(&name, &value)?),
-            "procedure" => policy.procedure = Some(value.into_owned()),
-            "taskPriority" => policy.task_priority = Some(number(&name, &value)?),
-            "taskNotifyMode" => policy.task_notify_mode = Some(value.into_owned()),
-            "sourceContext" => policy.source_context = Some(value.into_owned()),
-            "sessionContext" => policy.session_context = Some(value.into_owned()),
-            "vodSubAppId" => policy.vod_sub_app_id = Some(number(&name, &value)?),
-            "storageRegion" => policy.storage_region = Some(value.into_owned()),
-            "maxFileSize" => policy.max_file_size = Some(number(&name, &value)?),
-            _ => {
-                extra.insert(name.into_owned(), value.into_owned());
-            }
+            Param::ClassId => policy.class_id = Some(number(&name, &value)?),
+            Param::Procedure => policy.procedure = Some(value.into_owned()),
+            Param::TaskPriority => policy.task_priority = Some(number(&name, &value)?),
+            Param::TaskNotifyMode => policy.task_notify_mode = Some(value.into_owned()),
+            Param::SourceContext => policy.source_context = Some(value.into_owned()),
+            Param::SessionContext => policy.session_context = Some(value.into_owned()),
+            Param::VodSubAppId => policy.vod_sub_app_id = Some(number(&name, &value)?),
+            Param::StorageRegion => policy.storage_region = Some(value.into_owned()),
+            Param::MaxFileSize => policy.max_file_size = Some(number(&name, &value)?),
         }
     }
 
@@ -494,6 +565,51 @@ pub fn parse_original(original: String) -> Result<Claims, SignatureError> {
         extra,
         original,
     })
+}
+
+/// The parameters vod-signer knows; each has a bit in `parse_original`'s `seen`.
+#[derive(Clone, Copy)]
+enum Param {
+    SecretId,
+    CurrentTimeStamp,
+    ExpireTime,
+    Random,
+    OneTimeValid,
+    ClassId,
+    Procedure,
+    TaskPriority,
+    TaskNotifyMode,
+    SourceContext,
+    SessionContext,
+    VodSubAppId,
+    StorageRegion,
+    MaxFileSize,
+}
+
+impl Param {
+    fn from_name(name: &str) -> Option<Param> {
+        Some(match name {
+            "secretId" => Param::SecretId,
+            "currentTimeStamp" => Param::CurrentTimeStamp,
+            "expireTime" => Param::ExpireTime,
+            "random" => Param::Random,
+            "oneTimeValid" => Param::OneTimeValid,
+            "classId" => Param::ClassId,
+            "procedure" => Param::Procedure,
+            "taskPriority" => Param::TaskPriority,
+            "taskNotifyMode" => Param::TaskNotifyMode,
+            "sourceContext" => Param::SourceContext,
+            "sessionContext" => Param::SessionContext,
+            "vodSubAppId" => Param::VodSubAppId,
+            "storageRegion" => Param::StorageRegion,
+            "maxFileSize" => Param::MaxFileSize,
+            _ => return None,
+        })
+    }
+}
+
+fn twice(name: &str) -> SignatureError {
+    malformed(format!("parameter {} appears twice", printable(name)))
 }
 
 /// Parses a decimal number strictly: ASCII digits with an optional leading `-`, nothing else.

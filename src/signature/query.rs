@@ -43,8 +43,16 @@ pub enum DecodeError {
 
 /// Decodes one query component: `%XX` escapes and `+` as space; the result must be UTF-8.
 pub fn decode_component(raw: &str) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
-    // Fast path: nothing to decode (the common case for issued signatures' numeric fields).
-    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+    decode_if(raw, raw.bytes().any(|b| b == b'%' || b == b'+'))
+}
+
+/// [`decode_component`] for a caller that already knows whether `raw` has a `%` or `+`
+/// (`escaped`); without one, `raw` is its own decoding.
+pub(crate) fn decode_if(
+    raw: &str,
+    escaped: bool,
+) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
+    if !escaped {
         return Ok(std::borrow::Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
