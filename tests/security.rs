@@ -69,6 +69,16 @@ async fn tls_channel(
         .await
 }
 
+/// A signature issued by the caller holding `token`.
+async fn issue_as(client: &mut SignatureServiceClient<Channel>, token: &str) -> String {
+    client
+        .issue_signature(with_token(IssueSignatureRequest::default(), token))
+        .await
+        .unwrap()
+        .into_inner()
+        .signature
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
@@ -187,12 +197,7 @@ async fn mtls_roles_by_certificate_and_token() {
     );
     gateway.consume_signature(consume()).await.unwrap();
     // A token names its caller, whatever the certificate: the operator may do anything.
-    let sig2 = stranger
-        .issue_signature(with_token(IssueSignatureRequest::default(), OPS_TOKEN))
-        .await
-        .unwrap()
-        .into_inner()
-        .signature;
+    let sig2 = issue_as(&mut stranger, OPS_TOKEN).await;
     stranger
         .consume_signature(with_token(
             ConsumeSignatureRequest {
@@ -267,12 +272,7 @@ async fn bearer_tokens_over_plaintext() {
         ),
         Reason::CallerUnauthenticated
     );
-    let sig = client
-        .issue_signature(with_token(IssueSignatureRequest::default(), APP_TOKEN))
-        .await
-        .unwrap()
-        .into_inner()
-        .signature;
+    let sig = issue_as(&mut client, APP_TOKEN).await;
     let consume = ConsumeSignatureRequest {
         signature: sig.clone(),
         ..Default::default()
@@ -335,12 +335,7 @@ async fn a_refusal_logs_one_line_with_the_calls_fields() {
         .args(["--active-key", SECRET_ID, "--caller-policy", &policy]);
     let server = ServerProcess::spawn(cmd);
     let mut client = connect(server.addr).await;
-    let sig = client
-        .issue_signature(with_token(IssueSignatureRequest::default(), APP_TOKEN))
-        .await
-        .unwrap()
-        .into_inner()
-        .signature;
+    let sig = issue_as(&mut client, APP_TOKEN).await;
     let random = vod_signer::signature::parse(&sig).unwrap().claims.random;
     let consume = |request_id: &str| {
         let mut request = with_token(
@@ -365,16 +360,7 @@ async fn a_refusal_logs_one_line_with_the_calls_fields() {
     );
 
     // The line is written before the answer; the pipe may deliver it a little later.
-    let refused_lines = || -> Vec<serde_json::Value> {
-        server
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == "refused")
-            .collect()
-    };
+    let refused_lines = || log_lines(&server, "refused");
     let deadline = Instant::now() + Duration::from_secs(5);
     while refused_lines().is_empty() {
         assert!(Instant::now() < deadline, "no refused line was logged");
@@ -581,16 +567,21 @@ async fn keys_rotate_without_a_restart() {
     );
 }
 
-/// How many key reloads the server has finished (its `keys reload done` lines).
-fn reloads_done(server: &ServerProcess) -> usize {
+/// The server's JSON log lines with this message, so far.
+fn log_lines(server: &ServerProcess, message: &str) -> Vec<serde_json::Value> {
     server
         .stderr
         .lock()
         .unwrap()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "keys reload done")
-        .count()
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+/// How many key reloads the server has finished (its `keys reload done` lines).
+fn reloads_done(server: &ServerProcess) -> usize {
+    log_lines(server, "keys reload done").len()
 }
 
 fn hangup(server: &ServerProcess) {
