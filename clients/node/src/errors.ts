@@ -75,7 +75,13 @@ export class Refused extends VodSignerError {
 /** No answer with a reason: transport failure, deadline, or a status without ErrorInfo. */
 export class CallFailed extends VodSignerError {
   override get retryable(): boolean {
-    return this.code === grpc.status.UNAVAILABLE || this.code === grpc.status.DEADLINE_EXCEEDED;
+    // The server ends a call past its deadline with CANCELLED ("Timeout expired"), not
+    // DEADLINE_EXCEEDED: its outcome is just as unknown (as in the Rust client).
+    return (
+      this.code === grpc.status.UNAVAILABLE ||
+      this.code === grpc.status.DEADLINE_EXCEEDED ||
+      this.code === grpc.status.CANCELLED
+    );
   }
 }
 

@@ -69,6 +69,17 @@ test('the Reason type is the SPEC list plus CALLER_UNAUTHENTICATED', () => {
   assert.deepEqual([...REASONS].sort(), [...spec, 'CALLER_UNAUTHENTICATED'].sort());
 });
 
+test('unknown outcomes are retryable, refusals final', () => {
+  for (const code of [grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.CANCELLED]) {
+    assert.ok(new CallFailed(code, 'no answer').retryable, grpc.status[code]);
+  }
+  for (const code of [grpc.status.INVALID_ARGUMENT, grpc.status.PERMISSION_DENIED]) {
+    assert.ok(!new CallFailed(code, 'final').retryable, grpc.status[code]);
+  }
+  assert.ok(!new Refused(grpc.status.FAILED_PRECONDITION, 'used', 'SIGNATURE_ALREADY_USED', {}).retryable);
+  assert.ok(new Refused(grpc.status.UNAVAILABLE, 'away', 'STORE_UNAVAILABLE', {}).retryable);
+});
+
 describe('against a live server', () => {
   test('issue for a subject, verify, consume; a replay is refused SIGNATURE_ALREADY_USED', async () => {
     const client = admin(signer.target);

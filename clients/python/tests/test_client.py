@@ -37,6 +37,18 @@ def test_reason_enum_is_the_spec_list_plus_two() -> None:
     assert {r.value for r in Reason} == set(spec) | {"CALLER_UNAUTHENTICATED", "UNRECOGNIZED"}
 
 
+def test_unknown_outcomes_are_retryable_and_refusals_are_final() -> None:
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                 grpc.StatusCode.CANCELLED):
+        assert CallFailed(code, "no answer").retryable, code
+    for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED):
+        assert not CallFailed(code, "final").retryable, code
+    used = Refused(grpc.StatusCode.FAILED_PRECONDITION, "used", "SIGNATURE_ALREADY_USED", {}, None)
+    assert not used.retryable
+    away = Refused(grpc.StatusCode.UNAVAILABLE, "away", "STORE_UNAVAILABLE", {}, None)
+    assert away.retryable
+
+
 def test_issue_verify_consume_then_replay_is_refused(signer: Signer) -> None:
     with admin(signer.target) as client:
         issued = client.issue("user-42", procedure="QCVB_SimpleProcessFile",

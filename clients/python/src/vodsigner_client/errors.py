@@ -79,7 +79,10 @@ class CallFailed(VodSignerError):
 
     @property
     def retryable(self) -> bool:
-        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The server ends a call past its deadline with CANCELLED ("Timeout expired"), not
+        # DEADLINE_EXCEEDED: its outcome is just as unknown (as in the Rust client).
+        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.CANCELLED)
 
 
 def error_from_rpc(error: grpc.RpcError) -> VodSignerError:
