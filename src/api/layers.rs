@@ -330,7 +330,7 @@ where
                 }
                 Err(_) => "error",
             };
-            metrics.request(rpc.name(), label, started.elapsed());
+            metrics.request(rpc, label, started.elapsed());
             response
         };
         Box::pin(call_log::scope(log, call.instrument(span)))
