@@ -18,6 +18,7 @@ use redis::aio::MultiplexedConnection;
 use tonic::{Request, Response, Status};
 use vod_signer::proto;
 use vod_signer::proto::signature_service_server::{SignatureService, SignatureServiceServer};
+use vod_signer::service::MAX_NONCE_TRIES;
 use vod_signer::signature::{self, SecretKey, SignRequest, UploadPolicy};
 
 #[global_allocator]
@@ -72,7 +73,7 @@ impl SignatureService for Floor {
         let policy: UploadPolicy = req.policy.unwrap_or_default().into();
         // A nonce already taken is tried again, as vod-signer does: handing out a signature
         // whose record belongs to another would fail its consume (and the benchmark's check).
-        for _ in 0..8 {
+        for _ in 0..MAX_NONCE_TRIES {
             let signed = signature::sign(
                 &self.key,
                 &SignRequest {
@@ -103,7 +104,9 @@ impl SignatureService for Floor {
                 }));
             }
         }
-        Err(Status::unavailable("no free nonce in 8 tries"))
+        Err(Status::unavailable(format!(
+            "no free nonce in {MAX_NONCE_TRIES} tries"
+        )))
     }
 
     async fn consume_signature(

@@ -161,12 +161,10 @@ impl<S: Store> Signer<S> {
         Err(refusal)
     }
 
-    /// Charges the issuance quotas; a request over one is refused with `RATE_LIMITED`.
+    /// Charges the issuance quotas; a request over one is refused with `RATE_LIMITED`. Called
+    /// only when quotas are configured.
     async fn charge_quotas(&self, subject: &str, secret_id: &str) -> Result<(), Refusal> {
         let quotas = &self.settings.quotas;
-        if quotas.is_empty() {
-            return Ok(());
-        }
         let subject = (!subject.is_empty()).then_some(subject);
         if subject.is_none()
             && !self.settings.allow_missing_subject
