@@ -49,6 +49,11 @@ const SERVICE_PATH: &str = "/vodsigner.v1.SignatureService/";
 /// at 16 KiB). Larger ones are refused before decoding, as `INVALID_REQUEST`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+// Header names looked up on every call, prepared once: a `&str` key is parsed and checked
+// as a header name on each lookup.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Which RPC of `SignatureService` a request calls; `None` for other services.
 fn rpc_of<B>(request: &http::Request<B>) -> Option<Rpc> {
     request
@@ -86,6 +91,10 @@ enum Outcome {
 }
 
 fn outcome_of(headers: &HeaderMap) -> Outcome {
+    // The common case (a success) settled with one lookup of a prepared name.
+    if !headers.contains_key(&GRPC_STATUS) {
+        return Outcome::Ok;
+    }
     match tonic::Status::from_header_map(headers) {
         None => Outcome::Ok,
         Some(status) if status.code() == tonic::Code::Ok => Outcome::Ok,
@@ -109,7 +118,7 @@ fn outcome_of(headers: &HeaderMap) -> Outcome {
 pub fn typed_size<B: Default>(response: http::Response<B>) -> http::Response<B> {
     let out_of_range = response
         .headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|v| v.as_bytes() == b"11");
     if !out_of_range {
         return response;
@@ -122,7 +131,7 @@ pub fn typed_size<B: Default>(response: http::Response<B>) -> http::Response<B> 
 
 /// The caller's request id (`x-request-id` metadata), bounded and printable, for the logs.
 fn request_id(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("x-request-id")?.to_str().ok()?;
+    let value = headers.get(&X_REQUEST_ID)?.to_str().ok()?;
     Some(
         value
             .chars()
@@ -134,7 +143,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 
 /// The caller's bearer token (`authorization: Bearer <token>`), if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get("authorization")?.to_str().ok()?;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))?;
@@ -297,6 +306,13 @@ where
             let permit = self.steps.admission.admit()?;
             Ok::<_, Refusal>((inner.call(request), permit))
         });
+        // Only the RPCs that parse a signature note one on the call's log while they run; the
+        // others keep their log here, without the task-local's cost on every poll.
+        let (scoped, local) = if matches!(rpc, Rpc::Verify | Rpc::Consume | Rpc::Revoke) {
+            (Some(log), None)
+        } else {
+            (None, Some(log))
+        };
         let call = async move {
             let response = match answer {
                 Ok((future, _permit)) => future.await.map(typed_size),
@@ -314,7 +330,7 @@ where
                 }
                 Ok(Outcome::Refused { label, message, .. }) => {
                     let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
-                    call_log::with(|log| {
+                    let refused = |log: &CallLog| {
                         info!(
                             reason = label,
                             rpc = rpc.name(),
@@ -325,7 +341,13 @@ where
                             detail,
                             "refused"
                         )
-                    });
+                    };
+                    match &local {
+                        Some(log) => refused(log),
+                        None => {
+                            call_log::with(refused);
+                        }
+                    }
                     label
                 }
                 Err(_) => "error",
@@ -333,7 +355,10 @@ where
             metrics.request(rpc, label, started.elapsed());
             response
         };
-        Box::pin(call_log::scope(log, call.instrument(span)))
+        match scoped {
+            Some(log) => Box::pin(call_log::scope(log, call.instrument(span))),
+            None => Box::pin(call.instrument(span)),
+        }
     }
 }
 

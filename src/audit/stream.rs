@@ -96,7 +96,10 @@ fn add_xadd(pipe: &mut redis::Pipeline, key: &str, e: &Event) {
         }
     }
     xadd.arg("time").arg(e.time);
-    pipe.add_command(xadd).ignore();
+    // Not `.ignore()`d: redis-rs keeps ignored indices in a hash set, a hash insert per event
+    // and a rebuilt reply list per batch. The batch is read as `()`, which takes any reply,
+    // and a server error still fails it.
+    pipe.add_command(xadd);
 }
 
 /// Appends the stream's cap, `XTRIM MAXLEN ~ maxlen`: once per batch rather than on every
@@ -107,8 +110,7 @@ fn add_trim(pipe: &mut redis::Pipeline, key: &str, maxlen: usize) {
         .arg(key)
         .arg("MAXLEN")
         .arg("~")
-        .arg(maxlen)
-        .ignore();
+        .arg(maxlen);
 }
 
 /// The event an entry holds; `None` for an entry this version does not know.

@@ -4,8 +4,9 @@
 //! The per-call `call` span is debug-level (as tower-http's trace layer makes it): at info, a
 //! span the log layer keeps costs its fields' formatting on every call, most of which log
 //! nothing. So at the default level the one line a call may log, `refused`, carries these
-//! fields itself; they are noted here, in a task-local the api layer scopes around each call,
-//! and on the span too (for `--log-level debug` and traces).
+//! fields itself; they are noted here, in a task-local the api layer scopes around each call
+//! that parses a signature (the others keep their log in the layer), and on the span too (for
+//! `--log-level debug` and traces).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -34,15 +35,22 @@ pub fn scope<F: Future>(log: CallLog, call: F) -> impl Future<Output = F::Output
 
 /// The signature the call is about, once known: on the call log and the current span.
 pub fn note_signature(secret_id: &str, random: u32) {
-    let span = tracing::Span::current();
-    span.record("secret_id", secret_id);
-    span.record("random", random);
+    note_issued(secret_id, random);
     // Outside a call (a unit test of the use cases) there is nothing to note it on.
     let _ = CALL.try_with(|log| {
         let mut log = log.borrow_mut();
         log.secret_id = Some(secret_id.to_owned());
         log.random = Some(random);
     });
+}
+
+/// The signature an issue produced, on the current span only: it is noted once nothing can
+/// refuse the call any more, so no `refused` line will need it (and a successful issue pays
+/// for no copy of the SecretId).
+pub fn note_issued(secret_id: &str, random: u32) {
+    let span = tracing::Span::current();
+    span.record("secret_id", secret_id);
+    span.record("random", random);
 }
 
 /// Reads the current call's log; `None` outside a call.

@@ -101,7 +101,7 @@ impl<S: Store> Signer<S> {
                 if let Some(digest) = &subject {
                     Box::pin(self.admit(digest, &signed.claims, record_ttl)).await?;
                 }
-                super::call_log::note_signature(secret_id, signed.claims.random);
+                super::call_log::note_issued(secret_id, signed.claims.random);
                 debug!(subject = %req.subject, "issued");
                 self.publish(EventKind::Issued, Some(&signed.claims), &req.subject, "");
                 return Ok(Issued {
