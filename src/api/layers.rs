@@ -306,9 +306,7 @@ where
             let permit = self.steps.admission.admit()?;
             Ok::<_, Refusal>((inner.call(request), permit))
         });
-        // Only the RPCs that parse a signature note one on the call's log while they run; the
-        // others keep their log here, without the task-local's cost on every poll.
-        let (scoped, local) = if matches!(rpc, Rpc::Verify | Rpc::Consume | Rpc::Revoke) {
+        let (scoped, local) = if call_log::notes_signature(rpc) {
             (Some(log), None)
         } else {
             (None, Some(log))

@@ -11,6 +11,8 @@
 use std::cell::RefCell;
 use std::future::Future;
 
+use crate::auth::Rpc;
+
 tokio::task_local! {
     static CALL: RefCell<CallLog>;
 }
@@ -28,6 +30,13 @@ pub struct CallLog {
     pub random: Option<u32>,
 }
 
+/// Whether calls of `rpc` note a signature on their log while they run: the RPCs whose use
+/// case authenticates a presented signature. Only they need [`scope`]; the others keep their
+/// log outside the call, without the task-local's cost on every poll.
+pub fn notes_signature(rpc: Rpc) -> bool {
+    matches!(rpc, Rpc::Verify | Rpc::Consume | Rpc::Revoke)
+}
+
 /// Runs `call` with `log` as its call log.
 pub fn scope<F: Future>(log: CallLog, call: F) -> impl Future<Output = F::Output> {
     CALL.scope(RefCell::new(log), call)
@@ -35,7 +44,7 @@ pub fn scope<F: Future>(log: CallLog, call: F) -> impl Future<Output = F::Output
 
 /// The signature the call is about, once known: on the call log and the current span.
 pub fn note_signature(secret_id: &str, random: u32) {
-    note_issued(secret_id, random);
+    record_on_span(secret_id, random);
     // Outside a call (a unit test of the use cases) there is nothing to note it on.
     let _ = CALL.try_with(|log| {
         let mut log = log.borrow_mut();
@@ -48,6 +57,10 @@ pub fn note_signature(secret_id: &str, random: u32) {
 /// refuse the call any more, so no `refused` line will need it (and a successful issue pays
 /// for no copy of the SecretId).
 pub fn note_issued(secret_id: &str, random: u32) {
+    record_on_span(secret_id, random);
+}
+
+fn record_on_span(secret_id: &str, random: u32) {
     let span = tracing::Span::current();
     span.record("secret_id", secret_id);
     span.record("random", random);

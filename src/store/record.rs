@@ -26,15 +26,9 @@ pub fn compact_issued(fingerprint: &str) -> Option<String> {
     if fingerprint.is_empty() || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    // By hand and with itoa rather than `from_str_radix` and `to_string` (the hex digits are
-    // checked above): this runs on every issue and consume.
-    let n = fingerprint.bytes().take(15).fold(0u64, |n, b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            _ => (b | 0x20) - b'a' + 10,
-        };
-        n << 4 | u64::from(digit)
-    });
+    let prefix = &fingerprint[..fingerprint.len().min(15)];
+    // itoa rather than `to_string`: this runs on every issue and consume.
+    let n = u64::from_str_radix(prefix, 16).ok()?;
     Some(itoa::Buffer::new().format(n).to_owned())
 }
 
