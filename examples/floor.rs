@@ -175,6 +175,27 @@ impl SignatureService for Floor {
     ) -> Result<Response<proto::RevokeSubjectResponse>, Status> {
         Err(Status::unimplemented("floor"))
     }
+
+    async fn complete_upload(
+        &self,
+        _: Request<proto::CompleteUploadRequest>,
+    ) -> Result<Response<proto::CompleteUploadResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn pull_events(
+        &self,
+        _: Request<proto::PullEventsRequest>,
+    ) -> Result<Response<proto::PullEventsResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn confirm_events(
+        &self,
+        _: Request<proto::ConfirmEventsRequest>,
+    ) -> Result<Response<proto::ConfirmEventsResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

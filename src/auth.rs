@@ -3,7 +3,7 @@
 //! ```toml
 //! [[caller]]
 //! name = "app-server"
-//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke, WatchEvents, ListSignatures, RevokeSubject; consumer: Verify, Consume; admin: all
+//! roles = ["issuer"]      # issuer: Issue, Verify, Revoke, WatchEvents, ListSignatures, RevokeSubject, PullEvents, ConfirmEvents; consumer: Verify, Consume, CompleteUpload; admin: all
 //! san = ["spiffe://cluster.local/ns/app/sa/app-server"]   # client certificate SANs (DNS or URI)
 //! token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
 //! ```
@@ -55,6 +55,15 @@ pub enum Rpc {
     /// RevokeSubject.
     #[strum(serialize = "RevokeSubject")]
     RevokeSubject,
+    /// CompleteUpload.
+    #[strum(serialize = "CompleteUpload")]
+    CompleteUpload,
+    /// PullEvents.
+    #[strum(serialize = "PullEvents")]
+    PullEvents,
+    /// ConfirmEvents.
+    #[strum(serialize = "ConfirmEvents")]
+    ConfirmEvents,
 }
 
 impl Rpc {
@@ -72,9 +81,9 @@ pub type SharedPolicy = Arc<arc_swap::ArcSwapOption<CallerPolicy>>;
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// App servers: IssueSignature, VerifySignature, RevokeSignature, WatchEvents,
-    /// ListSignatures, RevokeSubject.
+    /// ListSignatures, RevokeSubject, PullEvents, ConfirmEvents.
     Issuer,
-    /// Upload gateways: VerifySignature, ConsumeSignature.
+    /// Upload gateways: VerifySignature, ConsumeSignature, CompleteUpload.
     Consumer,
     /// Operators: everything.
     Admin,
@@ -94,8 +103,11 @@ impl Role {
                     | Rpc::WatchEvents
                     | Rpc::ListSignatures
                     | Rpc::RevokeSubject
+                    | Rpc::PullEvents
+                    | Rpc::ConfirmEvents
             ),
-            Role::Consumer => matches!(rpc, Rpc::Verify | Rpc::Consume),
+            // The upload gateway uses the signature up, then says the upload is stored.
+            Role::Consumer => matches!(rpc, Rpc::Verify | Rpc::Consume | Rpc::CompleteUpload),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::notify::{Delivery, Lifecycle, PushTarget, Secrets};
 use crate::redis::RedisConfig;
 use crate::server::ServerOptions;
 use crate::service::Settings;
@@ -53,6 +54,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Where upload notifications go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyMode {
+    /// POSTed to --notify-url.
+    Push,
+    /// Kept for PullEvents and ConfirmEvents.
+    Pull,
 }
 
 /// Tokio runtime flavours.
@@ -235,6 +245,36 @@ pub struct ServeArgs {
     /// absent, `OTEL_EXPORTER_OTLP_ENDPOINT` is used; neither: no traces (the default).
     #[arg(long, env = "VOD_SIGNER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// A consumed upload with no CompleteUpload this long after its consume is marked
+    /// ABANDONED (with an event and a notification), e.g. `1h`, `30m`.
+    #[arg(long, env = "VOD_SIGNER_COMPLETION_WINDOW", value_name = "DURATION",
+          default_value_t = humantime::Duration::from(Lifecycle::COMPLETION_WINDOW))]
+    pub completion_window: humantime::Duration,
+    /// Push each upload notification (completed, abandoned) to this URL as a signed POST
+    /// (Standard Webhooks); needs --notify-secret-file.
+    #[arg(long, env = "VOD_SIGNER_NOTIFY_URL", value_name = "URL")]
+    pub notify_url: Option<String>,
+    /// `pull`: keep notifications for PullEvents/ConfirmEvents instead of pushing them;
+    /// `push`: what --notify-url means. Neither: no notifications are queued.
+    #[arg(long, env = "VOD_SIGNER_NOTIFY_MODE", value_enum)]
+    pub notify_mode: Option<NotifyMode>,
+    /// The secrets that sign pushes, one a line (`whsec_` and base64); during a rotation each
+    /// one signs every push.
+    #[arg(long, env = "VOD_SIGNER_NOTIFY_SECRET_FILE", value_name = "FILE")]
+    pub notify_secret_file: Option<PathBuf>,
+    /// A notification not delivered (or confirmed) this long after it was queued is
+    /// dead-lettered: kept in Redis and counted, no longer retried.
+    #[arg(long, env = "VOD_SIGNER_NOTIFY_MAX_AGE", value_name = "DURATION",
+          default_value_t = humantime::Duration::from(Lifecycle::MAX_AGE))]
+    pub notify_max_age: humantime::Duration,
+    /// Each push attempt's time limit (connect, send, answer).
+    #[arg(long, env = "VOD_SIGNER_NOTIFY_TIMEOUT", value_name = "DURATION",
+          default_value_t = humantime::Duration::from(Lifecycle::ATTEMPT_TIMEOUT))]
+    pub notify_timeout: humantime::Duration,
+    /// Push attempts in flight at once per replica.
+    #[arg(long, env = "VOD_SIGNER_NOTIFY_CONCURRENCY", default_value_t = Lifecycle::CONCURRENCY as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub notify_concurrency: u64,
     /// Tokio runtime flavour.
     #[arg(long, env = "VOD_SIGNER_RUNTIME", value_enum, default_value = "auto")]
     pub runtime: RuntimeFlavor,
@@ -260,6 +300,48 @@ impl ServeArgs {
             .into_iter()
             .filter_map(|(scope, name, text)| text.as_deref().map(|t| Quota::parse(scope, name, t)))
             .collect()
+    }
+
+    /// The upload lifecycle from the flags: the completion window and where notifications go.
+    pub fn lifecycle(&self) -> Result<Lifecycle, String> {
+        let window: std::time::Duration = self.completion_window.into();
+        if window.as_secs() == 0 {
+            return Err("--completion-window must be at least 1s".into());
+        }
+        let delivery = match (self.notify_mode, &self.notify_url) {
+            (Some(NotifyMode::Pull), Some(_)) => {
+                return Err("--notify-url pushes and --notify-mode pull keeps notifications for                             PullEvents: give one of them"
+                    .into());
+            }
+            (Some(NotifyMode::Pull), None) => Delivery::Pull,
+            (Some(NotifyMode::Push), None) => {
+                return Err("--notify-mode push needs --notify-url".into());
+            }
+            (_, Some(url)) => {
+                let url: hyper::Uri = url
+                    .parse()
+                    .map_err(|e| format!("--notify-url {url:?}: {e}"))?;
+                if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+                    return Err(format!("--notify-url {url}: an http:// or https:// URL"));
+                }
+                let path = self.notify_secret_file.as_deref().ok_or(
+                    "--notify-url needs --notify-secret-file: every push is signed (Standard                      Webhooks)",
+                )?;
+                let secrets = Secrets::load(path).map_err(|e| e.to_string())?;
+                Delivery::Push(std::sync::Arc::new(PushTarget {
+                    url,
+                    secrets,
+                    attempt_timeout: self.notify_timeout.into(),
+                    concurrency: self.notify_concurrency as usize,
+                }))
+            }
+            (None, None) => Delivery::Off,
+        };
+        Ok(Lifecycle {
+            completion_window: window,
+            delivery,
+            max_age: self.notify_max_age.into(),
+        })
     }
 
     /// Where traces go: `--otlp-endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`; None: off.

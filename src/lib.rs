@@ -12,7 +12,9 @@
 //! 4. Redis: [`redis`]: URLs of the three deployments, a connection that heals itself, Sentinel
 //!    following. Knows nothing of signatures.
 //! 5. Persistence: [`store`] (the replay guard's records: the [`store::Store`] interface, Redis
-//!    and in-memory), [`audit`] (the event log: log lines or a Redis stream).
+//!    and in-memory; the uploads awaiting completion and the notification outbox),
+//!    [`audit`] (the event log: log lines or a Redis stream), [`notify`] (upload
+//!    notifications: their body, Standard Webhooks signatures, the push to `--notify-url`).
 //! 6. [`service`]: the use cases (issue, verify, consume, revoke, watch; a subject's signatures:
 //!    list, revoke all, the outstanding cap). Knows no gRPC.
 //! 7. [`metrics`]: Prometheus metrics, the measured store, the `/metrics` endpoint.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod digest;
 pub mod keys;
 pub mod metrics;
+pub mod notify;
 pub mod proto;
 pub mod quota;
 pub mod reason;

@@ -1,11 +1,12 @@
 //! Prometheus metrics (SPEC section 6 names) and the `/metrics` HTTP endpoint.
 //!
 //! Labels are bounded: `rpc` (one per RPC), `result` (`ok` or a reason token), `op` (store
-//! operations). Nothing taken from a request (secret id, subject) ever becomes a label.
+//! operations), `cause` (why a store call failed). Nothing taken from a request (secret id, subject) ever becomes a label.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,11 +18,8 @@ use strum::IntoEnumIterator as _;
 use tokio::net::TcpListener;
 
 use crate::auth::Rpc;
-use crate::quota::Charge;
-use crate::store::{
-    Admission, ConsumeOutcome, ListCursor, Listed, QuotaOutcome, RecordKey, RecordRef, RecordState,
-    Store, StoreError,
-};
+use crate::notify::{LifecycleObserver, Outcome};
+use crate::store::{StoreError, StoreObserver, StoreOp};
 
 /// Buckets of RPC latency, seconds: 100 µs to ~3 s.
 const REQUEST_BUCKETS: [f64; 16] = [
@@ -45,41 +43,19 @@ struct OpLabel {
     op: &'static str,
 }
 
-/// A store operation: its `op` label, and `store.<op>` as its span's name.
-#[derive(Clone, Copy, Debug, strum::IntoStaticStr, strum::EnumIter)]
-#[strum(serialize_all = "snake_case")]
-enum StoreOp {
-    Issue,
-    Status,
-    Consume,
-    Revoke,
-    Quota,
-    Admit,
-    Discard,
-    List,
-    /// A health ping (no span: it belongs to no call).
-    Ping,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    op: &'static str,
+    cause: &'static str,
 }
 
-impl StoreOp {
-    fn label(self) -> OpLabel {
-        OpLabel { op: self.into() }
-    }
+fn op_label(op: StoreOp) -> OpLabel {
+    OpLabel { op: op.name() }
+}
 
-    /// The trace span name of the operation.
-    fn span_name(self) -> &'static str {
-        match self {
-            StoreOp::Issue => "store.issue",
-            StoreOp::Status => "store.status",
-            StoreOp::Consume => "store.consume",
-            StoreOp::Revoke => "store.revoke",
-            StoreOp::Quota => "store.quota",
-            StoreOp::Admit => "store.admit",
-            StoreOp::Discard => "store.discard",
-            StoreOp::List => "store.list",
-            StoreOp::Ping => "store.ping",
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,11 +110,16 @@ pub struct Metrics {
     /// Each store operation's latency histogram, indexed by [`StoreOp`]: resolved once, not
     /// looked up (hashed) on every call.
     store_latency: Vec<Histogram>,
-    store_errors: Family<OpLabel, Counter>,
+    store_errors: Family<ErrorLabels, Counter>,
     inflight: Gauge,
     store_up: Gauge,
     store_records: Gauge,
     active_key_missing: Gauge,
+    /// Each notification outcome's counter, indexed by [`Outcome`].
+    notifications: Vec<Counter>,
+    notification_oldest: Gauge<f64, AtomicU64>,
+    awaiting_completion: Gauge,
+    abandoned: Counter,
 }
 
 impl Default for Metrics {
@@ -171,10 +152,10 @@ impl Metrics {
             "Store call latency in seconds",
             store_duration.clone(),
         );
-        let store_errors = Family::<OpLabel, Counter>::default();
+        let store_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "vodsigner_store_errors",
-            "Store calls that failed or timed out (the RPC answered STORE_UNAVAILABLE)",
+            "Store calls that failed, by operation and cause (not_connected, timeout, connection, out_of_memory, replication, server, reply)",
             store_errors.clone(),
         );
         let inflight = Gauge::default();
@@ -206,6 +187,37 @@ impl Metrics {
             "Trace spans not delivered to the OTLP collector: queue_full (the bounded export queue was full) or export_failed (the collector did not take the batch in time)",
             TRACE_SPANS_DROPPED.clone(),
         );
+        let notifications_family = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "vodsigner_notifications",
+            "Upload notifications by outcome: queued, delivered (2xx, or confirmed by a puller), retried (an attempt failed), dead_lettered (past --notify-max-age)",
+            notifications_family.clone(),
+        );
+        let notifications = Outcome::iter()
+            .map(|o| {
+                notifications_family
+                    .get_or_create(&ResultLabel { result: o.name() })
+                    .clone()
+            })
+            .collect();
+        let notification_oldest = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "vodsigner_notification_oldest_seconds",
+            "Age of the oldest notification not yet delivered or confirmed (0: none)",
+            notification_oldest.clone(),
+        );
+        let awaiting_completion = Gauge::default();
+        registry.register(
+            "vodsigner_uploads_awaiting_completion",
+            "Consumed uploads not yet completed nor abandoned",
+            awaiting_completion.clone(),
+        );
+        let abandoned = Counter::default();
+        registry.register(
+            "vodsigner_uploads_abandoned",
+            "Uploads marked ABANDONED: still consumed --completion-window after the consume",
+            abandoned.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
             "vodsigner_build_info",
@@ -228,7 +240,7 @@ impl Metrics {
             })
             .collect();
         let store_latency = StoreOp::iter()
-            .map(|op| store_duration.get_or_create(&op.label()).clone())
+            .map(|op| store_duration.get_or_create(&op_label(op)).clone())
             .collect();
         Metrics {
             registry,
@@ -240,6 +252,10 @@ impl Metrics {
             store_up,
             store_records,
             active_key_missing,
+            notifications,
+            notification_oldest,
+            awaiting_completion,
+            abandoned,
         }
     }
 
@@ -288,11 +304,34 @@ impl Metrics {
     pub fn set_active_key_missing(&self, missing: bool) {
         self.active_key_missing.set(i64::from(missing));
     }
+}
 
-    fn store_call<T>(&self, op: StoreOp, started: Instant, result: &Result<T, StoreError>) {
-        self.store_latency[op as usize].observe(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            self.store_errors.get_or_create(&op.label()).inc();
+impl LifecycleObserver for Metrics {
+    fn notifications(&self, outcome: Outcome, n: u64) {
+        self.notifications[outcome as usize].inc_by(n);
+    }
+
+    fn abandoned(&self, n: u64) {
+        self.abandoned.inc_by(n);
+    }
+
+    fn backlog(&self, awaiting: u64, oldest_seconds: f64) {
+        self.awaiting_completion
+            .set(awaiting.min(i64::MAX as u64) as i64);
+        self.notification_oldest.set(oldest_seconds);
+    }
+}
+
+impl StoreObserver for Metrics {
+    fn observe(&self, op: StoreOp, elapsed: Duration, error: Option<&StoreError>) {
+        self.store_latency[op as usize].observe(elapsed.as_secs_f64());
+        if let Some(e) = error {
+            self.store_errors
+                .get_or_create(&ErrorLabels {
+                    op: op.name(),
+                    cause: e.cause.name(),
+                })
+                .inc();
         }
     }
 }
@@ -303,139 +342,6 @@ pub struct InflightGuard(Gauge);
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// A store that records the latency and errors of every call.
-pub struct Instrumented<S> {
-    inner: Arc<S>,
-    metrics: Arc<Metrics>,
-}
-
-impl<S> Instrumented<S> {
-    /// Wraps `inner`, recording into `metrics`.
-    pub fn new(inner: Arc<S>, metrics: Arc<Metrics>) -> Instrumented<S> {
-        Instrumented { inner, metrics }
-    }
-}
-
-impl<S: Store> Instrumented<S> {
-    /// Runs one store call: its latency and error recorded, inside a `store` span (a debug
-    /// span, so it costs nothing unless traces or debug logs are on; the trace shows it as a
-    /// child of the call's span, named `store.<op>`).
-    ///
-    /// It takes the call as a closure, not a future: a future passed to an `async fn` is kept
-    /// twice in its state (the argument, then the awaited value), and every caller above moves
-    /// that state; built inside, the store call's future is held once.
-    async fn measure<T, F>(&self, op: StoreOp, call: impl FnOnce() -> F) -> Result<T, StoreError>
-    where
-        F: Future<Output = Result<T, StoreError>>,
-    {
-        use tracing::Instrument as _;
-        let span = tracing::debug_span!(
-            target: "vod_signer::store",
-            "store",
-            otel.name = op.span_name(),
-            op = <&str>::from(op),
-            otel.status_code = tracing::field::Empty,
-        );
-        let started = Instant::now();
-        let result = call().instrument(span.clone()).await;
-        self.metrics.store_call(op, started, &result);
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
-        result
-    }
-}
-
-impl<S: Store> Store for Instrumented<S> {
-    async fn insert_issued(
-        &self,
-        sig: RecordRef<'_>,
-        now: i64,
-        ttl_seconds: u64,
-        subject: &str,
-    ) -> Result<bool, StoreError> {
-        self.measure(StoreOp::Issue, || {
-            self.inner.insert_issued(sig, now, ttl_seconds, subject)
-        })
-        .await
-    }
-
-    async fn admit(&self, admission: Admission<'_>) -> Result<bool, StoreError> {
-        self.measure(StoreOp::Admit, || self.inner.admit(admission))
-            .await
-    }
-
-    async fn discard(&self, key: RecordKey<'_>) -> Result<(), StoreError> {
-        self.measure(StoreOp::Discard, || self.inner.discard(key))
-            .await
-    }
-
-    async fn list_subject(
-        &self,
-        subject: &str,
-        after: Option<&ListCursor>,
-        count: usize,
-        expired_before: i64,
-    ) -> Result<Vec<Listed>, StoreError> {
-        self.measure(StoreOp::List, || {
-            self.inner
-                .list_subject(subject, after, count, expired_before)
-        })
-        .await
-    }
-
-    async fn revoke_in_subject(
-        &self,
-        key: RecordKey<'_>,
-        subject: &str,
-        now: i64,
-    ) -> Result<RecordState, StoreError> {
-        self.measure(StoreOp::Revoke, || {
-            self.inner.revoke_in_subject(key, subject, now)
-        })
-        .await
-    }
-
-    async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
-        self.measure(StoreOp::Status, || self.inner.status(sig))
-            .await
-    }
-
-    async fn consume(
-        &self,
-        sig: RecordRef<'_>,
-        now: i64,
-        idempotency_key: &str,
-    ) -> Result<ConsumeOutcome, StoreError> {
-        self.measure(StoreOp::Consume, || {
-            self.inner.consume(sig, now, idempotency_key)
-        })
-        .await
-    }
-
-    async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
-        self.measure(StoreOp::Revoke, || self.inner.revoke(sig, now))
-            .await
-    }
-
-    async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
-        self.measure(StoreOp::Quota, || self.inner.charge_quotas(group))
-            .await
-    }
-
-    fn record_count(&self) -> Option<usize> {
-        self.inner.record_count()
-    }
-
-    /// Health pings are measured but get no span: they belong to no call.
-    async fn ping(&self) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let result = self.inner.ping().await;
-        self.metrics.store_call(StoreOp::Ping, started, &result);
-        result
     }
 }
 

@@ -51,6 +51,10 @@ pub enum Reason {
     NoActiveKey,
     /// The store did not answer in time; nothing was accepted.
     StoreUnavailable,
+    /// CompleteUpload before the signature was consumed.
+    SignatureNotConsumed,
+    /// CompleteUpload with another file id than the one recorded.
+    UploadAlreadyCompleted,
 }
 
 impl Reason {
@@ -92,6 +96,8 @@ mod tests {
                 "CALLER_UNAUTHENTICATED",
                 "NO_ACTIVE_KEY",
                 "STORE_UNAVAILABLE",
+                "SIGNATURE_NOT_CONSUMED",
+                "UPLOAD_ALREADY_COMPLETED",
             ]
         );
         for reason in Reason::iter() {

@@ -81,7 +81,9 @@ pub fn grpc_code(reason: Reason) -> Code {
         | Reason::SignatureRevoked
         | Reason::SignatureNotIssued
         | Reason::FileTooLarge
-        | Reason::NoActiveKey => Code::FailedPrecondition,
+        | Reason::NoActiveKey
+        | Reason::SignatureNotConsumed
+        | Reason::UploadAlreadyCompleted => Code::FailedPrecondition,
         Reason::RateLimited => Code::ResourceExhausted,
         Reason::PermissionDenied => Code::PermissionDenied,
         Reason::StoreUnavailable => Code::Unavailable,

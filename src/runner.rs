@@ -13,7 +13,7 @@ use crate::audit::{EventLog, LogEvents, NoEvents, RedisEvents};
 use crate::auth::{CallerPolicy, SharedPolicy};
 use crate::config::{RuntimeFlavor, ServeArgs};
 use crate::keys::{KeyRing, SharedKeys};
-use crate::metrics::{Instrumented, Metrics, serve_metrics};
+use crate::metrics::{Metrics, serve_metrics};
 use crate::redis::RedisConfig;
 use crate::reload::{self, Sources};
 use crate::server::{ServerOptions, serve, shutdown_signal};
@@ -48,15 +48,18 @@ fn build_runtime(args: &ServeArgs) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-/// The use cases over `store`, with its calls measured into `metrics`.
+/// The use cases over `store`, with its operations measured into `metrics`.
 pub fn assemble<S: Store>(
     store: Arc<S>,
     keys: SharedKeys,
     settings: Settings,
     events: Arc<dyn EventLog>,
     metrics: Arc<Metrics>,
-) -> Signer<Instrumented<S>> {
-    Signer::new(Arc::new(Instrumented::new(store, metrics)), keys, settings).with_events(events)
+) -> Signer<S> {
+    store.observe_with(metrics.clone());
+    Signer::new(store, keys, settings)
+        .with_events(events)
+        .with_lifecycle_observer(metrics)
 }
 
 /// The use cases' settings from the flags.
@@ -74,6 +77,7 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
         quotas: args.quotas()?,
         allow_missing_subject: args.quota_allow_missing_subject,
         max_outstanding_per_subject: args.max_outstanding_per_subject,
+        lifecycle: args.lifecycle()?,
     })
 }
 

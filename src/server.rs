@@ -18,6 +18,7 @@ use crate::api::layers::CallLayer;
 use crate::api::{MAX_REQUEST_BYTES, SignatureApi};
 use crate::auth::SharedPolicy;
 use crate::metrics::Metrics;
+use crate::notify::Delivery;
 use crate::proto::signature_service_server::SignatureServiceServer;
 use crate::service::Signer;
 use crate::store::{MemoryStore, Store};
@@ -155,6 +156,77 @@ async fn watch_store<S: Store>(
     }
 }
 
+/// A name for this process among the replicas: the pod's name (`HOSTNAME`) and the process,
+/// so each replica is its own consumer of the outbox and holder of the sweep's lease.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "vod-signer".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// The upload lifecycle's background work until `stop` turns true: the abandonment sweep
+/// (one replica at a time, by lease) and the backlog gauges.
+async fn run_lifecycle<S: Store>(
+    signer: Arc<Signer<S>>,
+    owner: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = signer.settings().lifecycle.sweep_period();
+    let mut failing = false;
+    loop {
+        let swept = signer.sweep_abandoned(&owner).await;
+        let backlog = signer.backlog().await;
+        match (swept, backlog) {
+            (Ok(_), Ok(_)) if failing => {
+                failing = false;
+                info!("the upload lifecycle sweep works again");
+            }
+            (Err(e), _) | (_, Err(e)) if !failing => {
+                failing = true;
+                warn!("the upload lifecycle sweep failed ({e}); retrying every {period:?}");
+            }
+            _ => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Starts the upload lifecycle's background tasks: the sweep, and with `--notify-url` the
+/// pusher.
+fn start_lifecycle<S: Store>(
+    signer: &Arc<Signer<S>>,
+    metrics: &Arc<Metrics>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let owner = replica_name();
+    let mut tasks = vec![tokio::spawn(run_lifecycle(
+        signer.clone(),
+        owner.clone(),
+        stop.clone(),
+    ))];
+    let lifecycle = &signer.settings().lifecycle;
+    if let Delivery::Push(target) = &lifecycle.delivery {
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(crate::notify::push::run(
+            signer.store().clone(),
+            target.clone(),
+            lifecycle.max_age,
+            owner,
+            metrics.clone(),
+            async move {
+                let _ = stop.changed().await;
+            },
+        )));
+    }
+    tasks
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains calls in flight.
 pub async fn serve<S: Store>(
     listener: TcpListener,
@@ -163,6 +235,9 @@ pub async fn serve<S: Store>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
+    let signer = Arc::new(signer);
+    let (stop_background, background_stop) = tokio::sync::watch::channel(false);
+    let background = start_lifecycle(&signer, &options.metrics, &background_stop);
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     let watcher = tokio::spawn(watch_store(
@@ -216,7 +291,7 @@ pub async fn serve<S: Store>(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(
-            SignatureServiceServer::new(SignatureApi::new(signer))
+            SignatureServiceServer::new(SignatureApi::new(signer.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     let stop = async {
@@ -246,6 +321,7 @@ pub async fn serve<S: Store>(
     tokio::select! {
         result = &mut server => {
             watcher.abort();
+            let _ = stop_background.send(true);
             return result.map_err(|e| e.to_string());
         }
         () = shutdown => {}
@@ -254,7 +330,7 @@ pub async fn serve<S: Store>(
     watcher.abort();
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout(options.drain_timeout, server).await {
+    let drained = match tokio::time::timeout(options.drain_timeout, server).await {
         Ok(result) => {
             info!("drained: exiting");
             result.map_err(|e| e.to_string())
@@ -266,5 +342,23 @@ pub async fn serve<S: Store>(
             );
             Ok(())
         }
+    };
+    // The background work stops after the calls: a push in flight finishes (bounded by its
+    // timeout) and what is still queued waits in Redis for another replica.
+    let _ = stop_background.send(true);
+    let stopped = futures_all(background);
+    if tokio::time::timeout(options.drain_timeout, stopped)
+        .await
+        .is_err()
+    {
+        warn!("background work still running at the drain timeout: exiting");
+    }
+    drained
+}
+
+/// Waits for every task.
+async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
     }
 }

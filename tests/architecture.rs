@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["signature"],
     &["keys", "auth", "quota"],
     &["redis"],
-    &["store", "audit"],
+    &["store", "audit", "notify"],
     &["service"],
     &["metrics"],
     &["proto", "api"],

@@ -117,10 +117,26 @@ async fn counts_are_exact_after_known_calls() {
     wait_health(server.addr, "", false, Duration::from_secs(5)).await;
     let text = scrape(metrics).await;
     assert_eq!(text.value("vodsigner_store_up", &[]), Some(0.0));
+    // Counted by operation and cause: the server went away, so the connection broke (or
+    // there was none to use any more).
     assert!(
-        text.value("vodsigner_store_errors_total", &[("op", "ping")])
-            .unwrap_or(0.0)
-            >= 1.0,
+        text.sum("vodsigner_store_errors_total", &[("op", "ping")]) >= 1.0,
+        "{}",
+        text.text
+    );
+    let by_cause = text.sum(
+        "vodsigner_store_errors_total",
+        &[("op", "ping"), ("cause", "connection")],
+    ) + text.sum(
+        "vodsigner_store_errors_total",
+        &[("op", "ping"), ("cause", "not_connected")],
+    ) + text.sum(
+        "vodsigner_store_errors_total",
+        &[("op", "ping"), ("cause", "timeout")],
+    );
+    assert_eq!(
+        by_cause,
+        text.sum("vodsigner_store_errors_total", &[("op", "ping")]),
         "{}",
         text.text
     );

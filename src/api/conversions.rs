@@ -4,8 +4,8 @@ use crate::audit::{Event, EventKind};
 use crate::proto;
 use crate::refusal::Refusal;
 use crate::service::{
-    ConsumeRequest, Consumed, IssueRequest, Issued, ListRequest, Listing, SignatureState, Summary,
-    Verified,
+    CompleteRequest, CompletedUpload, ConsumeRequest, Consumed, IssueRequest, Issued, ListRequest,
+    Listing, Notification, SignatureState, Summary, Verified,
 };
 use crate::signature::{Claims, UploadPolicy};
 
@@ -89,6 +89,8 @@ impl From<SignatureState> for proto::SignatureState {
             SignatureState::Revoked => proto::SignatureState::Revoked,
             SignatureState::Expired => proto::SignatureState::Expired,
             SignatureState::NotIssued => proto::SignatureState::NotIssued,
+            SignatureState::Completed => proto::SignatureState::Completed,
+            SignatureState::Abandoned => proto::SignatureState::Abandoned,
         }
     }
 }
@@ -106,6 +108,8 @@ impl TryFrom<proto::ListSignaturesRequest> for ListRequest {
                 Ok(proto::SignatureState::Revoked) => Ok(SignatureState::Revoked),
                 Ok(proto::SignatureState::Expired) => Ok(SignatureState::Expired),
                 Ok(proto::SignatureState::NotIssued) => Ok(SignatureState::NotIssued),
+                Ok(proto::SignatureState::Completed) => Ok(SignatureState::Completed),
+                Ok(proto::SignatureState::Abandoned) => Ok(SignatureState::Abandoned),
                 _ => Err(Refusal::invalid(format!("unknown signature state {s}"))),
             })
             .collect::<Result<_, _>>()?;
@@ -184,6 +188,9 @@ impl From<EventKind> for proto::EventKind {
             EventKind::Consumed => proto::EventKind::Consumed,
             EventKind::Revoked => proto::EventKind::Revoked,
             EventKind::ConsumeRefused => proto::EventKind::ConsumeRefused,
+            EventKind::Completed => proto::EventKind::Completed,
+            EventKind::Abandoned => proto::EventKind::Abandoned,
+            EventKind::CompleteRefused => proto::EventKind::CompleteRefused,
         }
     }
 }
@@ -197,6 +204,9 @@ impl TryFrom<proto::EventKind> for EventKind {
             proto::EventKind::Consumed => Ok(EventKind::Consumed),
             proto::EventKind::Revoked => Ok(EventKind::Revoked),
             proto::EventKind::ConsumeRefused => Ok(EventKind::ConsumeRefused),
+            proto::EventKind::Completed => Ok(EventKind::Completed),
+            proto::EventKind::Abandoned => Ok(EventKind::Abandoned),
+            proto::EventKind::CompleteRefused => Ok(EventKind::CompleteRefused),
             proto::EventKind::Unspecified => Err(()),
         }
     }
@@ -213,5 +223,39 @@ pub fn event_to_proto(id: String, e: Event) -> proto::Event {
         source_context: e.source_context,
         reason: e.reason,
         time: e.time,
+        file_id: e.file_id,
+    }
+}
+
+impl From<proto::CompleteUploadRequest> for CompleteRequest {
+    fn from(r: proto::CompleteUploadRequest) -> CompleteRequest {
+        CompleteRequest {
+            signature: r.signature,
+            file_id: r.file_id,
+            file_size: r.file_size,
+            media_url: r.media_url,
+            media_type: r.media_type,
+        }
+    }
+}
+
+impl From<CompletedUpload> for proto::CompleteUploadResponse {
+    fn from(c: CompletedUpload) -> proto::CompleteUploadResponse {
+        proto::CompleteUploadResponse {
+            claims: Some(c.claims.into()),
+            completed_at: c.completed_at,
+            late: c.late,
+        }
+    }
+}
+
+impl From<Notification> for proto::Notification {
+    fn from(n: Notification) -> proto::Notification {
+        proto::Notification {
+            handle: n.handle,
+            webhook_id: n.webhook_id,
+            body: n.body,
+            created_at: n.created_at,
+        }
     }
 }

@@ -10,6 +10,8 @@ pub mod conversions;
 pub mod layers;
 pub mod propagation;
 
+use std::sync::Arc;
+
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
@@ -24,12 +26,13 @@ pub use self::layers::MAX_REQUEST_BYTES;
 
 /// `SignatureService` over the use cases.
 pub struct SignatureApi<S> {
-    signer: Signer<S>,
+    signer: Arc<Signer<S>>,
 }
 
 impl<S: Store> SignatureApi<S> {
-    /// The gRPC service of `signer`.
-    pub fn new(signer: Signer<S>) -> SignatureApi<S> {
+    /// The gRPC service of `signer` (shared with the background work of the upload
+    /// lifecycle).
+    pub fn new(signer: Arc<Signer<S>>) -> SignatureApi<S> {
         SignatureApi { signer }
     }
 }
@@ -116,5 +119,38 @@ impl<S: Store> SignatureService for SignatureApi<S> {
             .revoke_subject(&request.into_inner().subject)
             .await?;
         Ok(Response::new(proto::RevokeSubjectResponse { revoked }))
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<proto::CompleteUploadRequest>,
+    ) -> Result<Response<proto::CompleteUploadResponse>, Status> {
+        let completed = self
+            .signer
+            .complete_upload(request.into_inner().into())
+            .await?;
+        Ok(Response::new(completed.into()))
+    }
+
+    async fn pull_events(
+        &self,
+        request: Request<proto::PullEventsRequest>,
+    ) -> Result<Response<proto::PullEventsResponse>, Status> {
+        let req = request.into_inner();
+        let notifications = self.signer.pull_events(req.max, req.wait_seconds).await?;
+        Ok(Response::new(proto::PullEventsResponse {
+            notifications: notifications.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn confirm_events(
+        &self,
+        request: Request<proto::ConfirmEventsRequest>,
+    ) -> Result<Response<proto::ConfirmEventsResponse>, Status> {
+        let confirmed = self
+            .signer
+            .confirm_events(&request.into_inner().handles)
+            .await?;
+        Ok(Response::new(proto::ConfirmEventsResponse { confirmed }))
     }
 }

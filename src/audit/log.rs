@@ -44,6 +44,7 @@ impl EventLog for LogEvents {
             subject = %event.subject,
             source_context = %event.source_context,
             reason = %event.reason,
+            file_id = %event.file_id,
             time = event.time,
             "audit event"
         );

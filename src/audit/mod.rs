@@ -1,4 +1,5 @@
-//! Audit and upload events: every issue, consume, revoke and refused consume.
+//! Audit and upload events: every issue, consume, revoke and refused consume, and how each
+//! upload ended (completed, abandoned, or a refused completion).
 //!
 //! One interface, [`EventLog`], and its three sinks: [`NoEvents`] (`--events-maxlen 0`),
 //! [`LogEvents`] (the in-memory store's: a log line each, and live watchers) and
@@ -34,6 +35,12 @@ pub enum EventKind {
     Revoked,
     /// ConsumeSignature refused.
     ConsumeRefused,
+    /// CompleteUpload: the upload was stored.
+    Completed,
+    /// Still consumed `--completion-window` after the consume.
+    Abandoned,
+    /// CompleteUpload refused (FILE_TOO_LARGE: the gateway stored a file over maxFileSize).
+    CompleteRefused,
 }
 
 impl EventKind {
@@ -56,8 +63,10 @@ pub struct Event {
     pub subject: String,
     /// The signature's `sourceContext`.
     pub source_context: String,
-    /// The refusal reason token, for refused consumes.
+    /// The refusal reason token, for refused consumes and completions.
     pub reason: String,
+    /// The platform's file id, for completions.
+    pub file_id: String,
     /// Unix seconds.
     pub time: i64,
 }

@@ -75,8 +75,9 @@ impl RedisEvents {
 /// not checked here but once per batch ([`add_trim`]).
 fn add_xadd(pipe: &mut redis::Pipeline, key: &str, e: &Event) {
     // Sized up front: grown an argument at a time, each command reallocated several times.
-    let text = key.len() + e.secret_id.len() + e.subject.len() + e.source_context.len();
-    let mut xadd = redis::Cmd::with_capacity(17, text + e.reason.len() + 96);
+    let text =
+        key.len() + e.secret_id.len() + e.subject.len() + e.source_context.len() + e.file_id.len();
+    let mut xadd = redis::Cmd::with_capacity(19, text + e.reason.len() + 96);
     xadd.arg("XADD")
         .arg(key)
         .arg("*")
@@ -90,6 +91,7 @@ fn add_xadd(pipe: &mut redis::Pipeline, key: &str, e: &Event) {
         ("subject", &e.subject),
         ("source_context", &e.source_context),
         ("reason", &e.reason),
+        ("file_id", &e.file_id),
     ] {
         if !value.is_empty() {
             xadd.arg(name).arg(value);
@@ -123,6 +125,7 @@ fn event_of(entry: &StreamId) -> Option<Event> {
         subject: text("subject"),
         source_context: text("source_context"),
         reason: text("reason"),
+        file_id: text("file_id"),
         time: entry.get("time").unwrap_or(0),
     })
 }

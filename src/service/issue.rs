@@ -99,7 +99,7 @@ impl<S: Store> Signer<S> {
                 .await?
             {
                 if let Some(digest) = &subject {
-                    Box::pin(self.admit(digest, &signed.claims, record_ttl)).await?;
+                    Box::pin(self.admit(digest, &req.subject, &signed.claims, record_ttl)).await?;
                 }
                 super::call_log::note_issued(secret_id, signed.claims.random);
                 debug!(subject = %req.subject, "issued");
@@ -127,6 +127,7 @@ impl<S: Store> Signer<S> {
     async fn admit(
         &self,
         digest: &str,
+        subject: &str,
         claims: &crate::signature::Claims,
         record_ttl: u64,
     ) -> Result<(), Refusal> {
@@ -141,6 +142,7 @@ impl<S: Store> Signer<S> {
         let longest = self.settings.max_ttl.saturating_add(self.settings.leeway);
         let admission = Admission {
             subject: digest,
+            name: subject,
             entry: &entry,
             cap,
             expired_before: self.clock.now().saturating_sub(self.leeway()),

@@ -6,10 +6,14 @@
 //! injected [`Clock`], so tests move time instead of sleeping.
 
 pub mod call_log;
+mod completion;
 mod issue;
+mod notifications;
 mod redeem;
 mod subjects;
 
+pub use self::completion::{CompleteRequest, CompletedUpload, SweepReport};
+pub use self::notifications::{MAX_PULL, MAX_PULL_WAIT, Notification};
 pub use self::subjects::{DEFAULT_PAGE_SIZE, ListRequest, Listing, MAX_PAGE_SIZE, Summary};
 
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use tokio_stream::StreamExt as _;
 use crate::audit::{Event, EventKind, EventLog, EventStream, NoEvents, WatchError};
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::keys::SharedKeys;
+use crate::notify::{Lifecycle, LifecycleObserver, Unobserved};
 use crate::quota::Quota;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
@@ -49,6 +54,8 @@ pub struct Settings {
     pub allow_missing_subject: bool,
     /// Most ISSUED, unexpired signatures one subject may have (0: no cap).
     pub max_outstanding_per_subject: u32,
+    /// After the consume: the completion window and where notifications go.
+    pub lifecycle: Lifecycle,
 }
 
 impl Default for Settings {
@@ -60,6 +67,7 @@ impl Default for Settings {
             quotas: Vec::new(),
             allow_missing_subject: false,
             max_outstanding_per_subject: 0,
+            lifecycle: Lifecycle::default(),
         }
     }
 }
@@ -99,6 +107,10 @@ pub enum SignatureState {
     Expired,
     /// Authentic, but not on record.
     NotIssued,
+    /// Consumed, and the upload was stored.
+    Completed,
+    /// Consumed, and no completion within the completion window.
+    Abandoned,
 }
 
 impl From<RecordState> for SignatureState {
@@ -108,6 +120,8 @@ impl From<RecordState> for SignatureState {
             RecordState::Issued => SignatureState::Issued,
             RecordState::Consumed { .. } => SignatureState::Consumed,
             RecordState::Revoked { .. } => SignatureState::Revoked,
+            RecordState::Completed { .. } => SignatureState::Completed,
+            RecordState::Abandoned { .. } => SignatureState::Abandoned,
         }
     }
 }
@@ -148,6 +162,7 @@ pub struct Signer<S> {
     settings: Settings,
     events: Arc<dyn EventLog>,
     clock: Arc<dyn Clock>,
+    lifecycle: Arc<dyn LifecycleObserver>,
 }
 
 impl<S: Store> Signer<S> {
@@ -159,7 +174,19 @@ impl<S: Store> Signer<S> {
             settings,
             events: Arc::new(NoEvents),
             clock: Arc::new(SystemClock),
+            lifecycle: Arc::new(Unobserved),
         }
+    }
+
+    /// Tells `observer` what happens to uploads and notifications.
+    pub fn with_lifecycle_observer(mut self, observer: Arc<dyn LifecycleObserver>) -> Signer<S> {
+        self.lifecycle = observer;
+        self
+    }
+
+    /// The use cases' settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Sends audit events to `events`.
@@ -207,6 +234,7 @@ impl<S: Store> Signer<S> {
                 .and_then(|c| c.policy.source_context.clone())
                 .unwrap_or_default(),
             reason: reason.to_owned(),
+            file_id: String::new(),
             time: self.clock.now(),
         });
     }
@@ -270,6 +298,12 @@ fn refusal_for(state: RecordState) -> Refusal {
             Reason::SignatureAlreadyUsed,
             format!("signature was consumed at {}", rfc3339(at)),
         ),
+        RecordState::Completed { consumed_at, .. } | RecordState::Abandoned { consumed_at, .. } => {
+            Refusal::new(
+                Reason::SignatureAlreadyUsed,
+                format!("signature was consumed at {}", rfc3339(consumed_at)),
+            )
+        }
         RecordState::Revoked { at } => Refusal::new(
             Reason::SignatureRevoked,
             format!("signature was revoked at {}", rfc3339(at)),

@@ -1,4 +1,5 @@
 //! What the upload gateway and operators do with a signature: verify, consume, revoke.
+//! (The upload's end, CompleteUpload, is in `completion.rs`.)
 
 use super::{
     ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, Signer, Verified, record_of,
@@ -8,7 +9,7 @@ use crate::audit::EventKind;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::signature::{self, Parsed, SignatureError};
-use crate::store::{ConsumeOutcome, Store};
+use crate::store::{Awaiting, ConsumeOutcome, Store};
 
 fn fingerprint_of(parsed: &Parsed) -> String {
     signature::fingerprint(&parsed.tag)
@@ -80,13 +81,15 @@ impl<S: Store> Signer<S> {
             }
         }
         let fp = fingerprint_of(&parsed);
+        let now = self.clock.now();
+        let awaiting = Awaiting {
+            source_context: parsed.claims.policy.source_context.as_deref().unwrap_or(""),
+            due: now.saturating_add(self.completion_window()),
+            keep_for: self.settings.lifecycle.keep_consumed_for(),
+        };
         match self
             .store
-            .consume(
-                record_of(&parsed, &fp),
-                self.clock.now(),
-                &req.idempotency_key,
-            )
+            .consume(record_of(&parsed, &fp), now, &req.idempotency_key, awaiting)
             .await?
         {
             ConsumeOutcome::Consumed { at } => {

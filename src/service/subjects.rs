@@ -68,6 +68,8 @@ fn summary(listed: Listed) -> Option<Summary> {
         RecordState::Issued => (SignatureState::Issued, listed.entry.issued_at),
         RecordState::Consumed { at } => (SignatureState::Consumed, at),
         RecordState::Revoked { at } => (SignatureState::Revoked, at),
+        RecordState::Completed { at, .. } => (SignatureState::Completed, at),
+        RecordState::Abandoned { at, .. } => (SignatureState::Abandoned, at),
         // The record is gone (or belongs to another signature): nothing to report.
         RecordState::NotIssued => return None,
     };
@@ -144,15 +146,13 @@ impl<S: Store> Signer<S> {
         } else {
             req.states
         };
-        if let Some(bad) = states.iter().find(|s| {
-            !matches!(
-                s,
-                SignatureState::Issued | SignatureState::Consumed | SignatureState::Revoked
-            )
-        }) {
+        if let Some(bad) = states
+            .iter()
+            .find(|s| matches!(s, SignatureState::Expired | SignatureState::NotIssued))
+        {
             return Err(Refusal::invalid(format!(
-                "states may hold ISSUED, CONSUMED and REVOKED only (expired signatures are not \
-                 listed), not {bad:?}"
+                "states may hold ISSUED, CONSUMED, REVOKED, COMPLETED and ABANDONED only \
+                 (expired signatures are not listed), not {bad:?}"
             )));
         }
         let digest = subject_digest(&req.subject);
@@ -250,6 +250,7 @@ impl<S: Store> Signer<S> {
             subject: subject.to_owned(),
             source_context: entry.source_context.clone(),
             reason: String::new(),
+            file_id: String::new(),
             time: self.clock.now(),
         });
     }

@@ -13,9 +13,11 @@ use std::time::Duration;
 // tokio's clock, so a test can pause and advance time instead of sleeping (records expire by it).
 use tokio::time::Instant;
 
+use super::outbox::MemoryOutbox;
 use super::{
-    Admission, ConsumeOutcome, ListCursor, Listed, QuotaOutcome, Record, RecordKey, RecordRef,
-    RecordState, Store, StoreError, SubjectEntry, idempotency_token,
+    Admission, Awaiting, CompleteOutcome, ConsumeOutcome, ListCursor, Listed, Observed,
+    QuotaOutcome, Record, RecordKey, RecordRef, RecordState, Store, StoreError, StoreObserver,
+    StoreOp, SubjectEntry, Sweep, Upload, idempotency_token,
 };
 use crate::quota::{Charge, gcra};
 
@@ -58,8 +60,11 @@ struct SubjectIndex {
     outstanding: HashMap<Key, i64>,
     /// Every unexpired signature, by (issue time, listing member): newest last.
     listing: BTreeSet<(i64, String)>,
-    /// When the whole index may be forgotten (its newest record's expiry).
+    /// When the whole index may be forgotten (its newest record's expiry, or later while a
+    /// consumed upload may still complete).
     forget_at: Instant,
+    /// The subject itself, for the notifications of its uploads.
+    name: String,
 }
 
 fn expire_of(member: &str) -> i64 {
@@ -78,6 +83,9 @@ pub struct MemoryStore {
     quotas: Mutex<HashMap<String, (u64, u64)>>,
     /// The origin of the quotas' clock.
     started: Instant,
+    /// The awaiting index and the outbox (`outbox/memory.rs`).
+    outbox: Mutex<MemoryOutbox>,
+    pub(super) observed: Observed,
 }
 
 impl Default for MemoryStore {
@@ -97,6 +105,8 @@ impl MemoryStore {
             quotas: Mutex::default(),
             // Far enough in the past that no TAT is 0 by accident.
             started: Instant::now() - Duration::from_secs(1),
+            outbox: Mutex::default(),
+            observed: Observed::default(),
         }
     }
 
@@ -123,8 +133,14 @@ impl MemoryStore {
         self.subjects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A consumed or revoked signature no longer counts against its subject's cap.
-    fn release(&self, subject: &str, key: RecordKey<'_>) {
+    /// The awaiting index and the outbox.
+    pub(super) fn outbox(&self) -> std::sync::MutexGuard<'_, MemoryOutbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consumed or revoked signature no longer counts against its subject's cap, and the
+    /// subject's name stays at least `keep_for` seconds (a consumed upload may complete).
+    fn release(&self, subject: &str, key: RecordKey<'_>, keep_for: u64) {
         if subject.is_empty() {
             return;
         }
@@ -132,6 +148,25 @@ impl MemoryStore {
             index
                 .outstanding
                 .remove(&(key.secret_id.to_owned(), key.random));
+            index.forget_at = index
+                .forget_at
+                .max(Instant::now() + Duration::from_secs(keep_for));
+        }
+    }
+
+    /// Keeps a live record at least `keep_for` seconds more.
+    fn keep(&self, key: RecordKey<'_>, keep_for: u64) {
+        let key = (key.secret_id.to_owned(), key.random);
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
+        let mut shard = lock(shard);
+        let now = Instant::now();
+        let floor = now + Duration::from_secs(keep_for);
+        if let Some((_, expires)) = shard.records.get_mut(&key)
+            && *expires > now
+            && *expires < floor
+        {
+            *expires = floor;
+            shard.expiries.push(Reverse((floor, key)));
         }
     }
 }
@@ -150,78 +185,91 @@ impl Store for MemoryStore {
         ttl_seconds: u64,
         subject: &str,
     ) -> Result<bool, StoreError> {
-        let key = (sig.key.secret_id.to_owned(), sig.key.random);
-        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
-        let mut shard = lock(shard);
-        let instant = Instant::now();
-        shard.evict_expired(instant);
-        if shard.live(&key, instant).is_some() {
-            return Ok(false);
-        }
-        let expires = instant + Duration::from_secs(ttl_seconds);
-        shard.expiries.push(Reverse((expires, key.clone())));
-        shard.records.insert(
-            key,
-            (Record::issued(sig.fingerprint, now, subject), expires),
-        );
-        Ok(true)
+        self.observed
+            .run(StoreOp::Issue, || async move {
+                let key = (sig.key.secret_id.to_owned(), sig.key.random);
+                let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
+                let mut shard = lock(shard);
+                let instant = Instant::now();
+                shard.evict_expired(instant);
+                if shard.live(&key, instant).is_some() {
+                    return Ok(false);
+                }
+                let expires = instant + Duration::from_secs(ttl_seconds);
+                shard.expiries.push(Reverse((expires, key.clone())));
+                shard.records.insert(
+                    key,
+                    (Record::issued(sig.fingerprint, now, subject), expires),
+                );
+                Ok(true)
+            })
+            .await
     }
 
     async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
-        let instant = Instant::now();
-        let mut subjects = self.subjects();
-        // Forget the indexes whose records have all expired, when the map has doubled since
-        // the last sweep: amortised O(1) per issue however many subjects there are.
-        let sweep_at = self.subjects_sweep_at.load(Ordering::Relaxed);
-        if subjects.len() > sweep_at {
-            subjects.retain(|_, index| index.forget_at > instant);
-            self.subjects_sweep_at
-                .store((subjects.len() * 2).max(1024), Ordering::Relaxed);
-        }
-        let index = subjects
-            .entry(a.subject.to_owned())
-            .or_insert_with(|| SubjectIndex {
-                outstanding: HashMap::new(),
-                listing: BTreeSet::new(),
-                forget_at: instant,
-            });
-        index
-            .outstanding
-            .retain(|_, expire| *expire >= a.expired_before);
-        if a.cap > 0 && index.outstanding.len() >= a.cap as usize {
-            return Ok(false);
-        }
-        index.outstanding.insert(
-            (a.entry.secret_id.clone(), a.entry.random),
-            a.entry.expire_time,
-        );
-        // Lazy cleanup, as in Redis: the oldest few entries when expired (listing drops the
-        // others it meets), and anything issued before the longest validity.
-        let stale: Vec<(i64, String)> = index
-            .listing
-            .iter()
-            .enumerate()
-            .take_while(|(i, (issued_at, _))| *i < 4 || *issued_at < a.issued_before)
-            .filter(|(_, (issued_at, member))| {
-                *issued_at < a.issued_before || expire_of(member) < a.expired_before
+        self.observed
+            .run(StoreOp::Admit, || async move {
+                let instant = Instant::now();
+                let mut subjects = self.subjects();
+                // Forget the indexes whose records have all expired, when the map has doubled since
+                // the last sweep: amortised O(1) per issue however many subjects there are.
+                let sweep_at = self.subjects_sweep_at.load(Ordering::Relaxed);
+                if subjects.len() > sweep_at {
+                    subjects.retain(|_, index| index.forget_at > instant);
+                    self.subjects_sweep_at
+                        .store((subjects.len() * 2).max(1024), Ordering::Relaxed);
+                }
+                let index = subjects
+                    .entry(a.subject.to_owned())
+                    .or_insert_with(|| SubjectIndex {
+                        outstanding: HashMap::new(),
+                        listing: BTreeSet::new(),
+                        forget_at: instant,
+                        name: a.name.to_owned(),
+                    });
+                index
+                    .outstanding
+                    .retain(|_, expire| *expire >= a.expired_before);
+                if a.cap > 0 && index.outstanding.len() >= a.cap as usize {
+                    return Ok(false);
+                }
+                index.outstanding.insert(
+                    (a.entry.secret_id.clone(), a.entry.random),
+                    a.entry.expire_time,
+                );
+                // Lazy cleanup, as in Redis: the oldest few entries when expired (listing drops the
+                // others it meets), and anything issued before the longest validity.
+                let stale: Vec<(i64, String)> = index
+                    .listing
+                    .iter()
+                    .enumerate()
+                    .take_while(|(i, (issued_at, _))| *i < 4 || *issued_at < a.issued_before)
+                    .filter(|(_, (issued_at, member))| {
+                        *issued_at < a.issued_before || expire_of(member) < a.expired_before
+                    })
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                for e in stale {
+                    index.listing.remove(&e);
+                }
+                index.listing.insert((a.entry.issued_at, a.entry.member()));
+                index.forget_at = index
+                    .forget_at
+                    .max(instant + Duration::from_secs(a.ttl_seconds));
+                Ok(true)
             })
-            .map(|(_, e)| e.clone())
-            .collect();
-        for e in stale {
-            index.listing.remove(&e);
-        }
-        index.listing.insert((a.entry.issued_at, a.entry.member()));
-        index.forget_at = index
-            .forget_at
-            .max(instant + Duration::from_secs(a.ttl_seconds));
-        Ok(true)
+            .await
     }
 
     async fn discard(&self, key: RecordKey<'_>) -> Result<(), StoreError> {
-        let key = (key.secret_id.to_owned(), key.random);
-        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
-        lock(shard).records.remove(&key);
-        Ok(())
+        self.observed
+            .run(StoreOp::Discard, || async move {
+                let key = (key.secret_id.to_owned(), key.random);
+                let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
+                lock(shard).records.remove(&key);
+                Ok(())
+            })
+            .await
     }
 
     async fn list_subject(
@@ -231,40 +279,46 @@ impl Store for MemoryStore {
         count: usize,
         expired_before: i64,
     ) -> Result<Vec<Listed>, StoreError> {
-        let entries: Vec<SubjectEntry> = {
-            let mut subjects = self.subjects();
-            let Some(index) = subjects.get_mut(subject) else {
-                return Ok(Vec::new());
-            };
-            let mut expired = Vec::new();
-            let mut found = Vec::new();
-            let candidates: Box<dyn Iterator<Item = &(i64, String)>> = match after {
-                Some(c) => Box::new(index.listing.range(..(c.issued_at, c.member.clone())).rev()),
-                None => Box::new(index.listing.iter().rev()),
-            };
-            for (issued_at, member) in candidates {
-                if found.len() >= count {
-                    break;
-                }
-                match SubjectEntry::from_member(member, *issued_at) {
-                    Some(e) if e.expire_time >= expired_before => found.push(e),
-                    _ => expired.push((*issued_at, member.clone())),
-                }
-            }
-            for gone in expired {
-                index.listing.remove(&gone);
-            }
-            found
-        };
-        Ok(entries
-            .into_iter()
-            .map(|entry| {
-                let state = self.with_record(entry.key(), |r| {
-                    r.map_or(RecordState::NotIssued, |r| r.state_in_subject(subject))
-                });
-                Listed { entry, state }
+        self.observed
+            .run(StoreOp::List, || async move {
+                let entries: Vec<SubjectEntry> = {
+                    let mut subjects = self.subjects();
+                    let Some(index) = subjects.get_mut(subject) else {
+                        return Ok(Vec::new());
+                    };
+                    let mut expired = Vec::new();
+                    let mut found = Vec::new();
+                    let candidates: Box<dyn Iterator<Item = &(i64, String)>> = match after {
+                        Some(c) => {
+                            Box::new(index.listing.range(..(c.issued_at, c.member.clone())).rev())
+                        }
+                        None => Box::new(index.listing.iter().rev()),
+                    };
+                    for (issued_at, member) in candidates {
+                        if found.len() >= count {
+                            break;
+                        }
+                        match SubjectEntry::from_member(member, *issued_at) {
+                            Some(e) if e.expire_time >= expired_before => found.push(e),
+                            _ => expired.push((*issued_at, member.clone())),
+                        }
+                    }
+                    for gone in expired {
+                        index.listing.remove(&gone);
+                    }
+                    found
+                };
+                Ok(entries
+                    .into_iter()
+                    .map(|entry| {
+                        let state = self.with_record(entry.key(), |r| {
+                            r.map_or(RecordState::NotIssued, |r| r.state_in_subject(subject))
+                        });
+                        Listed { entry, state }
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     async fn revoke_in_subject(
@@ -273,23 +327,31 @@ impl Store for MemoryStore {
         subject: &str,
         now: i64,
     ) -> Result<RecordState, StoreError> {
-        let before = self.with_record(key, |r| match r {
-            Some(r) if r.state_in_subject(subject) != RecordState::NotIssued => {
-                let fingerprint = r.fingerprint.clone();
-                r.revoke(&fingerprint, now)
-            }
-            _ => RecordState::NotIssued,
-        });
-        if before == RecordState::Issued {
-            self.release(subject, key);
-        }
-        Ok(before)
+        self.observed
+            .run(StoreOp::Revoke, || async move {
+                let before = self.with_record(key, |r| match r {
+                    Some(r) if r.state_in_subject(subject) != RecordState::NotIssued => {
+                        let fingerprint = r.fingerprint.clone();
+                        r.revoke(&fingerprint, now)
+                    }
+                    _ => RecordState::NotIssued,
+                });
+                if before == RecordState::Issued {
+                    self.release(subject, key, 0);
+                }
+                Ok(before)
+            })
+            .await
     }
 
     async fn status(&self, sig: RecordRef<'_>) -> Result<RecordState, StoreError> {
-        Ok(self.with_record(sig.key, |r| {
-            r.map_or(RecordState::NotIssued, |r| r.state_for(sig.fingerprint))
-        }))
+        self.observed
+            .run(StoreOp::Status, || async move {
+                Ok(self.with_record(sig.key, |r| {
+                    r.map_or(RecordState::NotIssued, |r| r.state_for(sig.fingerprint))
+                }))
+            })
+            .await
     }
 
     async fn consume(
@@ -297,66 +359,142 @@ impl Store for MemoryStore {
         sig: RecordRef<'_>,
         now: i64,
         idempotency_key: &str,
+        awaiting: Awaiting<'_>,
     ) -> Result<ConsumeOutcome, StoreError> {
-        let token = idempotency_token(idempotency_key);
-        let (outcome, subject) = self.with_record(sig.key, |r| match r {
-            Some(r) => (r.consume(sig.fingerprint, now, &token), r.subject.clone()),
-            None => (
-                ConsumeOutcome::Refused(RecordState::NotIssued),
-                String::new(),
-            ),
-        });
-        if matches!(outcome, ConsumeOutcome::Consumed { .. }) {
-            self.release(&subject, sig.key);
-        }
-        Ok(outcome)
+        self.observed
+            .run(StoreOp::Consume, || async move {
+                let token = idempotency_token(idempotency_key);
+                // As in Redis: the upload is entered before the record changes.
+                self.outbox()
+                    .await_upload(&sig.key, awaiting.source_context, awaiting.due);
+                let (outcome, subject) = self.with_record(sig.key, |r| match r {
+                    Some(r) => (r.consume(sig.fingerprint, now, &token), r.subject.clone()),
+                    None => (
+                        ConsumeOutcome::Refused(RecordState::NotIssued),
+                        String::new(),
+                    ),
+                });
+                if matches!(outcome, ConsumeOutcome::Consumed { .. }) {
+                    self.keep(sig.key, awaiting.keep_for);
+                    self.release(&subject, sig.key, awaiting.keep_for);
+                }
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn complete(
+        &self,
+        sig: RecordRef<'_>,
+        now: i64,
+        upload: &Upload,
+    ) -> Result<CompleteOutcome, StoreError> {
+        self.observed
+            .run(StoreOp::Complete, || async move {
+                Ok(self.with_record(sig.key, |r| match r {
+                    Some(r) => r.complete(sig.fingerprint, now, upload),
+                    None => CompleteOutcome::Refused(RecordState::NotIssued),
+                }))
+            })
+            .await
+    }
+
+    async fn sweep(&self, key: RecordKey<'_>, now: i64, window: i64) -> Result<Sweep, StoreError> {
+        self.observed
+            .run_unspanned(StoreOp::Sweep, async move {
+                Ok(self.with_record(key, |r| match r {
+                    Some(r) if r.awaits_upload() => {
+                        if r.abandon(now, window) {
+                            Sweep::Abandoned { record: r.clone() }
+                        } else {
+                            Sweep::NotYet {
+                                due: r.changed_at.saturating_add(window),
+                            }
+                        }
+                    }
+                    Some(r) => match r.state_for(&r.fingerprint.clone()) {
+                        RecordState::Completed { .. } => Sweep::Completed { record: r.clone() },
+                        RecordState::Abandoned { .. } => Sweep::Abandoned { record: r.clone() },
+                        _ => Sweep::Nothing,
+                    },
+                    None => Sweep::Nothing,
+                }))
+            })
+            .await
+    }
+
+    async fn subject_name(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        self.observed
+            .run(StoreOp::Notify, || async move {
+                let now = Instant::now();
+                Ok(self
+                    .subjects()
+                    .get(digest)
+                    .filter(|index| index.forget_at > now)
+                    .map(|index| index.name.clone()))
+            })
+            .await
     }
 
     async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
-        let (before, subject) = self.with_record(sig.key, |r| {
-            r.map_or((RecordState::NotIssued, String::new()), |r| {
-                (r.revoke(sig.fingerprint, now), r.subject.clone())
+        self.observed
+            .run(StoreOp::Revoke, || async move {
+                let (before, subject) = self.with_record(sig.key, |r| {
+                    r.map_or((RecordState::NotIssued, String::new()), |r| {
+                        (r.revoke(sig.fingerprint, now), r.subject.clone())
+                    })
+                });
+                if before == RecordState::Issued {
+                    self.release(&subject, sig.key, 0);
+                }
+                Ok(before)
             })
-        });
-        if before == RecordState::Issued {
-            self.release(&subject, sig.key);
-        }
-        Ok(before)
+            .await
     }
 
     async fn charge_quotas(&self, group: &[Charge]) -> Result<QuotaOutcome, StoreError> {
-        // Milliseconds on the store's own (tokio) clock, as Redis uses its own `TIME`.
-        let now = self.started.elapsed().as_millis() as u64;
-        let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
-        if quotas.len() > 1024 {
-            // Keys whose TAT has passed hold no information any more.
-            quotas.retain(|_, (_, forget_at)| *forget_at > now);
-        }
-        let mut next = Vec::with_capacity(group.len());
-        for charge in group {
-            let tat = quotas.get(&charge.key).map_or(0, |(tat, _)| *tat);
-            match gcra(tat, now, charge.interval_ms, charge.tolerance_ms) {
-                Ok(new_tat) => next.push(new_tat),
-                Err(wait_ms) => {
-                    return Ok(QuotaOutcome::Refused {
-                        name: charge.name,
-                        retry_after: Duration::from_millis(wait_ms),
-                    });
+        self.observed
+            .run(StoreOp::Quota, || async move {
+                // Milliseconds on the store's own (tokio) clock, as Redis uses its own `TIME`.
+                let now = self.started.elapsed().as_millis() as u64;
+                let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+                if quotas.len() > 1024 {
+                    // Keys whose TAT has passed hold no information any more.
+                    quotas.retain(|_, (_, forget_at)| *forget_at > now);
                 }
-            }
-        }
-        for (charge, tat) in group.iter().zip(next) {
-            quotas.insert(charge.key.clone(), (tat, tat));
-        }
-        Ok(QuotaOutcome::Allowed)
+                let mut next = Vec::with_capacity(group.len());
+                for charge in group {
+                    let tat = quotas.get(&charge.key).map_or(0, |(tat, _)| *tat);
+                    match gcra(tat, now, charge.interval_ms, charge.tolerance_ms) {
+                        Ok(new_tat) => next.push(new_tat),
+                        Err(wait_ms) => {
+                            return Ok(QuotaOutcome::Refused {
+                                name: charge.name,
+                                retry_after: Duration::from_millis(wait_ms),
+                            });
+                        }
+                    }
+                }
+                for (charge, tat) in group.iter().zip(next) {
+                    quotas.insert(charge.key.clone(), (tat, tat));
+                }
+                Ok(QuotaOutcome::Allowed)
+            })
+            .await
     }
 
     fn record_count(&self) -> Option<usize> {
         Some(self.len())
     }
 
+    fn observe_with(&self, observer: std::sync::Arc<dyn StoreObserver>) {
+        self.observed.set(observer);
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.observed
+            .run_unspanned(StoreOp::Ping, async move { Ok(()) })
+            .await
     }
 }
 

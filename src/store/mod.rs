@@ -16,11 +16,15 @@
 //! mean for the caller.
 
 mod memory;
+mod observe;
+pub mod outbox;
 mod record;
 mod redis;
 
 pub use self::memory::MemoryStore;
-pub use self::record::Record;
+pub use self::observe::{Observed, StoreObserver, StoreOp};
+pub use self::outbox::{Handle, Outbox, Outgoing, Queued};
+pub use self::record::{Record, encode_field};
 
 pub use self::redis::RedisStore;
 
@@ -55,6 +59,119 @@ pub enum RecordState {
         /// Unix seconds.
         at: i64,
     },
+    /// Consumed, and its upload completed at this Unix time.
+    Completed {
+        /// Unix seconds of the completion.
+        at: i64,
+        /// Unix seconds of the consume.
+        consumed_at: i64,
+    },
+    /// Consumed, and marked abandoned at this Unix time (no completion within the window).
+    Abandoned {
+        /// Unix seconds of the abandonment.
+        at: i64,
+        /// Unix seconds of the consume.
+        consumed_at: i64,
+    },
+}
+
+/// The file an upload stored (CompleteUpload).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upload {
+    /// The platform's id of the stored file.
+    pub file_id: String,
+    /// Bytes stored.
+    pub file_size: u64,
+    /// Its type, e.g. `mp4`.
+    pub media_type: String,
+    /// Where it can be fetched or played.
+    pub media_url: String,
+}
+
+/// The outcome of [`Store::complete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// Completed by this call, or by an earlier one with the same file id (`repeat`).
+    Completed {
+        /// Unix seconds of the completion (the first call's on a repeat).
+        at: i64,
+        /// Completed after it was marked abandoned.
+        late: bool,
+        /// An earlier call completed it with this file.
+        repeat: bool,
+        /// Unix seconds of the consume.
+        consumed_at: i64,
+        /// The digest of the subject it was issued for (empty: none).
+        subject: String,
+    },
+    /// Already completed with another file.
+    OtherFile {
+        /// Unix seconds of that completion.
+        at: i64,
+        /// That file's id.
+        file_id: String,
+    },
+    /// Not consumed (issued, revoked) or not on record.
+    Refused(RecordState),
+}
+
+/// What a consume tells the store about the upload it starts, so the upload can be found
+/// again if it never completes.
+#[derive(Clone, Copy, Debug)]
+pub struct Awaiting<'a> {
+    /// The signature's `sourceContext` (empty: none), for the abandonment's notification.
+    pub source_context: &'a str,
+    /// Unix seconds after which the upload counts as abandoned (consume time plus the
+    /// completion window).
+    pub due: i64,
+    /// The consumed record lives at least this long from now, seconds, so a late completion
+    /// still finds it.
+    pub keep_for: u64,
+}
+
+/// An upload the abandonment sweep found due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueUpload {
+    /// Which record.
+    pub secret_id: String,
+    /// Its nonce.
+    pub random: u32,
+    /// The signature's `sourceContext`.
+    pub source_context: String,
+    /// When the sweep was told to look at it, Unix seconds.
+    pub due: i64,
+}
+
+impl DueUpload {
+    /// Its record's name.
+    pub fn key(&self) -> RecordKey<'_> {
+        RecordKey {
+            secret_id: &self.secret_id,
+            random: self.random,
+        }
+    }
+}
+
+/// What the abandonment sweep's record step found (or did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// Still consumed but not yet due: look again at this Unix time.
+    NotYet {
+        /// Unix seconds.
+        due: i64,
+    },
+    /// Marked abandoned by this step (or an earlier one whose notification was not queued).
+    Abandoned {
+        /// The record as it is now.
+        record: Record,
+    },
+    /// Completed (its notification may not have been queued: a crash in between).
+    Completed {
+        /// The record as it is now.
+        record: Record,
+    },
+    /// Nothing awaits: the consume never happened (issued, revoked) or the record is gone.
+    Nothing,
 }
 
 /// The outcome of [`Store::consume`].
@@ -169,6 +286,8 @@ pub struct Listed {
 pub struct Admission<'a> {
     /// The digest of the subject ([`subject_digest`]).
     pub subject: &'a str,
+    /// The subject itself, kept for the notifications of its uploads.
+    pub name: &'a str,
     /// The new signature's entry.
     pub entry: &'a SubjectEntry,
     /// Most ISSUED, unexpired signatures the subject may have (0: no cap).
@@ -187,15 +306,57 @@ pub fn subject_digest(subject: &str) -> String {
     crate::digest::sha256_hex(subject.as_bytes(), 12)
 }
 
+/// Why a store call failed: the `cause` label of `vodsigner_store_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum FailureCause {
+    /// No connection to Redis (yet, or any more).
+    NotConnected,
+    /// No answer within the store timeout.
+    Timeout,
+    /// The connection broke.
+    Connection,
+    /// Redis is over `maxmemory` and refused a write (`OOM`).
+    OutOfMemory,
+    /// Applied on the master, but not acknowledged by enough replicas in time (`WAIT`).
+    Replication,
+    /// Redis answered with an error (a script error, a read-only replica, ...).
+    Server,
+    /// Redis answered something this version cannot read.
+    Reply,
+}
+
+impl FailureCause {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// The store did not answer, or answered something it should not: fail closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// No answer within the store timeout, or no connection.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+#[error("store unavailable: {message}")]
+pub struct StoreError {
+    /// What kind of failure it was.
+    pub cause: FailureCause,
+    /// What happened, for the log and the refusal's message.
+    pub message: String,
 }
 
 impl StoreError {
+    /// A failure of kind `cause`.
+    pub fn new(cause: FailureCause, message: impl Into<String>) -> StoreError {
+        StoreError {
+            cause,
+            message: message.into(),
+        }
+    }
+
+    /// A reply this version cannot read.
+    pub fn reply(reply: impl std::fmt::Debug) -> StoreError {
+        StoreError::new(FailureCause::Reply, format!("unexpected reply {reply:?}"))
+    }
+
     /// The SPEC section 3 reason: always `STORE_UNAVAILABLE`.
     pub fn reason(&self) -> Reason {
         Reason::StoreUnavailable
@@ -203,7 +364,7 @@ impl StoreError {
 }
 
 /// The record of issued, consumed and revoked signatures.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Outbox + Send + Sync + 'static {
     /// Records a new signature as issued, unless its key exists (then `Ok(false)`: pick another
     /// nonce). The record expires after `ttl_seconds`. `subject` is the digest of the
     /// subject it is for (empty: none), kept in the record.
@@ -252,13 +413,41 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
 
     /// Moves `issued` to `consumed` in one atomic step. A repeat with the same non-empty
-    /// idempotency key of the call that consumed it gets the same success.
+    /// idempotency key of the call that consumed it gets the same success. The upload it
+    /// starts enters the awaiting index ([`Outbox`]) first, so it is found again if it never
+    /// completes.
     fn consume(
         &self,
         sig: RecordRef<'_>,
         now: i64,
         idempotency_key: &str,
+        awaiting: Awaiting<'_>,
     ) -> impl Future<Output = Result<ConsumeOutcome, StoreError>> + Send;
+
+    /// Records the stored upload: `consumed` (or `abandoned`) becomes `completed` in one
+    /// atomic step; the same file again answers the first call's completion.
+    fn complete(
+        &self,
+        sig: RecordRef<'_>,
+        now: i64,
+        upload: &Upload,
+    ) -> impl Future<Output = Result<CompleteOutcome, StoreError>> + Send;
+
+    /// The abandonment sweep's record step for an upload it found due: a record still
+    /// consumed `window` seconds after its consume becomes abandoned.
+    fn sweep(
+        &self,
+        key: RecordKey<'_>,
+        now: i64,
+        window: i64,
+    ) -> impl Future<Output = Result<Sweep, StoreError>> + Send;
+
+    /// The subject whose digest is `digest`, while any of its signatures may still
+    /// complete; `None` once forgotten.
+    fn subject_name(
+        &self,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Moves `issued` to `revoked` in one atomic step; returns the status before.
     fn revoke(
@@ -282,6 +471,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store answers now.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reports every operation's latency and failures to `observer` from now on (the first
+    /// observer set stays).
+    fn observe_with(&self, observer: std::sync::Arc<dyn StoreObserver>);
 }
 
 /// A short digest of an idempotency key, so records hold a fixed-size token of any key.

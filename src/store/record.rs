@@ -12,11 +12,31 @@
 //!   signature issued for a `subject` a seventh field, the subject's digest
 //!   (`|{subject digest}`), which names its subject index and lets RevokeSubject revoke it
 //!   without the signature.
+//! - once the upload is over (`completed` or `abandoned`), six more fields:
+//!   `...|{subject digest}|{consumed_at}|{late 0/1}|{file id}|{file size}|{media type}|{media url}`
+//!   (the subject field is then always there, empty without one; the file's fields are
+//!   empty while abandoned, and percent-encoded so that no `|` or control character appears).
+//!   The record alone can then rebuild the upload's notification.
 //!
-//! The Lua scripts in `redis.rs` implement the same transitions as [`Record::consume`] and
-//! [`Record::revoke`] on both forms.
+//! The Lua scripts in `lua/` implement the same transitions as [`Record::consume`],
+//! [`Record::revoke`], [`Record::complete`] and [`Record::abandon`] on every form.
 
-use super::{ConsumeOutcome, RecordRef, RecordState};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use super::{CompleteOutcome, ConsumeOutcome, RecordRef, RecordState, Upload};
+
+/// What a record's free-text fields escape: what would end a field or break a line.
+const FIELD: &AsciiSet = &CONTROLS.add(b'|').add(b'%');
+
+/// A free-text value as a record field (and as the scripts compare it).
+pub fn encode_field(value: &str) -> String {
+    utf8_percent_encode(value, FIELD).to_string()
+}
+
+/// A record field back to its value.
+pub(super) fn decode_field(field: &str) -> String {
+    percent_decode_str(field).decode_utf8_lossy().into_owned()
+}
 
 /// The compact Redis value of a freshly issued record: the first 60 bits (15 hex digits) of
 /// its fingerprint as a decimal integer, which fits Redis' integer encoding and still tells
@@ -46,6 +66,10 @@ enum State {
     Consumed,
     /// Made unusable before use.
     Revoked,
+    /// Consumed, and the upload was stored.
+    Completed,
+    /// Consumed, and the upload did not complete within the completion window.
+    Abandoned,
 }
 
 impl State {
@@ -54,7 +78,14 @@ impl State {
             State::Issued => "issued",
             State::Consumed => "consumed",
             State::Revoked => "revoked",
+            State::Completed => "completed",
+            State::Abandoned => "abandoned",
         }
+    }
+
+    /// Whether records in this state carry the upload's fields.
+    fn is_over(self) -> bool {
+        matches!(self, State::Completed | State::Abandoned)
     }
 }
 
@@ -73,6 +104,12 @@ pub struct Record {
     pub idempotency: String,
     /// Digest of the subject it was issued for (empty: none).
     pub subject: String,
+    /// When it was consumed (completed and abandoned records; the others say 0).
+    pub consumed_at: i64,
+    /// Completed after it was marked abandoned.
+    pub late: bool,
+    /// The stored file (completed records).
+    pub upload: Option<Upload>,
 }
 
 impl Record {
@@ -85,6 +122,9 @@ impl Record {
             changed_at: now,
             idempotency: String::new(),
             subject: subject.to_owned(),
+            consumed_at: 0,
+            late: false,
+            upload: None,
         }
     }
 
@@ -98,9 +138,22 @@ impl Record {
             self.changed_at,
             self.idempotency
         );
-        if !self.subject.is_empty() {
+        if !self.subject.is_empty() || self.state.is_over() {
             text.push('|');
             text.push_str(&self.subject);
+        }
+        if self.state.is_over() {
+            let empty = Upload::default();
+            let upload = self.upload.as_ref().unwrap_or(&empty);
+            text.push_str(&format!(
+                "|{}|{}|{}|{}|{}|{}",
+                self.consumed_at,
+                u8::from(self.late),
+                encode_field(&upload.file_id),
+                upload.file_size,
+                encode_field(&upload.media_type),
+                encode_field(&upload.media_url)
+            ));
         }
         text
     }
@@ -125,6 +178,8 @@ impl Record {
             "issued" => State::Issued,
             "consumed" => State::Consumed,
             "revoked" => State::Revoked,
+            "completed" => State::Completed,
+            "abandoned" => State::Abandoned,
             _ => return None,
         };
         let fingerprint = parts.next()?.to_owned();
@@ -132,17 +187,37 @@ impl Record {
         let changed_at = parts.next()?.parse().ok()?;
         let idempotency = parts.next()?.to_owned();
         let subject = parts.next().unwrap_or_default().to_owned();
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Record {
+        let mut record = Record {
             state,
             fingerprint,
             issued_at,
             changed_at,
             idempotency,
             subject,
-        })
+            consumed_at: 0,
+            late: false,
+            upload: None,
+        };
+        if state.is_over() {
+            record.consumed_at = parts.next()?.parse().ok()?;
+            record.late = parts.next()? == "1";
+            let file_id = decode_field(parts.next()?);
+            let file_size = parts.next()?.parse().ok()?;
+            let media_type = decode_field(parts.next()?);
+            let media_url = decode_field(parts.next()?);
+            if state == State::Completed {
+                record.upload = Some(Upload {
+                    file_id,
+                    file_size,
+                    media_type,
+                    media_url,
+                });
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(record)
     }
 
     /// The state this record gives the signature with `fingerprint`.
@@ -158,6 +233,14 @@ impl Record {
             State::Revoked => RecordState::Revoked {
                 at: self.changed_at,
             },
+            State::Completed => RecordState::Completed {
+                at: self.changed_at,
+                consumed_at: self.consumed_at,
+            },
+            State::Abandoned => RecordState::Abandoned {
+                at: self.changed_at,
+                consumed_at: self.consumed_at,
+            },
         }
     }
 
@@ -171,12 +254,79 @@ impl Record {
                 ConsumeOutcome::Consumed { at: now }
             }
             RecordState::Consumed { at }
-                if !idempotency.is_empty() && self.idempotency == idempotency =>
-            {
+            | RecordState::Completed {
+                consumed_at: at, ..
+            }
+            | RecordState::Abandoned {
+                consumed_at: at, ..
+            } if !idempotency.is_empty() && self.idempotency == idempotency => {
                 ConsumeOutcome::Consumed { at }
             }
             other => ConsumeOutcome::Refused(other),
         }
+    }
+
+    /// Records the stored upload of the signature with `fingerprint`: consumed (or abandoned:
+    /// then late) becomes completed. The same file again answers the first call's success.
+    pub fn complete(&mut self, fingerprint: &str, now: i64, upload: &Upload) -> CompleteOutcome {
+        let state = self.state_for(fingerprint);
+        match state {
+            RecordState::Consumed { at }
+            | RecordState::Abandoned {
+                consumed_at: at, ..
+            } => {
+                self.late = self.state == State::Abandoned;
+                self.state = State::Completed;
+                self.consumed_at = at;
+                self.changed_at = now;
+                self.upload = Some(upload.clone());
+                CompleteOutcome::Completed {
+                    at: now,
+                    late: self.late,
+                    repeat: false,
+                    consumed_at: at,
+                    subject: self.subject.clone(),
+                }
+            }
+            RecordState::Completed { at, .. } => {
+                if self.upload.as_ref().map(|u| u.file_id.as_str()) == Some(&upload.file_id) {
+                    CompleteOutcome::Completed {
+                        at,
+                        late: self.late,
+                        repeat: true,
+                        consumed_at: self.consumed_at,
+                        subject: self.subject.clone(),
+                    }
+                } else {
+                    CompleteOutcome::OtherFile {
+                        at,
+                        file_id: self
+                            .upload
+                            .as_ref()
+                            .map(|u| u.file_id.clone())
+                            .unwrap_or_default(),
+                    }
+                }
+            }
+            other => CompleteOutcome::Refused(other),
+        }
+    }
+
+    /// Marks the record abandoned if it is still consumed `window` seconds after its
+    /// consume; answers whether it did.
+    pub fn abandon(&mut self, now: i64, window: i64) -> bool {
+        if self.state != State::Consumed || self.changed_at.saturating_add(window) > now {
+            return false;
+        }
+        self.state = State::Abandoned;
+        self.consumed_at = self.changed_at;
+        self.changed_at = now;
+        true
+    }
+
+    /// Whether the record is consumed and still awaits its upload.
+    pub fn awaits_upload(&self) -> bool {
+        self.state == State::Consumed
     }
 
     /// The state this record gives a signature of the subject with digest `subject`.

@@ -600,6 +600,20 @@ impl Exposition {
         }
     }
 
+    /// The sum of the counter, gauge or untyped samples `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        use prometheus_parse::Value;
+        self.parsed
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+
     /// The histogram `name` with exactly `labels` (besides `le`): its buckets as
     /// (upper bound, cumulative count).
     pub fn buckets(&self, name: &str, labels: &[(&str, &str)]) -> Option<Vec<(f64, f64)>> {
