@@ -341,6 +341,7 @@ impl ServeArgs {
             completion_window: window,
             delivery,
             max_age: self.notify_max_age.into(),
+            ..Lifecycle::default()
         })
     }
 

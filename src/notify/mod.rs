@@ -57,6 +57,9 @@ pub struct Lifecycle {
     /// A notification not delivered (or confirmed) this long after it was queued is
     /// dead-lettered: kept, counted, no longer retried.
     pub max_age: Duration,
+    /// A pulled notification not confirmed this long is handed out again (30 s, as SPEC
+    /// section 3 says; tests shorten it).
+    pub pull_confirm_within: Duration,
 }
 
 impl Lifecycle {
@@ -93,6 +96,7 @@ impl Default for Lifecycle {
             completion_window: Lifecycle::COMPLETION_WINDOW,
             delivery: Delivery::Off,
             max_age: Lifecycle::MAX_AGE,
+            pull_confirm_within: Lifecycle::PULL_CONFIRM_WITHIN,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::Signer;
-use crate::notify::{Delivery, Lifecycle, Outcome};
+use crate::notify::{Delivery, Outcome};
 use crate::refusal::Refusal;
 use crate::store::{Handle, Queued, Store};
 
@@ -78,7 +78,11 @@ impl<S: Store> Signer<S> {
         loop {
             let mut taken = self
                 .store
-                .claim_stale(PULL_CONSUMER, Lifecycle::PULL_CONFIRM_WITHIN, max)
+                .claim_stale(
+                    PULL_CONSUMER,
+                    self.settings.lifecycle.pull_confirm_within,
+                    max,
+                )
                 .await?;
             if taken.len() < max {
                 taken.extend(

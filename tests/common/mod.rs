@@ -398,6 +398,17 @@ impl TestServer {
         settings: Settings,
         options: ServerOptions,
     ) -> TestServer {
+        TestServer::start_with_events(store, redis, settings, options, Arc::new(NoEvents)).await
+    }
+
+    /// Starts a server on `store` with server `options`, publishing to `events`.
+    pub async fn start_with_events<S: Store>(
+        store: Arc<S>,
+        redis: Option<RedisServer>,
+        settings: Settings,
+        options: ServerOptions,
+        events: Arc<dyn vod_signer::audit::EventLog>,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -407,7 +418,7 @@ impl TestServer {
             store,
             key_ring().shared(),
             settings,
-            Arc::new(NoEvents),
+            events,
             metrics.clone(),
         )
         .with_clock(Arc::new(clock.clone()));
