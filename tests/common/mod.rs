@@ -4,6 +4,7 @@
 
 pub mod pki;
 pub mod proxy;
+pub mod receiver;
 pub mod topology;
 
 use std::io::{BufRead, BufReader};
