@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use history::{Call, Marks, Report};
 use netns::load::{Load, drive};
-use netns::nodes::{self, REDIS_PORT, SENTINEL_PORT};
+use netns::nodes::{self, REDIS_PORT};
 use netns::{Host, Net, NsProcess, artifacts_dir, wait_for};
 
 /// The load every scenario runs: two client hosts, 6 workers each.
@@ -122,50 +122,10 @@ impl World {
         } else {
             &[]
         };
-        w.master = w.net.host("master");
-        let (dir, log) = (w.data_dir(&w.master), w.log(&w.master));
-        w.procs.push(nodes::redis(&w.master, &dir, &log, settings));
-        let master_ip = w.master.ip.to_string();
-        for i in 1..=2 {
-            let host = w.net.host(&format!("replica-{i}"));
-            let mut args = settings.to_vec();
-            args.extend(["--replicaof", &master_ip, "6379"]);
-            let (dir, log) = (w.data_dir(&host), w.log(&host));
-            w.procs.push(nodes::redis(&host, &dir, &log, &args));
-            w.replicas.push(host);
-        }
-        for i in 1..=3 {
-            let host = w.net.host(&format!("sentinel-{i}"));
-            let (dir, log) = (w.data_dir(&host), w.log(&host));
-            w.procs.push(nodes::sentinel(&host, &w.master, &dir, &log));
-            w.sentinels.push(host);
-        }
-        wait_for("the sentinel group forms", Duration::from_secs(30), || {
-            let s = &w.sentinels[0];
-            let replicas = s
-                .redis_cli(SENTINEL_PORT, &["SENTINEL", "REPLICAS", "mymaster"])
-                .unwrap_or_default();
-            let sentinels = s
-                .redis_cli(SENTINEL_PORT, &["SENTINEL", "SENTINELS", "mymaster"])
-                .unwrap_or_default();
-            let linked = w
-                .master
-                .redis_cli(REDIS_PORT, &["INFO", "replication"])
-                .unwrap_or_default()
-                .contains("connected_slaves:2");
-            (replicas.matches("master-link-status\nok").count() == 2
-                && sentinels.matches("name").count() >= 2
-                && linked)
-                .then_some(())
-        });
-        let url = format!(
-            "redis+sentinel://{}/mymaster",
-            w.sentinels
-                .iter()
-                .map(|s| format!("{}:{SENTINEL_PORT}", s.ip))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let group = nodes::sentinel_group(&w.net, settings, |host| (w.data_dir(host), w.log(host)));
+        w.procs.extend(group.procs);
+        (w.master, w.replicas, w.sentinels) = (group.master, group.replicas, group.sentinels);
+        let url = group.url;
         let extra: &[&str] = if safe {
             &["--min-replicas-ack", "1"]
         } else {

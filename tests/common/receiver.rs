@@ -23,6 +23,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// What the receiver answered (`None`: it never answered).
     pub answered: Option<u16>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -35,10 +37,29 @@ impl Received {
 /// How the receiver answers a POST, given how many came before it.
 pub type Answer = Arc<dyn Fn(usize) -> Option<StatusCode> + Send + Sync>;
 
+/// What the receiver got and how it answers; a handle any thread may hold.
 #[derive(Clone)]
-struct Shared {
+pub struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     answer: Arc<Mutex<Answer>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Shared {
+    /// Answers with `answer` from now on.
+    pub fn answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Takes this long to answer from now on (a slow receiver).
+    pub fn delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
 }
 
 /// The receiver, serving on a free loopback port until dropped.
@@ -68,9 +89,12 @@ async fn hook(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             signature: header(&headers, "webhook-signature"),
             body: body.to_vec(),
             answered: status.map(|s| s.as_u16()),
+            at: std::time::Instant::now(),
         });
         status
     };
+    let delay = *shared.delay.lock().unwrap();
+    tokio::time::sleep(delay).await;
     match status {
         Some(status) => status,
         // Never answers: the pusher's attempt timeout must end it.
@@ -86,12 +110,14 @@ impl Receiver {
 
     /// A receiver answering with `answer`.
     pub async fn answering(answer: Answer) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serving(Receiver::new_shared(answer), "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A receiver on `addr` recording into (and answering as) `shared`: a receiver that
+    /// stopped and starts again keeps what it received.
+    pub async fn serving(shared: Shared, addr: SocketAddr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Shared {
-            received: Arc::default(),
-            answer: Arc::new(Mutex::new(answer)),
-        };
         let app = axum::Router::new()
             .route("/hook", post(hook))
             .with_state(shared.clone());
@@ -106,14 +132,28 @@ impl Receiver {
         format!("http://{}/hook", self.addr)
     }
 
+    /// A handle on what it receives and how it answers.
+    pub fn shared(&self) -> Shared {
+        self.shared.clone()
+    }
+
+    /// A fresh record and `answer`, for [`Receiver::serving`].
+    pub fn new_shared(answer: Answer) -> Shared {
+        Shared {
+            received: Arc::default(),
+            answer: Arc::new(Mutex::new(answer)),
+            delay: Arc::default(),
+        }
+    }
+
     /// Answers with `answer` from now on.
     pub fn answer(&self, answer: Answer) {
-        *self.shared.answer.lock().unwrap() = answer;
+        self.shared.answer(answer);
     }
 
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
-        self.shared.received.lock().unwrap().clone()
+        self.shared.received()
     }
 
     /// Waits (at most `within`) until `done` holds for what was received.

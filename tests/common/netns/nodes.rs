@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Host, NsProcess, wait_for};
+use super::{Host, Net, NsProcess, wait_for};
 
 /// The port every Redis node listens on (each has its own address).
 pub const REDIS_PORT: u16 = 6379;
@@ -122,4 +122,80 @@ pub fn signer(host: &Host, keys_dir: &Path, log: &Path, extra: &[&str]) -> NsPro
 /// `http://IP:50051` of a vod-signer host.
 pub fn endpoint(host: &Host) -> String {
     format!("http://{}:{SIGNER_PORT}", host.ip)
+}
+
+/// A master, two replicas and three sentinels watching them as `mymaster`, formed.
+pub struct SentinelGroup {
+    /// The processes (dropped with the group).
+    pub procs: Vec<NsProcess>,
+    /// The first master.
+    pub master: Host,
+    /// Its replicas.
+    pub replicas: Vec<Host>,
+    /// The sentinels.
+    pub sentinels: Vec<Host>,
+    /// `redis+sentinel://...` for vod-signer.
+    pub url: String,
+}
+
+/// Starts a sentinel group on `net` with `settings` on each data node; `place` gives a host
+/// its (data dir, log). Waits until the replicas are linked and the sentinels see them and
+/// each other.
+pub fn sentinel_group(
+    net: &Net,
+    settings: &[&str],
+    mut place: impl FnMut(&Host) -> (std::path::PathBuf, std::path::PathBuf),
+) -> SentinelGroup {
+    let master = net.host("master");
+    let (dir, log) = place(&master);
+    let mut procs = vec![redis(&master, &dir, &log, settings)];
+    let master_ip = master.ip.to_string();
+    let mut replicas = Vec::new();
+    for i in 1..=2 {
+        let host = net.host(&format!("replica-{i}"));
+        let mut args = settings.to_vec();
+        args.extend(["--replicaof", &master_ip, "6379"]);
+        let (dir, log) = place(&host);
+        procs.push(redis(&host, &dir, &log, &args));
+        replicas.push(host);
+    }
+    let mut sentinels = Vec::new();
+    for i in 1..=3 {
+        let host = net.host(&format!("sentinel-{i}"));
+        let (dir, log) = place(&host);
+        procs.push(sentinel(&host, &master, &dir, &log));
+        sentinels.push(host);
+    }
+    wait_for("the sentinel group forms", Duration::from_secs(30), || {
+        let s = &sentinels[0];
+        let seen_replicas = s
+            .redis_cli(SENTINEL_PORT, &["SENTINEL", "REPLICAS", "mymaster"])
+            .unwrap_or_default();
+        let seen_sentinels = s
+            .redis_cli(SENTINEL_PORT, &["SENTINEL", "SENTINELS", "mymaster"])
+            .unwrap_or_default();
+        let linked = master
+            .redis_cli(REDIS_PORT, &["INFO", "replication"])
+            .unwrap_or_default()
+            .contains("connected_slaves:2");
+        (seen_replicas.matches("master-link-status\nok").count() == 2
+            && seen_sentinels.matches("name").count() >= 2
+            && linked)
+            .then_some(())
+    });
+    let url = format!(
+        "redis+sentinel://{}/mymaster",
+        sentinels
+            .iter()
+            .map(|s| format!("{}:{SENTINEL_PORT}", s.ip))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    SentinelGroup {
+        procs,
+        master,
+        replicas,
+        sentinels,
+        url,
+    }
 }
