@@ -177,6 +177,11 @@ async fn run_lifecycle<S: Store>(
     let period = signer.settings().lifecycle.sweep_period();
     let mut failing = false;
     loop {
+        // A period first: the store connects in the background as the server starts.
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
         let swept = signer.sweep_abandoned(&owner).await;
         let backlog = signer.backlog().await;
         match (swept, backlog) {
@@ -189,10 +194,6 @@ async fn run_lifecycle<S: Store>(
                 warn!("the upload lifecycle sweep failed ({e}); retrying every {period:?}");
             }
             _ => {}
-        }
-        tokio::select! {
-            () = tokio::time::sleep(period) => {}
-            _ = stop.changed() => return,
         }
     }
 }

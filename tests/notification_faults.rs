@@ -583,17 +583,62 @@ fn the_receiver_takes_10_s_per_answer_for_30_s() {
 #[ignore = "waits for the dead replica's notifications to be claimed (30 s): CI runs it in release (--ignored)"]
 fn a_replica_is_killed_mid_delivery() {
     let mut w = World::new("sigkill");
+    let consumer = {
+        let log = std::fs::read_to_string(
+            artifacts_dir().join(format!("notify-sigkill.{}.log", w.signers[0].0.label)),
+        )
+        .unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("pushing upload notifications"))
+            .expect("signer-1 pushes");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["consumer"].as_str().unwrap().to_owned()
+    };
     scenario(
         &mut w,
         Duration::from_secs(3),
         Duration::from_secs(2),
         Duration::from_secs(3),
-        // The receiver slows down so pushes are in flight, then signer-1 dies (SIGKILL).
-        |w| {
-            w.app.inbox.delay(Duration::from_secs(1));
-            std::thread::sleep(Duration::from_secs(2));
+        // The receiver refuses for a while, so both replicas hold notifications waiting for
+        // their retry; then signer-1 dies (SIGKILL) holding some.
+        move |w| {
+            w.app
+                .inbox
+                .answer(Arc::new(|_| Some(StatusCode::SERVICE_UNAVAILABLE)));
+            std::thread::sleep(Duration::from_secs(3));
             drop(w.signers[0].1.take());
+            let master = w.current_master();
+            let held: usize = (0..16)
+                .map(|shard| {
+                    w.sentinels[0]
+                        .command("redis-cli")
+                        .args(["-h", &master, "-p", "6379", "XPENDING"])
+                        .arg(format!("vodsigner:uploads:{{{shard}}}:outbox"))
+                        .args(["vodsigner", "-", "+", "1000", &consumer])
+                        .output()
+                        .map(|o| {
+                            String::from_utf8_lossy(&o.stdout)
+                                .lines()
+                                .filter(|l| {
+                                    // The stream ids (`{ms}-{seq}`), one per pending entry.
+                                    l.split_once('-').is_some_and(|(a, b)| {
+                                        !a.is_empty()
+                                            && a.bytes().all(|c| c.is_ascii_digit())
+                                            && b.bytes().all(|c| c.is_ascii_digit())
+                                    })
+                                })
+                                .count()
+                        })
+                        .unwrap_or(0)
+                })
+                .sum();
+            println!("[notify-sigkill] signer-1 died holding {held} notifications");
+            assert!(
+                held > 0,
+                "signer-1 held nothing when it died: the scenario tests nothing"
+            );
         },
-        |w| w.app.inbox.delay(Duration::ZERO),
+        |w| w.app.inbox.answer(Arc::new(|_| Some(StatusCode::OK))),
     );
 }

@@ -7,6 +7,8 @@
 //! cargo run --release --example loadgen -- --scenario mixed --runtime multi-thread --half
 //! cargo run --release --example loadgen -- --target 127.0.0.1:50051 --redis-url redis://127.0.0.1:6379/0
 //! cargo run --release --example loadgen -- --floor --requests 50000   # against the floor
+//! cargo run --release --example loadgen -- --scenario complete         # CompleteUpload vs consume
+//! cargo run --release --example loadgen -- --delivery                  # push latency and backlog drain
 //! ```
 //!
 //! Without `--target` it starts its own `redis-server` (no persistence) on a free loopback port
@@ -41,7 +43,9 @@ use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt as _;
 use vod_signer::proto::signature_service_client::SignatureServiceClient;
-use vod_signer::proto::{ConsumeSignatureRequest, IssueSignatureRequest, UploadPolicy};
+use vod_signer::proto::{
+    CompleteUploadRequest, ConsumeSignatureRequest, IssueSignatureRequest, UploadPolicy,
+};
 
 const SECRET_ID: &str = "AKIDloadgen0000000000000000000000000";
 const SECRET_KEY: &str = "LoadgenSecretKey0123456789abcdef";
@@ -50,6 +54,7 @@ const ISSUE_PATH: &str = "/vodsigner.v1.SignatureService/IssueSignature";
 const CONSUME_PATH: &str = "/vodsigner.v1.SignatureService/ConsumeSignature";
 
 mod against_floor;
+mod delivery;
 
 /// A Lua script shaped like the service's consume script: GET, `string.match` of the record,
 /// SET ... KEEPTTL of the new record. It always writes, whatever it finds, so every call does
@@ -159,6 +164,13 @@ struct Args {
     /// Rounds of the `--floor` comparison (each drives both servers in turn).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Measure the upload notifications' push instead (see `delivery.rs`): the latency from
+    /// CompleteUpload to the receiver, and how fast one replica drains a backlog.
+    #[arg(long)]
+    delivery: bool,
+    /// `--delivery`: notifications queued before the drain.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: u64,
     /// Start vod-signer with every default on (metrics endpoint, info logs) instead of the
     /// quieter settings of the single-target run.
     #[arg(skip)]
@@ -170,6 +182,9 @@ enum Scenario {
     Issue,
     Consume,
     Mixed,
+    /// ConsumeSignature of fresh signatures, then CompleteUpload of the same: two timed
+    /// phases, with their CPU per call side by side.
+    Complete,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -638,6 +653,8 @@ enum Work {
     Issue { collect: bool },
     /// ConsumeSignature of `sigs[i]`.
     Consume { sigs: Arc<Vec<String>> },
+    /// CompleteUpload of consumed `sigs[i]`.
+    Complete { sigs: Arc<Vec<String>> },
     /// Consume fresh ones, replay consumed ones (`pct` percent of the calls).
     Mixed {
         sigs: Arc<Vec<String>>,
@@ -654,7 +671,7 @@ fn is_replay(i: u64, pct: u64) -> bool {
 fn fresh_needed(scenario: Scenario, n: u64, pct: u64) -> u64 {
     match scenario {
         Scenario::Issue => 0,
-        Scenario::Consume => n,
+        Scenario::Consume | Scenario::Complete => n,
         Scenario::Mixed => n - n * pct / 100,
     }
 }
@@ -724,6 +741,7 @@ struct PhaseShared {
 enum Call {
     Issue,
     Consume(usize),
+    Complete(usize),
     /// A fresh signature of the mixed scenario.
     Fresh(usize),
     /// A replay of an already consumed one.
@@ -750,6 +768,7 @@ async fn worker(shared: Arc<PhaseShared>, mut client: Client, seed: u64) -> Outc
         let call = match &shared.work {
             Work::Issue { .. } => Call::Issue,
             Work::Consume { .. } => Call::Consume(i as usize),
+            Work::Complete { .. } => Call::Complete(i as usize),
             Work::Mixed { pct, consumed, .. } if is_replay(i, *pct) => {
                 // A signature whose consume has completed (the first ones are moments away).
                 let pick = loop {
@@ -788,6 +807,16 @@ async fn worker(shared: Arc<PhaseShared>, mut client: Client, seed: u64) -> Outc
             }
             (Work::Consume { sigs }, Call::Consume(j)) => client
                 .consume_signature(consume(sigs, j, format!("lg-{i}")))
+                .await
+                .map(drop),
+            (Work::Complete { sigs }, Call::Complete(j)) => client
+                .complete_upload(CompleteUploadRequest {
+                    signature: sigs[j].clone(),
+                    file_id: format!("5285890{j:012}"),
+                    file_size: 5 << 20,
+                    media_url: format!("https://vod.example/media/5285890{j:012}.mp4"),
+                    media_type: "mp4".into(),
+                })
                 .await
                 .map(drop),
             (Work::Mixed { sigs, .. }, Call::Replay(j)) => {
@@ -1357,6 +1386,7 @@ fn main() -> ExitCode {
         let work = async {
             match (floor, bin) {
                 (Some(floor), Some(bin)) => against_floor::run(args, bin, floor).await,
+                (None, Some(bin)) if args.delivery => delivery::run(args, bin).await,
                 (_, bin) => run(args, bin).await,
             }
         };
@@ -1554,6 +1584,24 @@ async fn run(args: Args, bin: Option<PathBuf>) -> Result<bool, String> {
             let sigs = Arc::new(issued.outcome.collected);
             match args.scenario {
                 Scenario::Consume => Work::Consume { sigs },
+                Scenario::Complete => {
+                    // The same signatures consumed first, in a timed phase of its own: the
+                    // completion's cost is read against it.
+                    let consumed = run_phase(
+                        "consume (before complete)",
+                        &clients,
+                        c,
+                        args.requests,
+                        rate,
+                        Work::Consume { sigs: sigs.clone() },
+                        deadline,
+                        &pids,
+                        &[],
+                    )
+                    .await;
+                    phases.push(consumed);
+                    Work::Complete { sigs }
+                }
                 _ => Work::Mixed {
                     sigs,
                     pct,
@@ -1650,6 +1698,21 @@ async fn run(args: Args, bin: Option<PathBuf>) -> Result<bool, String> {
         {
             all_ok = false;
         }
+    }
+    if let [consume, complete, ..] = &phases[..]
+        && args.scenario == Scenario::Complete
+    {
+        let ratio = |of: fn(&CpuSnap) -> Option<f64>| {
+            let per =
+                |p: &PhaseResult| per_call(of(&p.cpu_before), of(&p.cpu_after), p.outcome.calls());
+            Some(per(complete)? / per(consume)?)
+        };
+        println!(
+            "== complete / consume, CPU per call: server {}x  redis {}x;  throughput {:.2}x",
+            fmt_opt(ratio(|c| c.server), 2),
+            fmt_opt(ratio(|c| c.redis), 2),
+            complete.throughput() / consume.throughput().max(1e-9)
+        );
     }
     if !syscalls.is_empty() {
         print!("== server per call (main phase, perf stat):");
