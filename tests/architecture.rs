@@ -54,8 +54,13 @@ fn module_path(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-/// The first path segment after each occurrence of `prefix` (`crate::store::X` → `store`).
+/// The first path segment after each occurrence of `prefix` (`crate::store::X` → `store`),
+/// and each one of a group (`crate::{store::X, audit::{A, B}}` → `store`, `audit`).
 fn segments_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    let ident_end = |s: &str| {
+        s.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find(prefix) {
@@ -64,14 +69,40 @@ fn segments_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
             continue;
         }
-        let end = rest
-            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
+        if let Some(group) = rest.strip_prefix('{') {
+            // The group's items, split at the commas of its own level.
+            let mut depth = 0usize;
+            let mut item_start = 0;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        found.extend(first_segment(&group[item_start..i], ident_end));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.extend(first_segment(&group[item_start..i], ident_end));
+                        item_start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let end = ident_end(rest);
         if end > 0 {
             found.push(&rest[..end]);
         }
     }
     found
+}
+
+/// The first segment of a grouped import's item (`store::X` → `store`); none for `self`.
+fn first_segment(item: &str, ident_end: impl Fn(&str) -> usize) -> Option<&str> {
+    let item = item.trim_start();
+    let segment = &item[..ident_end(item)];
+    (!segment.is_empty() && segment != "self").then_some(segment)
 }
 
 /// A cycle in `graph`, if there is one, as the list of nodes around it.
@@ -227,5 +258,31 @@ fn the_checker_finds_cycles_and_paths() {
             "crate::"
         ),
         vec!["store", "redis"]
+    );
+}
+
+#[test]
+fn grouped_imports_count_as_uses() {
+    assert_eq!(
+        segments_after(
+            "use crate::{\n    store::{Store, outbox::{A, B}},\n    audit::Event, self,\n};",
+            "crate::"
+        ),
+        vec!["store", "audit"]
+    );
+    assert_eq!(
+        segments_after("use super::{record::Record, Store};", "super::"),
+        vec!["record", "Store"]
+    );
+    // And the layer check sees them: a lower module importing an upper one in a group.
+    fn upward(text: &str) -> Vec<&str> {
+        segments_after(text, "crate::")
+            .into_iter()
+            .filter(|used| layer_of(used) > layer_of("store"))
+            .collect()
+    }
+    assert_eq!(
+        upward("use crate::{clock::Clock, api::SignatureApi};"),
+        vec!["api"]
     );
 }

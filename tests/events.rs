@@ -278,7 +278,8 @@ async fn revoke_subject_emits_one_revoked_event_per_signature() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watcher takes its starting point
+    // No wait: WatchEvents answers only once its starting point is fixed (see
+    // `redis_stream_watch_resume_and_filter`).
     let mut randoms = Vec::new();
     for i in 0..2 {
         let reply = client

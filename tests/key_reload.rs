@@ -152,6 +152,10 @@ async fn assert_unknown(client: &mut Client, signature: &str) {
 }
 
 fn start(dir: &Path, active: Option<&str>, interval_s: u64) -> ServerProcess {
+    ServerProcess::spawn(serve_with_keys(dir, active, interval_s))
+}
+
+fn serve_with_keys(dir: &Path, active: Option<&str>, interval_s: u64) -> std::process::Command {
     let mut cmd = serve_command();
     cmd.arg("--keys-dir")
         .arg(dir)
@@ -159,8 +163,13 @@ fn start(dir: &Path, active: Option<&str>, interval_s: u64) -> ServerProcess {
     if let Some(active) = active {
         cmd.args(["--active-key", active]);
     }
-    ServerProcess::spawn(cmd)
+    cmd
 }
+
+/// The uid and gid of `nobody`: a user file permissions apply to, even when the tests run
+/// as root (root may read any directory, so a permission test must not run the server as
+/// root).
+const NOBODY: u32 = 65534;
 
 fn assert_no_key_logged(server: &ServerProcess) {
     let text = server.stderr.lock().unwrap().join("\n");
@@ -331,12 +340,28 @@ async fn an_active_file_naming_a_missing_key_refuses_issuing() {
 
 #[tokio::test]
 async fn an_unreadable_keys_directory_keeps_the_previous_keys() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("keys");
     std::fs::create_dir(&dir).unwrap();
     write_key(&dir, SECRET_ID, SECRET_KEY);
     write_key(&dir, OTHER_ID, OTHER_KEY);
-    let server = start(&dir, Some(SECRET_ID), 0);
+    let mut cmd = serve_with_keys(&dir, Some(SECRET_ID), 0);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root the server would read the directory whatever its mode: it runs as nobody,
+        // who may read the keys until the mode says otherwise.
+        for path in [parent.path(), dir.as_path()] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for key in [SECRET_ID, OTHER_ID] {
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    let server = ServerProcess::spawn(cmd);
     let metrics = server.metrics_addr();
     let mut client = connect(server.addr).await;
     let (sig, _) = issue(&mut client, "").await.unwrap();
@@ -370,18 +395,12 @@ async fn an_unreadable_keys_directory_keeps_the_previous_keys() {
     std::fs::remove_file(&dir).unwrap();
     std::fs::rename(&away, &dir).unwrap();
 
-    // No permission to list it (meaningless as root, who may list it anyway).
-    use std::os::unix::fs::PermissionsExt as _;
+    // No permission to list it (the server never runs as root here, see above).
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let enforced = std::fs::read_dir(&dir).is_err();
-    if enforced {
-        reload(&server);
-        assert_eq!(failed(&server), 3);
-        still_in_force(&mut client).await;
-    } else {
-        eprintln!("running as a user who may list any directory: permission case skipped");
-    }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    reload(&server);
+    assert_eq!(failed(&server), 3);
+    still_in_force(&mut client).await;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // Readable again: removals apply again.
     remove(&dir, OTHER_ID);

@@ -145,14 +145,25 @@ async fn counts_are_exact_after_known_calls() {
 #[tokio::test]
 async fn metrics_can_be_turned_off() {
     let keys = keys_dir();
-    let server = ServerProcess::start(keys.path(), &["--metrics-listen", "off"]);
-    connect(server.addr)
+    // On: the process listens on its gRPC port and the metrics port.
+    let on = ServerProcess::start(keys.path(), &[]);
+    let metrics = on.metrics_addr();
+    assert_eq!(
+        listening_ports(on.child.id()),
+        [on.addr.port(), metrics.port()].into_iter().collect(),
+    );
+    // Off: on its gRPC port only, whatever else it serves.
+    let off = ServerProcess::start(keys.path(), &["--metrics-listen", "off"]);
+    connect(off.addr)
         .await
         .issue_signature(IssueSignatureRequest::default())
         .await
         .unwrap();
-    let log = server.stderr.lock().unwrap().join("\n");
-    assert!(!log.contains("serving metrics"), "{log}");
+    assert_eq!(
+        listening_ports(off.child.id()),
+        [off.addr.port()].into_iter().collect(),
+        "with --metrics-listen off the process still listens on another port"
+    );
 }
 
 #[tokio::test]

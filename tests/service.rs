@@ -5,11 +5,13 @@
 mod common;
 
 use common::*;
+use std::sync::Arc;
 use vod_signer::proto::{
     ConsumeSignatureRequest, IssueSignatureRequest, RevokeSignatureRequest, SignatureState,
     UploadPolicy, VerifySignatureRequest,
 };
 use vod_signer::reason::Reason;
+
 use vod_signer::service::Settings;
 use vod_signer::signature;
 
@@ -43,7 +45,6 @@ on_both_stores!(
     file_size_limit,
     request_validation,
     idempotent_consume_retry,
-    concurrent_consumes_have_one_winner,
     same_nonce_other_signature_is_not_issued,
     issue_with_non_active_key,
 );
@@ -631,16 +632,19 @@ async fn idempotent_consume_retry(backend: Backend) {
     );
 }
 
-async fn concurrent_consumes_have_one_winner(backend: Backend) {
-    let server = TestServer::start(backend).await;
+/// 64 consumes of one signature at once, released together by a barrier, on separate
+/// connections to `servers` (two replicas sharing one store where there is one), on a
+/// multi-thread runtime: they really run side by side, and exactly one wins.
+async fn concurrent_consumes_have_one_winner(servers: &[&TestServer]) {
     for _round in 0..3 {
-        let (sig, _) = issue_one(&server).await;
+        let (sig, _) = issue_one(servers[0]).await;
+        let start = Arc::new(tokio::sync::Barrier::new(64));
         let mut tasks = Vec::new();
-        for _ in 0..64 {
-            // Separate connections, so the calls really run side by side.
-            let mut client = server.client().await;
-            let sig = sig.clone();
+        for i in 0..64 {
+            let mut client = servers[i % servers.len()].client().await;
+            let (sig, start) = (sig.clone(), start.clone());
             tasks.push(tokio::spawn(async move {
+                start.wait().await;
                 client.consume_signature(consume_req(&sig)).await
             }));
         }
@@ -653,6 +657,44 @@ async fn concurrent_consumes_have_one_winner(backend: Backend) {
         }
         assert_eq!(wins, 1, "exactly one of 64 racing consumes wins");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_consumes_have_one_winner_in_memory() {
+    let server = TestServer::start(Backend::Memory).await;
+    concurrent_consumes_have_one_winner(&[&server]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_consumes_on_two_replicas_have_one_winner_redis() {
+    let redis = RedisServer::start();
+    let store = || {
+        Arc::new(redis_store_within(
+            &redis.url(),
+            "vodsigner:",
+            SEMANTIC_STORE_TIMEOUT,
+        ))
+    };
+    let one = TestServer::start_on(store(), None, Settings::default()).await;
+    let two = TestServer::start_on(store(), None, Settings::default()).await;
+    concurrent_consumes_have_one_winner(&[&one, &two]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_consumes_on_two_replicas_have_one_winner_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| common::topology::RedisCluster::start(3, false))
+        .await
+        .unwrap();
+    let store = || {
+        Arc::new(redis_store_within(
+            &cluster.url(),
+            "vodsigner:",
+            SEMANTIC_STORE_TIMEOUT,
+        ))
+    };
+    let one = TestServer::start_on(store(), None, Settings::default()).await;
+    let two = TestServer::start_on(store(), None, Settings::default()).await;
+    concurrent_consumes_have_one_winner(&[&one, &two]).await;
 }
 
 async fn same_nonce_other_signature_is_not_issued(backend: Backend) {

@@ -763,6 +763,32 @@ pub struct ServerProcess {
     pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// The TCP ports process `pid` listens on, read from `/proc` (its socket inodes, matched
+/// against the kernel's listening sockets): what a port scan of the process would find.
+pub fn listening_ports(pid: u32) -> std::collections::BTreeSet<u16> {
+    let inodes: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut ports = std::collections::BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A: LISTEN), inode.
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap_or("0");
+                ports.insert(u16::from_str_radix(port, 16).unwrap_or(0));
+            }
+        }
+    }
+    ports
+}
+
 impl ServerProcess {
     /// Starts `vod-signer serve --listen 127.0.0.1:0 --log-format json` with `args`.
     pub fn start(keys_dir: &Path, args: &[&str]) -> ServerProcess {
