@@ -1,13 +1,15 @@
 //! The embedded in-memory store: the same semantics as Redis, for one process only.
 //!
-//! Records expire like Redis keys do; each insert evicts the records that have expired, so
-//! memory stays proportional to the signatures still within their validity window.
+//! Records expire like Redis keys do: each insert evicts the records of its shard that have
+//! expired, and a purge every [`PURGE_EVERY`] evicts the rest (as Redis' active expiry does),
+//! so an idle process does not keep expired records either. Memory stays proportional to the
+//! signatures still within their validity window.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 // tokio's clock, so a test can pause and advance time instead of sleeping (records expire by it).
@@ -22,6 +24,8 @@ use super::{
 use crate::quota::{Charge, gcra};
 
 const SHARDS: usize = 16;
+/// How often expired records are purged when no insert comes to do it.
+pub const PURGE_EVERY: Duration = Duration::from_secs(1);
 
 type Key = (String, u32);
 
@@ -73,7 +77,7 @@ fn expire_of(member: &str) -> i64 {
 
 /// Records in this process's memory; a second replica would not see them.
 pub struct MemoryStore {
-    shards: Vec<Mutex<Shard>>,
+    shards: Arc<Vec<Mutex<Shard>>>,
     /// Subject digest → its index.
     subjects: Mutex<HashMap<String, SubjectIndex>>,
     /// How many subjects there may be before the next sweep of forgotten indexes.
@@ -97,8 +101,15 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
+        let shards: Arc<Vec<Mutex<Shard>>> =
+            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
+        // Purged on a timer while the store lives: the task holds it weakly and ends with it.
+        // Outside a runtime (a plain unit test) records are still evicted on insert.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(purge_expired(Arc::downgrade(&shards)));
+        }
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards,
             subjects: Mutex::default(),
             subjects_sweep_at: AtomicUsize::new(1024),
             hasher: RandomState::new(),
@@ -167,6 +178,20 @@ impl MemoryStore {
         {
             *expires = floor;
             shard.expiries.push(Reverse((floor, key)));
+        }
+    }
+}
+
+/// Evicts the expired records of every shard every [`PURGE_EVERY`], until the store is gone.
+async fn purge_expired(shards: Weak<Vec<Mutex<Shard>>>) {
+    loop {
+        tokio::time::sleep(PURGE_EVERY).await;
+        let Some(shards) = shards.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        for shard in shards.iter() {
+            lock(shard).evict_expired(now);
         }
     }
 }
@@ -523,6 +548,29 @@ mod tests {
         assert_eq!(store.status(sig(1)).await.unwrap(), RecordState::NotIssued);
         // Its nonce is free again.
         assert!(store.insert_issued(sig(1), 0, 60, "").await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_store_purges_expired_records_on_its_own() {
+        let store = MemoryStore::new();
+        for r in 0..100 {
+            assert!(store.insert_issued(sig(r), 0, 60, "").await.unwrap());
+        }
+        assert_eq!(store.len(), 100);
+        // No insert after they expire: the purge alone evicts them.
+        tokio::time::sleep(Duration::from_secs(60) + PURGE_EVERY * 2).await;
+        assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_purge_ends_with_the_store() {
+        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let before = tasks();
+        let store = MemoryStore::new();
+        assert_eq!(tasks(), before + 1, "the purge runs");
+        drop(store);
+        tokio::time::sleep(PURGE_EVERY * 2).await;
+        assert_eq!(tasks(), before, "the purge outlived its store");
     }
 
     #[tokio::test]
