@@ -9,14 +9,14 @@ pub mod url;
 use std::time::Duration;
 
 pub use self::connector::{Conn, Connector, Failure};
-pub use self::url::Topology;
+pub use self::url::{Topology, UrlError};
 
 impl Connector {
     /// Sets up the connection for `config` and starts the keeper task of its deployment;
     /// never waits for Redis (it may not be up yet).
     pub fn start(config: &RedisConfig) -> Result<Connector, String> {
         let (connector, shared) = Connector::unconnected();
-        match Topology::parse(&config.url)? {
+        match Topology::parse(&config.url).map_err(|e| e.to_string())? {
             Topology::Single(url) => connector::start_single(&url, config, shared)?,
             Topology::Cluster(nodes) => connector::start_cluster(nodes, config, shared)?,
             Topology::Sentinel {

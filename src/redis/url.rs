@@ -28,30 +28,70 @@ pub enum Topology {
     },
 }
 
-fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("an empty host in the node list".into());
+/// Why `--redis-url` was refused. Never quotes a password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// No `scheme://`.
+    #[error("a Redis URL needs a scheme, e.g. redis://")]
+    NoScheme,
+    /// A scheme that names no deployment.
+    #[error(
+        "unknown Redis URL scheme {0:?}: use redis://, rediss://, redis+cluster://, \
+         redis+sentinel:// (or their rediss+ forms)"
+    )]
+    UnknownScheme(String),
+    /// Credentials inside a cluster or sentinel URL.
+    #[error(
+        "put Redis credentials in --redis-username / --redis-password-file, not in a cluster \
+         or sentinel URL"
+    )]
+    Credentials,
+    /// A node of the list that is no `host[:port]`.
+    #[error(
+        "{0:?} in the node list is not host[:port] (an IPv6 address goes in brackets: [::1]:6379)"
+    )]
+    BadNode(String),
+    /// A sentinel URL without the master's name.
+    #[error("a sentinel URL names the master: redis+sentinel://h:p,h:p/MASTER_NAME")]
+    NoMaster,
+    /// A database that is no number.
+    #[error("bad database number {0:?}")]
+    BadDatabase(String),
+}
+
+/// One node of a list: its host (an IPv6 address without brackets) and port.
+fn host_port(node: &str, default_port: u16) -> Result<(String, u16), UrlError> {
+    let node = node.trim();
+    let bad = || UrlError::BadNode(node.to_owned());
+    if node.is_empty() || node.contains(['/', '@', '?', '#']) {
+        return Err(bad());
     }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => {
-            let port = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
-            Ok((host.trim_matches(['[', ']']).to_owned(), port))
-        }
-        _ => Ok((s.to_owned(), default_port)),
+    let parsed = url::Url::parse(&format!("redis://{node}")).map_err(|_| bad())?;
+    let host = match parsed.host().ok_or_else(bad)? {
+        url::Host::Domain(d) => d.to_owned(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_string(),
+    };
+    Ok((host, parsed.port().unwrap_or(default_port)))
+}
+
+/// A node as a URL of the redis crate: brackets around an IPv6 address.
+fn node_url(scheme: &str, host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("{scheme}://[{host}]:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}")
     }
 }
 
 impl Topology {
     /// Parses `--redis-url`. Credentials in cluster and sentinel URLs are refused (use
     /// `--redis-username` and `--redis-password-file`).
-    pub fn parse(url: &str) -> Result<Topology, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or("a Redis URL needs a scheme, e.g. redis://")?;
-        let no_userinfo = |rest: &str| -> Result<(), String> {
+    pub fn parse(url: &str) -> Result<Topology, UrlError> {
+        let (scheme, rest) = url.split_once("://").ok_or(UrlError::NoScheme)?;
+        let no_userinfo = |rest: &str| -> Result<(), UrlError> {
             if rest.split('/').next().unwrap_or("").contains('@') {
-                Err("put Redis credentials in --redis-username / --redis-password-file, not in a cluster or sentinel URL".into())
+                Err(UrlError::Credentials)
             } else {
                 Ok(())
             }
@@ -68,9 +108,7 @@ impl Topology {
                 };
                 let nodes = hosts
                     .split(',')
-                    .map(|h| {
-                        host_port(h, 6379).map(|(host, port)| format!("{plain}://{host}:{port}"))
-                    })
+                    .map(|h| host_port(h, 6379).map(|(host, port)| node_url(plain, &host, port)))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Topology::Cluster(nodes))
             }
@@ -80,16 +118,13 @@ impl Topology {
                 let hosts = parts.next().unwrap_or("");
                 let master = parts.next().unwrap_or("").to_owned();
                 if master.is_empty() {
-                    return Err(
-                        "a sentinel URL names the master: redis+sentinel://h:p,h:p/MASTER_NAME"
-                            .into(),
-                    );
+                    return Err(UrlError::NoMaster);
                 }
                 let db = match parts.next() {
                     None | Some("") => 0,
                     Some(db) => db
                         .parse()
-                        .map_err(|_| format!("bad database number {db:?}"))?,
+                        .map_err(|_| UrlError::BadDatabase(db.to_owned()))?,
                 };
                 let sentinels = hosts
                     .split(',')
@@ -102,9 +137,7 @@ impl Topology {
                     tls: scheme.starts_with("rediss"),
                 })
             }
-            other => Err(format!(
-                "unknown Redis URL scheme {other:?}: use redis://, rediss://, redis+cluster://, redis+sentinel:// (or their rediss+ forms)"
-            )),
+            other => Err(UrlError::UnknownScheme(other.to_owned())),
         }
     }
 }
@@ -140,5 +173,42 @@ mod tests {
         assert!(Topology::parse("redis+cluster://user:pw@a:7000").is_err());
         assert!(Topology::parse("memcached://x").is_err());
         assert!(Topology::parse("redis+cluster://a:notaport").is_err());
+    }
+
+    #[test]
+    fn ipv6_nodes_with_and_without_ports() {
+        assert_eq!(
+            Topology::parse("redis+cluster://[::1]:7000,[fd00::2],10.0.0.3").unwrap(),
+            Topology::Cluster(vec![
+                "redis://[::1]:7000".into(),
+                "redis://[fd00::2]:6379".into(),
+                "redis://10.0.0.3:6379".into(),
+            ])
+        );
+        assert_eq!(
+            Topology::parse("rediss+sentinel://[::1],[fd00::2]:26380/mymaster").unwrap(),
+            Topology::Sentinel {
+                sentinels: vec![("::1".into(), 26379), ("fd00::2".into(), 26380)],
+                master: "mymaster".into(),
+                db: 0,
+                tls: true
+            }
+        );
+        for bad in [
+            "redis+cluster://::1:7000",
+            "redis+cluster://[::1",
+            "redis+cluster://a:7000,,b",
+            "redis+cluster://a:70000",
+        ] {
+            assert!(
+                matches!(Topology::parse(bad), Err(UrlError::BadNode(_))),
+                "{bad}: {:?}",
+                Topology::parse(bad)
+            );
+        }
+        assert_eq!(
+            Topology::parse("redis+sentinel://s/m/x"),
+            Err(UrlError::BadDatabase("x".into()))
+        );
     }
 }

@@ -564,7 +564,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_purge_ends_with_the_store() {
-        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
         let before = tasks();
         let store = MemoryStore::new();
         assert_eq!(tasks(), before + 1, "the purge runs");
