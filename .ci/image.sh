@@ -67,6 +67,7 @@ cleanup() {
     podman pod ls --filter "name=$run_id" -q 2>/dev/null | xargs -r podman pod rm -f -t 0 >/dev/null 2>&1
     podman ps -a --filter "name=$run_id" -q 2>/dev/null | xargs -r podman rm -f -t 0 >/dev/null 2>&1
     podman secret ls --format '{{.Name}}' 2>/dev/null | grep "^$run_id" | xargs -r podman secret rm >/dev/null 2>&1
+    podman volume ls --format '{{.Name}}' 2>/dev/null | grep "^$run_id" | xargs -r podman volume rm -f >/dev/null 2>&1
     for pidfile in "$scratch"/*.pid; do
         [[ -e $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null
     done
@@ -136,6 +137,13 @@ if podman run --rm --network none "$runtime_image" /bin/sh -c true >/dev/null 2>
     echo "ci-image: FAIL: the runtime stand-in $runtime_image has a shell"
     exit 1
 fi
+# Stand-ins of an older recipe are not needed any more.
+for name in builder runtime redis; do
+    for old in $(podman images --format '{{.Repository}}:{{.Tag}}' "localhost/vod-signer-ci/$name" | grep -v ":$stamp\$"); do
+        podman rmi "$old" >/dev/null 2>&1 || true
+    done
+done
+find "$bases" -mindepth 1 -maxdepth 1 -type d ! -name "$stamp" -exec rm -rf {} +
 phase "bases: $builder_image, $runtime_image (no shell), $redis_image"
 
 # ------------------------------------------------------------------ 2. the image
@@ -155,20 +163,36 @@ if [[ ! -d $rustup_home/toolchains || ! -x $cargo_home/bin/cargo ]]; then
     exit 1
 fi
 build_log=$ci/build.log
-if ! podman build --network none --layers \
-    --volume "$rustup_home:/usr/local/rustup:ro" \
-    --volume "$cargo_home:/usr/local/cargo" \
-    --build-arg "BUILDER_IMAGE=$builder_image" \
-    --build-arg "RUNTIME_IMAGE=$runtime_image" \
-    --build-arg CARGO_NET_OFFLINE=true \
-    --build-arg "REVISION=$revision" \
-    --build-arg "VERSION=$version" \
-    --build-arg "SOURCE=${source_url:-unknown}" \
-    --tag "$image" --file Dockerfile . >"$build_log" 2>&1; then
+build() { # build EXTRA-ARGS...: the Dockerfile with the stand-ins, offline
+    podman build --network none --layers \
+        --volume "$rustup_home:/usr/local/rustup:ro" \
+        --volume "$cargo_home:/usr/local/cargo" \
+        --build-arg "BUILDER_IMAGE=$builder_image" \
+        --build-arg "RUNTIME_IMAGE=$runtime_image" \
+        --build-arg CARGO_NET_OFFLINE=true \
+        --build-arg "REVISION=$revision" \
+        --build-arg "VERSION=$version" \
+        --build-arg "SOURCE=${source_url:-unknown}" \
+        --file Dockerfile "$@" . >>"$build_log" 2>&1
+}
+: >"$build_log"
+if ! build --tag "$image"; then
     tail -n 60 "$build_log"
     echo "ci-image: FAIL: podman build (whole log: $build_log)"
     exit 1
 fi
+# Disk stays bounded on a machine that builds every commit: the builder stage (about 1 GB, the
+# layer cache of the next build) is kept under one tag (from the cache: no second build), and
+# the previous builder stage and the older CI images go.
+stage=localhost/vod-signer-ci/builder-stage:latest
+old_stage=$(podman image inspect --format '{{.Id}}' "$stage" 2>/dev/null || true)
+build --target builder --tag "$stage"
+if [[ -n $old_stage && $old_stage != "$(podman image inspect --format '{{.Id}}' "$stage")" ]]; then
+    podman rmi "$old_stage" >/dev/null 2>&1 || true
+fi
+for old in $(podman images --format '{{.Repository}}:{{.Tag}}' localhost/vod-signer | grep -v ":ci-${revision:0:12}\$"); do
+    podman rmi "$old" >/dev/null 2>&1 || true
+done
 # Sizes: the image (uncompressed, as `podman images` counts it) and the vod-signer layer alone.
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
 size=$(podman image inspect --format '{{.Size}}' "$image")
