@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -807,6 +808,8 @@ def main() -> int:
     ap.add_argument("--version", required=True)
     ap.add_argument("--scratch", required=True)
     args = ap.parse_args()
+    # A CI runner that gives up sends SIGTERM: unwind, so every finally block cleans up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     try:
         {"run": check_run, "kube": check_kube}[args.check](args)

@@ -334,6 +334,10 @@ def check_server(r: Rendered, label: str, values: dict[str, Any]) -> None:
               for t in spread),
           f"[{label}] topology spread across nodes over this release's server pods")
     check(c["args"][0] == "serve", f"[{label}] the container runs `serve`")
+    # Kubernetes' Service links would put VOD_SIGNER_PORT, VOD_SIGNER_SERVICE_HOST, ... (the
+    # release's Services are named vod-signer*) next to the VOD_SIGNER_* flags the binary reads.
+    check(spec.get("enableServiceLinks") is False,
+          f"[{label}] no Service link variables in the server pods (enableServiceLinks false)")
     env_from = [e["configMapRef"]["name"] for e in c.get("envFrom", [])]
     check(env_from == [f"{RELEASE}-vod-signer"], f"[{label}] settings come from the ConfigMap")
     bad_env = [k for k in r.config if not k.startswith("VOD_SIGNER_")
