@@ -68,9 +68,18 @@ cleanup() {
     podman ps -a --filter "name=$run_id" -q 2>/dev/null | xargs -r podman rm -f -t 0 >/dev/null 2>&1
     podman secret ls --format '{{.Name}}' 2>/dev/null | grep "^$run_id" | xargs -r podman secret rm >/dev/null 2>&1
     podman volume ls --format '{{.Name}}' 2>/dev/null | grep "^$run_id" | xargs -r podman volume rm -f >/dev/null 2>&1
-    for pidfile in "$scratch"/*.pid; do
-        [[ -e $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null
-    done
+    while read -r pidfile; do
+        kill "$(cat "$pidfile")" 2>/dev/null
+    done < <(find "$scratch" -name '*.pid' 2>/dev/null)
+    # A build stopped half-way leaves buildah's working containers (storage only): those
+    # created since this run's build began go.
+    if [[ -n ${build_started:-} ]]; then
+        podman ps -a --external --format json 2>/dev/null | python3 -c '
+import json, sys
+for c in json.load(sys.stdin):
+    if c.get("State") == "storage" and c.get("Created", 0) >= int(sys.argv[1]):
+        print(c["Id"])' "$build_started" | xargs -r podman rm -f >/dev/null 2>&1
+    fi
     rm -rf "$scratch"
     exit "$status"
 }
@@ -176,6 +185,7 @@ build() { # build EXTRA-ARGS...: the Dockerfile with the stand-ins, offline
         --file Dockerfile "$@" . >>"$build_log" 2>&1
 }
 : >"$build_log"
+build_started=$(date +%s)
 if ! build --tag "$image"; then
     tail -n 60 "$build_log"
     echo "ci-image: FAIL: podman build (whole log: $build_log)"
@@ -193,6 +203,7 @@ fi
 for old in $(podman images --format '{{.Repository}}:{{.Tag}}' localhost/vod-signer | grep -v ":ci-${revision:0:12}\$"); do
     podman rmi "$old" >/dev/null 2>&1 || true
 done
+build_started=
 # Sizes: the image (uncompressed, as `podman images` counts it) and the vod-signer layer alone.
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
 size=$(podman image inspect --format '{{.Size}}' "$image")
