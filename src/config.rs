@@ -10,9 +10,17 @@ use crate::redis::RedisConfig;
 use crate::server::ServerOptions;
 use crate::service::Settings;
 
+/// `--version`: the crate version and the git revision it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("VOD_SIGNER_REVISION"),
+    ")"
+);
+
 /// vod-signer: issues and redeems single-use Tencent Cloud VOD upload signatures.
 #[derive(Debug, Parser)]
-#[command(name = "vod-signer", version, about, long_about = None)]
+#[command(name = "vod-signer", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

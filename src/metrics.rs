@@ -15,6 +15,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use strum::IntoEnumIterator as _;
+
+/// The git revision the binary was built from (build.rs), or "unknown": the `revision` label
+/// of `vodsigner_build_info`.
+pub const REVISION: &str = env!("VOD_SIGNER_REVISION");
 use tokio::net::TcpListener;
 
 use crate::auth::Rpc;
@@ -61,6 +65,7 @@ struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
+    revision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,12 +226,13 @@ impl Metrics {
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register(
             "vodsigner_build_info",
-            "Always 1; the version label says which build runs",
+            "Always 1; the version and revision (git commit) labels say which build runs",
             build_info.clone(),
         );
         build_info
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION"),
+                revision: REVISION,
             })
             .set(1);
         let by_rpc = Rpc::iter()

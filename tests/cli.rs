@@ -341,4 +341,8 @@ fn help_works_on_every_subcommand() {
     }
     let out = success(run(vod_signer().arg("--version")));
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    assert!(
+        out.contains(&format!("(revision {})", env!("VOD_SIGNER_REVISION"))),
+        "{out}"
+    );
 }

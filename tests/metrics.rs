@@ -105,7 +105,32 @@ async fn counts_are_exact_after_known_calls() {
     assert_eq!(count(store, &[("op", "issue")]), 3.0);
     assert_eq!(count("vodsigner_inflight_requests", &[]), 0.0);
     assert_eq!(count("vodsigner_store_up", &[]), 1.0);
-    assert_eq!(count("vodsigner_build_info", &[("version", "0.1.0")]), 1.0);
+    // The build's version and git revision (build.rs: VOD_SIGNER_REVISION, else the checkout's
+    // HEAD, else "unknown"); the image build passes the revision in, having no .git.
+    let revision = env!("VOD_SIGNER_REVISION");
+    assert_eq!(
+        count(
+            "vodsigner_build_info",
+            &[("version", "0.1.0"), ("revision", revision)]
+        ),
+        1.0
+    );
+    assert!(
+        revision == "unknown"
+            || (revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())),
+        "revision {revision:?}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    // Unless the revision was given (VOD_SIGNER_REVISION set for the build, as the image does).
+    if let (Ok(head), None) = (head, std::env::var_os("VOD_SIGNER_REVISION"))
+        && head.status.success()
+    {
+        let head = String::from_utf8_lossy(&head.stdout);
+        assert_eq!(revision, head.trim(), "built from this checkout's HEAD");
+    }
     // Nothing from a request is a label.
     assert!(
         !text.text.contains("user-secret-subject") && !text.text.contains(SECRET_ID),

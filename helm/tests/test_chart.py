@@ -334,6 +334,10 @@ def check_server(r: Rendered, label: str, values: dict[str, Any]) -> None:
               for t in spread),
           f"[{label}] topology spread across nodes over this release's server pods")
     check(c["args"][0] == "serve", f"[{label}] the container runs `serve`")
+    # Kubernetes' Service links would put VOD_SIGNER_PORT, VOD_SIGNER_SERVICE_HOST, ... (the
+    # release's Services are named vod-signer*) next to the VOD_SIGNER_* flags the binary reads.
+    check(spec.get("enableServiceLinks") is False,
+          f"[{label}] no Service link variables in the server pods (enableServiceLinks false)")
     env_from = [e["configMapRef"]["name"] for e in c.get("envFrom", [])]
     check(env_from == [f"{RELEASE}-vod-signer"], f"[{label}] settings come from the ConfigMap")
     bad_env = [k for k in r.config if not k.startswith("VOD_SIGNER_")
@@ -1081,6 +1085,29 @@ def main() -> int:
     for label, values in schema_refusals:
         err = render_error(chart, merge(redis_values, values))
         check(err and "schema" in err, f"refused by the schema: {label}: {(err or '').splitlines()[-1:]}")
+
+    section("Values files the repository ships: the README's first try, CI's pod check")
+    readme_root = (HERE.parent.parent / "README.md").read_text()
+    first_try = re.search(r"```yaml\n# my-values\.yaml\n(.*?)```", readme_root, re.S)
+    if check(first_try, "README.md has the my-values.yaml of `helm install ... -f my-values.yaml`"):
+        values = yaml.safe_load(first_try.group(1))
+        r = render(chart, values)
+        check_common(r, "README first try")
+        check_server(r, "README first try", values)
+        check(r.server["spec"]["replicas"] == 2 and r.kind("Deployment")[1:]
+              and r.config.get("VOD_SIGNER_REDIS_URL", "").startswith("redis://"),
+              "[README first try] 2 pods and the throwaway Redis they share")
+    ci_values = yaml.safe_load((HERE.parent.parent / ".ci" / "kube-values.yaml").read_text())
+    values = merge(ci_values, {"keys": {"inline": {SECRET_ID: SECRET_KEY}},
+                               "callerPolicy": {"existingSecret": "ci-callers"},
+                               "image": {"tag": "0.1.0"}})
+    r = render(chart, values)
+    check_common(r, ".ci/kube-values.yaml")
+    check_server(r, ".ci/kube-values.yaml", values)
+    check(r.container["imagePullPolicy"] == "Never"
+          and all(c["imagePullPolicy"] == "Never" for d in r.kind("Deployment")
+                  for c in d["spec"]["template"]["spec"]["containers"]),
+          "[.ci/kube-values.yaml] the CI images are never pulled")
 
     section("The built binary with the rendered configuration")
     if not binary:
