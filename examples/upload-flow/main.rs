@@ -64,7 +64,7 @@ struct Args {
     consumer_token: Option<String>,
     /// With --spawn: vod-signer's --completion-window, after which an upload consumed and
     /// never completed (cut off mid-body) is ABANDONED and the app server told.
-    #[arg(long, default_value = "1m", requires = "spawn")]
+    #[arg(long, default_value = "1m", conflicts_with = "vod_signer")]
     completion_window: humantime::Duration,
     /// Without --spawn: the --notify-secret-file of your vod-signer (run with --notify-url
     /// http://<app-listen>/notify), so the app server can check its pushes.
