@@ -51,6 +51,9 @@ pub enum Reason {
     NoActiveKey,
     /// The store did not answer in time; nothing was accepted.
     StoreUnavailable,
+    /// IssueSignature while Redis is within its memory reserve of `maxmemory`; consume,
+    /// revoke and complete go on.
+    StoreFull,
     /// CompleteUpload before the signature was consumed.
     SignatureNotConsumed,
     /// CompleteUpload with another file id than the one recorded.
@@ -96,6 +99,7 @@ mod tests {
                 "CALLER_UNAUTHENTICATED",
                 "NO_ACTIVE_KEY",
                 "STORE_UNAVAILABLE",
+                "STORE_FULL",
                 "SIGNATURE_NOT_CONSUMED",
                 "UPLOAD_ALREADY_COMPLETED",
             ]

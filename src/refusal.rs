@@ -84,7 +84,7 @@ pub fn grpc_code(reason: Reason) -> Code {
         | Reason::NoActiveKey
         | Reason::SignatureNotConsumed
         | Reason::UploadAlreadyCompleted => Code::FailedPrecondition,
-        Reason::RateLimited => Code::ResourceExhausted,
+        Reason::RateLimited | Reason::StoreFull => Code::ResourceExhausted,
         Reason::PermissionDenied => Code::PermissionDenied,
         Reason::StoreUnavailable => Code::Unavailable,
     }

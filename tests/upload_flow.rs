@@ -2,10 +2,14 @@
 //! as child processes, the example's app server and upload gateway in this process, and
 //! Debian's headless chromium driven over WebDriver (chromedriver, from `chromium-driver`).
 //!
-//! The browser signs in, uploads a small video, replays the same signature (refused
-//! `SIGNATURE_ALREADY_USED`), and uploads a file over the signature's `maxFileSize` (refused
-//! `FILE_TOO_LARGE`); the app server must have received exactly one upload-complete
-//! notification. A screenshot of the page is saved as `target/upload-flow.png`.
+//! The browser signs in, uploads a small video and sees it confirmed (the gateway called
+//! `CompleteUpload`, and vod-signer's signed push reached the app server), replays the same
+//! signature (refused `SIGNATURE_ALREADY_USED`), and uploads a file over the signature's
+//! `maxFileSize` (refused `FILE_TOO_LARGE`). The app server must have kept exactly one
+//! verified `NewFileUpload` and refused forged or stale pushes. An upload cut off mid-body
+//! (sent by the test over a raw socket) ends ABANDONED after the short completion window, and
+//! the app server receives the `UploadAbandoned` push. A screenshot of the page is saved as
+//! `target/upload-flow.png`.
 //!
 //! Needs `chromium` and `chromedriver` (`apt-get install -y chromium chromium-driver`); run as
 //! root with apt, the test installs them itself. `CHROMIUM` and `CHROMEDRIVER` override the
@@ -24,6 +28,7 @@ mod spawn;
 #[allow(dead_code)]
 mod web;
 
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,9 +37,13 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use vod_signer::client::{Client, ClientConfig};
+use vod_signer::notify::Secrets;
 use vod_signer::proto::SignatureState;
 
 const MAX_FILE_SIZE: u64 = 1 << 20;
+/// vod-signer's `--completion-window` here: short, so the cut-off upload is abandoned within
+/// the test, yet far longer than the good upload takes from consume to CompleteUpload.
+const COMPLETION_WINDOW: Duration = Duration::from_secs(5);
 
 /// Where the browser binaries are, installing them when missing (root with apt only).
 fn browser_binaries() -> (PathBuf, PathBuf) {
@@ -196,10 +205,16 @@ async fn choose(browser: &Browser, file: &Path) {
     input.send_keys(&file.display().to_string()).await.unwrap();
 }
 
+/// A plain HTTP/1.1 client.
+fn http_client()
+-> hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<axum::body::Bytes>> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
 /// `GET url`: the status and the body.
 async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
     use http_body_util::BodyExt as _;
-    let client = web::webhook_client();
+    let client = http_client();
     let uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let response = client.get(uri).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
@@ -209,6 +224,55 @@ async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok((status, body.to_bytes().to_vec()))
+}
+
+/// `POST url` with `headers` and `body`: the status, the `Set-Cookie` header and the body.
+async fn post(url: &str, headers: &[(&str, String)], body: &str) -> (u16, String, Vec<u8>) {
+    use http_body_util::BodyExt as _;
+    let mut request = axum::http::Request::post(url);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(body.to_owned().into()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), http_client().request(request))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, cookie, body.to_vec())
+}
+
+/// A push to the app server as vod-signer sends one, signed with `secret` at `timestamp`: the
+/// status it gets.
+async fn push(app_url: &str, secret: &str, id: &str, timestamp: i64, body: &str) -> u16 {
+    let signature = Secrets::parse(secret)
+        .unwrap()
+        .sign(id, timestamp, body.as_bytes());
+    let headers = [
+        ("content-type", "application/json".to_owned()),
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    post(&format!("{app_url}/notify"), &headers, body).await.0
+}
+
+/// Waits up to `within` for `done`, checking every 50 ms.
+async fn eventually(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A file that looks like an MP4 (an `ftyp` box) followed by random bytes.
@@ -229,20 +293,39 @@ async fn upload_flow_in_a_browser() {
     let big = work.path().join("too-big.mp4");
     video(&big, 4 << 20);
 
-    // redis-server and vod-signer, real processes on free loopback ports.
-    let stack = spawn::Stack::start(Path::new(env!("CARGO_BIN_EXE_vod-signer")), false)
-        .await
-        .expect("redis-server and vod-signer");
-    let flow = web::start(web::FlowOptions {
-        vod_signer: stack.signer.endpoint(),
-        issuer_token: None,
-        consumer_token: None,
-        app_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway_listen: "127.0.0.1:0".parse().unwrap(),
-        storage: work.path().join("storage"),
-        max_file_size: MAX_FILE_SIZE,
-        ttl_seconds: 600,
-    })
+    // redis-server and vod-signer, real processes on free loopback ports; vod-signer pushes
+    // its notifications to the app server, signed with a secret made for this run.
+    let bound = web::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("listeners");
+    let secret = web::new_webhook_secret();
+    let notify = spawn::NotifyTo {
+        url: bound.notify_url(),
+        secret: secret.clone(),
+        completion_window: COMPLETION_WINDOW,
+    };
+    let stack = spawn::Stack::start(
+        Path::new(env!("CARGO_BIN_EXE_vod-signer")),
+        false,
+        Some(&notify),
+    )
+    .await
+    .expect("redis-server and vod-signer");
+    let flow = web::start(
+        bound,
+        web::FlowOptions {
+            vod_signer: stack.signer.endpoint(),
+            issuer_token: None,
+            consumer_token: None,
+            webhook_secrets: Some(secret.clone()),
+            storage: work.path().join("storage"),
+            max_file_size: MAX_FILE_SIZE,
+            ttl_seconds: 600,
+        },
+    )
     .await
     .expect("app server and gateway");
 
@@ -298,9 +381,16 @@ async fn upload_flow_in_a_browser() {
         .expect("signed in");
     assert_eq!(text(&browser, "whoami-user").await, "demo");
 
-    // 1. A small video: stored, with a file id and a play URL serving the same bytes.
+    // 1. A small video: stored, with a file id and a play URL serving the same bytes, and
+    // confirmed: the page saw the app server receive vod-signer's push for it.
     choose(&browser, &small).await;
     assert_eq!(attempt(&browser, "upload-button", 1).await, "ok");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#confirmation[data-state='confirmed']"))
+        .await
+        .expect("the page shows the upload confirmed by vod-signer's push");
     let file_id = text(&browser, "file-id").await;
     let play_url = text(&browser, "play-url").await;
     let source_context = text(&browser, "source-context").await;
@@ -350,7 +440,7 @@ async fn upload_flow_in_a_browser() {
         "FILE_TOO_LARGE leaves it unused"
     );
     let state = checker.verify(&first_signature).await.unwrap().state;
-    assert_eq!(state, SignatureState::Consumed as i32);
+    assert_eq!(state, SignatureState::Completed as i32, "CompleteUpload");
 
     // The gateway stored exactly the one file.
     let files = flow.gateway.files();
@@ -365,39 +455,161 @@ async fn upload_flow_in_a_browser() {
         1
     );
 
-    // The app server got exactly one upload-complete notification, with that sourceContext;
-    // the page lists it.
+    // The app server kept exactly one verified NewFileUpload for it (vod-signer may deliver a
+    // push twice: the app keeps one per webhook-id), and the page lists it.
     browser
         .wait()
         .at_most(Duration::from_secs(15))
         .for_element(Locator::Css(&format!(
-            "#uploads li[data-source-context='{source_context}']"
+            "#uploads li[data-source-context='{source_context}'][data-event='NewFileUpload']"
         )))
         .await
         .expect("the page lists the notification");
-    // Exactly one: once the gateway has no webhook left to deliver, none can come later.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while flow.gateway.webhooks_pending() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the webhook was never acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let notifications = flow.app.notifications();
-    assert_eq!(notifications.len(), 1, "{notifications:?}");
-    let notification = &notifications[0];
-    assert_eq!(notification.event.source_context, source_context);
-    assert_eq!(notification.event.file_id, file_id);
-    assert_eq!(notification.event.size, small_bytes.len() as u64);
-    assert_eq!(notification.event.play_url, play_url);
+    assert_eq!(flow.gateway.completions_pending(), 0);
+    let completed: Vec<app::Notification> = flow
+        .app
+        .notifications()
+        .into_iter()
+        .filter(|n| n.source_context == source_context && n.event_type == app::NEW_FILE_UPLOAD)
+        .collect();
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    let notification = &completed[0];
+    assert_eq!(notification.file_id, file_id);
+    assert_eq!(notification.size, small_bytes.len() as u64);
+    assert_eq!(notification.media_url, play_url);
+    assert_eq!(notification.media_type, "mp4");
+    assert!(notification.webhook_id.starts_with("msg_"));
     assert_eq!(notification.user.as_deref(), Some("demo"));
+    assert_eq!(
+        flow.app.refused_pushes(),
+        0,
+        "vod-signer's own pushes all verify"
+    );
+
+    // Pushes not provably vod-signer's are refused; a valid one is kept once per webhook-id.
+    let now = vod_signer::clock::unix_now();
+    let forged = r#"{"EventType":"NewFileUpload","FileUploadEvent":{"FileId":"forged","MediaBasicInfo":{"SourceInfo":{"SourceType":"Upload","SourceContext":"demo/forged"}}}}"#;
+    let no_headers = post(&format!("{}/notify", flow.app_url), &[], forged).await;
+    assert_eq!(no_headers.0, 400);
+    let other = web::new_webhook_secret();
+    assert_eq!(
+        push(&flow.app_url, &other, "msg_forged", now, forged).await,
+        401
+    );
+    let stale = now - 600;
+    assert_eq!(
+        push(&flow.app_url, &secret, "msg_stale", stale, forged).await,
+        401
+    );
+    assert_eq!(flow.app.refused_pushes(), 3);
+    assert_eq!(
+        push(&flow.app_url, &secret, "msg_twice", now, forged).await,
+        200
+    );
+    assert_eq!(
+        push(&flow.app_url, &secret, "msg_twice", now, forged).await,
+        200
+    );
+    let kept = flow.app.notifications();
+    assert_eq!(
+        kept.iter().filter(|n| n.webhook_id == "msg_twice").count(),
+        1
+    );
+    assert!(
+        kept.iter()
+            .all(|n| !n.webhook_id.contains("forged") && n.webhook_id != "msg_stale")
+    );
     let listed = browser
-        .find_all(Locator::Css("#uploads li"))
+        .find_all(Locator::Css("#uploads li[data-event='NewFileUpload']"))
         .await
         .unwrap()
         .len();
     assert_eq!(listed, 1);
+
+    // 4. An upload cut off mid-body (a raw socket: a browser cannot be made to do it): the
+    // gateway consumed its signature, never stores the file nor completes it, so vod-signer
+    // marks it ABANDONED after the completion window and tells the app server.
+    let (status, cookie, _) = post(
+        &format!("{}/login", flow.app_url),
+        &[("content-type", "application/json".into())],
+        r#"{"user": "demo", "password": "demo"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let (status, _, grant) = post(
+        &format!("{}/signature", flow.app_url),
+        &[("cookie", session)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let grant: serde_json::Value = serde_json::from_slice(&grant).unwrap();
+    let cut_signature = grant["signature"].as_str().unwrap().to_owned();
+    let cut_context = grant["source_context"].as_str().unwrap().to_owned();
+    let gateway_addr: SocketAddr = flow
+        .gateway_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let mut socket = TcpStream::connect(gateway_addr).unwrap();
+    write!(
+        socket,
+        "POST /upload HTTP/1.1\r\nHost: {gateway_addr}\r\nx-vod-signature: {cut_signature}\r\n\
+         content-type: video/mp4\r\ncontent-length: 200000\r\n\r\n"
+    )
+    .unwrap();
+    socket.write_all(&[0u8; 50_000]).unwrap();
+    // Cut only once the gateway has consumed (it does before reading the body).
+    eventually(
+        Duration::from_secs(10),
+        "the cut-off upload consumed",
+        async || {
+            checker.verify(&cut_signature).await.unwrap().state == SignatureState::Consumed as i32
+        },
+    )
+    .await;
+    drop(socket);
+    eventually(
+        COMPLETION_WINDOW + Duration::from_secs(30),
+        "the UploadAbandoned push",
+        async || {
+            flow.app
+                .notifications()
+                .iter()
+                .any(|n| n.source_context == cut_context && n.event_type == app::UPLOAD_ABANDONED)
+        },
+    )
+    .await;
+    let abandoned = flow
+        .app
+        .notifications()
+        .into_iter()
+        .find(|n| n.source_context == cut_context)
+        .unwrap();
+    assert_eq!(abandoned.event_type, app::UPLOAD_ABANDONED);
+    assert_eq!(abandoned.user.as_deref(), Some("demo"));
+    assert_eq!(abandoned.file_id, "");
+    let state = checker.verify(&cut_signature).await.unwrap().state;
+    assert_eq!(state, SignatureState::Abandoned as i32);
+    assert_eq!(
+        flow.gateway.files().len(),
+        1,
+        "the cut-off upload was not kept"
+    );
+    // The page lists it once it asks the app server again.
+    browser
+        .execute("return refreshUploads().then(() => true)", vec![])
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&format!(
+            "#uploads li[data-source-context='{cut_context}'][data-event='UploadAbandoned']"
+        )))
+        .await
+        .expect("the page lists the abandoned upload");
 
     // A screenshot of the page, as a test artifact.
     let png = browser.screenshot().await.unwrap();
@@ -409,10 +621,14 @@ async fn upload_flow_in_a_browser() {
     eprintln!("upload_flow: screenshot in {}", artifact.display());
 
     browser.close().await.unwrap();
-    // vod-signer never logged a signature.
+    // vod-signer never logged a signature, nor the notification secret.
     let log = stack.signer.log.lock().unwrap().join("\n");
-    for signature in [&first_signature, &big_signature] {
+    for signature in [&first_signature, &big_signature, &cut_signature] {
         assert!(!log.contains(signature.as_str()), "a signature was logged");
     }
+    assert!(
+        !log.contains(secret.trim_start_matches("whsec_")),
+        "the secret was logged"
+    );
     eprintln!("upload_flow: {:?}", started.elapsed());
 }

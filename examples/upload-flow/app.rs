@@ -1,6 +1,6 @@
 //! The app server: signs its users in, asks vod-signer for an upload signature for each
-//! upload (`IssueSignature`, the user as `subject`), receives the gateway's upload-complete
-//! webhooks, and serves the page.
+//! upload (`IssueSignature`, the user as `subject`), receives vod-signer's signed upload
+//! notifications (completed or abandoned), and serves the page.
 //!
 //! | route | does |
 //! |---|---|
@@ -9,8 +9,8 @@
 //! | `POST /logout` | ends the session |
 //! | `GET /me` | who is signed in, and the upload limit |
 //! | `POST /signature` | signed in only: a fresh signature and where to upload |
-//! | `POST /notify` | the gateway's webhook (bearer token), acknowledged with 200 |
-//! | `GET /uploads` | signed in only: the user's upload-complete notifications |
+//! | `POST /notify` | vod-signer's push (Standard Webhooks signature checked), acknowledged with 200 |
+//! | `GET /uploads` | signed in only: the user's upload notifications |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,12 +22,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use subtle::ConstantTimeEq as _;
 use vod_signer::client::{Client, ClientError};
+use vod_signer::notify::Secrets;
+use vod_signer::notify::webhook::TOLERANCE;
 use vod_signer::proto::{IssueSignatureRequest, UploadPolicy};
 use vod_signer::reason::Reason;
 
-use crate::web::{DEMO_PASSWORD, DEMO_USER, UploadEvent, json, random_hex, refusal, uuid_ish};
+use crate::web::{DEMO_PASSWORD, DEMO_USER, json, random_hex, refusal, uuid_ish};
 
 /// The page, served at `/`.
 pub const PAGE: &str = include_str!("page.html");
@@ -45,21 +48,39 @@ pub struct AppConfig {
     pub max_file_size: u64,
     /// Lifetime of each signature, seconds.
     pub ttl_seconds: u64,
-    /// The bearer token the gateway's webhook must present.
-    pub webhook_token: String,
+    /// What vod-signer signs its pushes with; None: every push is refused.
+    pub webhook_secrets: Option<Secrets>,
 }
 
-/// An upload-complete notification as the app server keeps it.
+/// A verified upload notification from vod-signer, as the app server keeps it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Notification {
-    /// What the gateway sent.
-    #[serde(flatten)]
-    pub event: UploadEvent,
+    /// Its `webhook-id`: the same on every delivery of it, so the app keeps it once.
+    pub webhook_id: String,
+    /// `NewFileUpload` (Tencent VOD's event: the upload was stored) or `UploadAbandoned`.
+    pub event_type: String,
+    /// The stored file's id (empty when abandoned).
+    pub file_id: String,
+    /// The signature's `sourceContext`: how the app recognises its upload.
+    pub source_context: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// Where the file is served.
+    pub media_url: String,
+    /// e.g. `mp4`.
+    pub media_type: String,
+    /// Completed after vod-signer had marked it abandoned.
+    pub late: bool,
     /// The user the signature was issued to (found by its `sourceContext`), if known.
     pub user: Option<String>,
     /// When it arrived (Unix seconds).
     pub received_at: i64,
 }
+
+/// The event type of a completed upload (Tencent VOD's).
+pub const NEW_FILE_UPLOAD: &str = "NewFileUpload";
+/// The event type of an upload consumed and never completed (vod-signer's).
+pub const UPLOAD_ABANDONED: &str = "UploadAbandoned";
 
 /// The app server's state.
 pub struct AppState {
@@ -68,8 +89,10 @@ pub struct AppState {
     sessions: Mutex<HashMap<String, String>>,
     /// `sourceContext` of each issued signature → the user it was issued to.
     issued: Mutex<HashMap<String, String>>,
-    /// Every upload-complete notification received, once each (by file id).
+    /// Every verified notification received, once each (by `webhook-id`).
     notifications: Mutex<Vec<Notification>>,
+    /// Pushes refused: unsigned, forged, stale.
+    refused: std::sync::atomic::AtomicUsize,
 }
 
 impl AppState {
@@ -80,12 +103,18 @@ impl AppState {
             sessions: Mutex::default(),
             issued: Mutex::default(),
             notifications: Mutex::default(),
+            refused: Default::default(),
         }
     }
 
-    /// Every upload-complete notification received so far.
+    /// Every verified notification received so far, once each.
     pub fn notifications(&self) -> Vec<Notification> {
         self.notifications.lock().unwrap().clone()
+    }
+
+    /// How many pushes were refused (no valid signature, or a stale timestamp).
+    pub fn refused_pushes(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The signed-in user of a request, from its session cookie.
@@ -212,8 +241,9 @@ async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response 
 fn issue_status(error: &ClientError) -> StatusCode {
     match error.reason() {
         Some(Reason::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
-        // NO_ACTIVE_KEY: vod-signer cannot issue until its active key is back.
-        Some(Reason::StoreUnavailable | Reason::NoActiveKey) | None => {
+        // NO_ACTIVE_KEY: vod-signer cannot issue until its active key is back; STORE_FULL:
+        // until Redis has room again.
+        Some(Reason::StoreUnavailable | Reason::StoreFull | Reason::NoActiveKey) | None => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         // Anything else is the app server's own mistake (its request or its credentials).
@@ -290,59 +320,108 @@ async fn signature(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     }
 }
 
+/// One Standard Webhooks header of a push.
+fn webhook_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// vod-signer's push: checked (signature over the raw body, timestamp within 5 minutes),
+/// kept once per `webhook-id` (a push is retried until acknowledged, so it may come twice),
+/// and acknowledged with 200. Anything not provably from vod-signer is refused 401.
 async fn notify(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let expected = format!("Bearer {}", state.config.webhook_token);
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !bool::from(presented.ct_eq(expected.as_bytes())) {
-        return refusal(
-            StatusCode::UNAUTHORIZED,
-            "BAD_WEBHOOK_TOKEN",
-            "not the gateway",
-        );
-    }
-    let Ok(event) = serde_json::from_slice::<UploadEvent>(&body) else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "expected an upload event",
+    let refuse = |status: StatusCode, reason: &str, message: String| {
+        state
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tracing::warn!(%reason, %message, "push refused");
+        refusal(status, reason, message)
+    };
+    let Some(secrets) = &state.config.webhook_secrets else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NO_WEBHOOK_SECRET",
+            "this app server was started without vod-signer's notification secret".into(),
         );
     };
-    let user = state
-        .issued
-        .lock()
-        .unwrap()
-        .get(&event.source_context)
-        .cloned();
+    let (Some(id), Some(timestamp), Some(signature)) = (
+        webhook_header(&headers, "webhook-id"),
+        webhook_header(&headers, "webhook-timestamp"),
+        webhook_header(&headers, "webhook-signature"),
+    ) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "NOT_A_WEBHOOK",
+            "webhook-id, webhook-timestamp and webhook-signature are required".into(),
+        );
+    };
+    let now = vod_signer::clock::unix_now();
+    if let Err(why) = secrets.verify_push(id, timestamp, signature, &body, now, TOLERANCE) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "BAD_WEBHOOK_SIGNATURE",
+            why.to_string(),
+        );
+    }
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "a signed push that is not JSON".into(),
+        );
+    };
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let event_type = text(&event["EventType"]);
+    if event_type != NEW_FILE_UPLOAD && event_type != UPLOAD_ABANDONED {
+        // Acknowledged, or the sender would retry an event this app does not handle.
+        tracing::info!(webhook_id = %id, %event_type, "push of an event type this app ignores");
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "ignored": true }),
+        );
+    }
+    let upload = &event["FileUploadEvent"];
+    let info = &upload["MediaBasicInfo"];
+    let source_context = text(&info["SourceInfo"]["SourceContext"]);
+    let user = state.issued.lock().unwrap().get(&source_context).cloned();
+    let notification = Notification {
+        webhook_id: id.to_owned(),
+        event_type,
+        file_id: text(&upload["FileId"]),
+        source_context,
+        size: upload["MetaData"]["Size"].as_u64().unwrap_or(0),
+        media_url: text(&info["MediaUrl"]),
+        media_type: text(&info["Type"]),
+        late: event["VodSigner"]["Late"].as_bool().unwrap_or(false),
+        user,
+        received_at: now,
+    };
     let mut notifications = state.notifications.lock().unwrap();
-    // A webhook is retried until acknowledged, so the same event can arrive twice.
     if notifications
         .iter()
-        .any(|n| n.event.file_id == event.file_id)
+        .any(|n| n.webhook_id == notification.webhook_id)
     {
-        tracing::info!(file_id = %event.file_id, "upload-complete notification again (acknowledged)");
+        tracing::info!(webhook_id = %id, "the same push again (acknowledged)");
         return json(
             StatusCode::OK,
             &serde_json::json!({ "ok": true, "duplicate": true }),
         );
     }
-    match &user {
-        Some(user) => tracing::info!(
-            %user, file_id = %event.file_id, source_context = %event.source_context,
-            size = event.size, "upload complete"
+    let n = &notification;
+    match (&n.user, n.event_type.as_str()) {
+        (Some(user), NEW_FILE_UPLOAD) => tracing::info!(
+            %user, file_id = %n.file_id, source_context = %n.source_context, size = n.size,
+            late = n.late, "upload complete (vod-signer's push)"
         ),
-        None => tracing::warn!(
-            file_id = %event.file_id, source_context = %event.source_context,
-            "upload complete for a sourceContext this app server did not issue"
+        (Some(user), _) => tracing::warn!(
+            %user, source_context = %n.source_context,
+            "upload abandoned: consumed, never completed (vod-signer's push)"
+        ),
+        (None, _) => tracing::warn!(
+            event_type = %n.event_type, source_context = %n.source_context,
+            "a push for a sourceContext this app server did not issue"
         ),
     }
-    notifications.push(Notification {
-        event,
-        user,
-        received_at: vod_signer::clock::unix_now(),
-    });
+    notifications.push(notification);
     json(StatusCode::OK, &serde_json::json!({ "ok": true }))
 }
 

@@ -1,6 +1,7 @@
 //! The upload gateway (the VOD side): takes an upload with its signature, has vod-signer use
 //! the signature up (`ConsumeSignature`) before it reads a byte of the file, stores the file,
-//! serves it back, and tells the app server (a webhook retried until acknowledged).
+//! tells vod-signer it is stored (`CompleteUpload`: vod-signer then notifies the app server),
+//! and serves it back.
 //!
 //! | route | does |
 //! |---|---|
@@ -25,19 +26,19 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use tokio_stream::StreamExt as _;
 use vod_signer::client::{Client, ClientError};
+use vod_signer::proto::CompleteUploadRequest;
 use vod_signer::reason::Reason;
 
-use crate::web::{UploadEvent, WebhookClient, json, random_hex, reason_of, refusal};
+use crate::web::{json, random_hex, reason_of, refusal};
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "x-vod-signature";
 /// The header that carries the file's name, URL-encoded.
 pub const FILE_NAME_HEADER: &str = "x-file-name";
 
-/// Webhook attempts before the gateway gives up on an event (about 2.5 minutes of backoff).
-const WEBHOOK_ATTEMPTS: u32 = 20;
-/// Each webhook attempt's time limit.
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Background CompleteUpload calls before the gateway gives up on one (about 2.5 minutes of
+/// backoff, on top of the typed client's own retries of each call).
+const COMPLETE_ATTEMPTS: u32 = 20;
 
 /// How the gateway is set up.
 pub struct GatewayConfig {
@@ -49,10 +50,6 @@ pub struct GatewayConfig {
     pub public_url: String,
     /// Origins whose pages may upload (the app server's).
     pub allowed_origins: Vec<String>,
-    /// The app server's webhook.
-    pub notify_url: String,
-    /// The bearer token of the webhook.
-    pub webhook_token: String,
 }
 
 /// A stored upload.
@@ -74,9 +71,8 @@ pub struct StoredFile {
 pub struct GatewayState {
     config: GatewayConfig,
     files: Mutex<HashMap<String, StoredFile>>,
-    webhook: WebhookClient,
-    /// Webhook deliveries not finished yet (acknowledged or given up).
-    webhooks_pending: AtomicUsize,
+    /// CompleteUpload calls still being retried in the background.
+    completions_pending: AtomicUsize,
 }
 
 impl GatewayState {
@@ -85,8 +81,7 @@ impl GatewayState {
         GatewayState {
             config,
             files: Mutex::default(),
-            webhook: crate::web::webhook_client(),
-            webhooks_pending: AtomicUsize::new(0),
+            completions_pending: AtomicUsize::new(0),
         }
     }
 
@@ -95,13 +90,9 @@ impl GatewayState {
         self.files.lock().unwrap().values().cloned().collect()
     }
 
-    /// Upload-complete webhooks still being delivered (retried until acknowledged).
-    #[allow(
-        dead_code,
-        reason = "tests/upload_flow.rs waits on it; the example does not"
-    )]
-    pub fn webhooks_pending(&self) -> usize {
-        self.webhooks_pending.load(Ordering::SeqCst)
+    /// CompleteUpload calls still being retried in the background.
+    pub fn completions_pending(&self) -> usize {
+        self.completions_pending.load(Ordering::SeqCst)
     }
 
     /// Where a file's bytes are.
@@ -162,7 +153,9 @@ async fn preflight() -> Response {
 fn status_of(reason: Reason) -> StatusCode {
     match reason {
         Reason::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Reason::StoreUnavailable | Reason::RateLimited => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::StoreUnavailable | Reason::StoreFull | Reason::RateLimited => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Reason::InvalidRequest | Reason::SignatureMalformed => StatusCode::BAD_REQUEST,
         // vod-signer refused the gateway's own credentials: not the uploader's fault.
         Reason::PermissionDenied | Reason::CallerUnauthenticated => StatusCode::BAD_GATEWAY,
@@ -249,7 +242,7 @@ async fn upload(
             .config
             .client
             .consume(signature, Some(length), Some(&attempt))
-            .instrument(span)
+            .instrument(span.clone())
             .await
     };
     let consumed = match consumed {
@@ -290,16 +283,47 @@ async fn upload(
     let play_url = format!("{}/files/{id}", state.config.public_url);
     tracing::info!(nonce, file_id = %id, %source_context, size = length, "ConsumeSignature: ok, upload stored");
 
-    let event = UploadEvent {
+    // The file is stored: vod-signer records the upload COMPLETED and notifies the app
+    // server. The typed client retries a call whose outcome it did not learn with the same
+    // arguments, which vod-signer answers with the same success.
+    let completion = CompleteUploadRequest {
+        signature: signature.to_owned(),
         file_id: id.clone(),
-        source_context: source_context.clone(),
-        size: length,
-        play_url: play_url.clone(),
-        file_name: stored.name,
-        consumed_at: consumed.consumed_at,
+        file_size: length,
+        media_url: play_url.clone(),
+        media_type: media_type_of(&stored.content_type, &stored.name),
     };
-    state.webhooks_pending.fetch_add(1, Ordering::SeqCst);
-    tokio::spawn(deliver(state.clone(), event));
+    let completed = {
+        use tracing::Instrument as _;
+        let call = state.config.client.complete_upload(completion.clone());
+        call.instrument(span).await
+    };
+    let completed = match completed {
+        Ok(done) => {
+            tracing::info!(nonce, file_id = %id, late = done.late, "CompleteUpload: ok");
+            true
+        }
+        Err(error) if completes_later(&error) => {
+            // Stored all the same: keep trying in the background (a real gateway keeps an
+            // outbox). Until it succeeds the upload stays CONSUMED, and becomes ABANDONED
+            // after vod-signer's --completion-window; a later completion still counts (late).
+            tracing::warn!(nonce, file_id = %id, %error, "CompleteUpload failed; retrying in the background");
+            state.completions_pending.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(complete_later(state.clone(), completion));
+            false
+        }
+        Err(error) => {
+            // vod-signer will not take this upload (e.g. revoked meanwhile): do not keep it.
+            let (reason, message) = reason_of(&error);
+            tracing::warn!(nonce, file_id = %id, %reason, "CompleteUpload refused: {message}");
+            state.files.lock().unwrap().remove(&id);
+            let _ = std::fs::remove_file(state.path_of(&id));
+            let status = error
+                .reason()
+                .map_or(StatusCode::SERVICE_UNAVAILABLE, status_of);
+            return refusal(status, &reason, message);
+        }
+    };
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -307,8 +331,56 @@ async fn upload(
             "play_url": play_url,
             "source_context": source_context,
             "size": length,
+            "completed": completed,
         }),
     )
+}
+
+/// The `media_type` of a stored upload: the subtype of a media `Content-Type` (`mp4` of
+/// `video/mp4`), else the file name's extension.
+fn media_type_of(content_type: &str, name: &str) -> String {
+    let subtype = content_type
+        .split_once('/')
+        .filter(|(kind, _)| matches!(*kind, "video" | "audio"))
+        .map(|(_, sub)| sub.split(';').next().unwrap_or_default().trim());
+    let extension = || name.rsplit_once('.').map(|(_, ext)| ext);
+    subtype
+        .or_else(extension)
+        .unwrap_or_default()
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// Whether a failed CompleteUpload is worth calling again later: no answer, or a refusal
+/// that passes with time.
+fn completes_later(error: &ClientError) -> bool {
+    matches!(error, ClientError::Failed { .. }) || error.is_retryable()
+}
+
+/// CompleteUpload in the background until it succeeds or is refused for good, with
+/// exponential backoff.
+async fn complete_later(state: Arc<GatewayState>, request: CompleteUploadRequest) {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=COMPLETE_ATTEMPTS {
+        tokio::time::sleep(delay).await;
+        match state.config.client.complete_upload(request.clone()).await {
+            Ok(done) => {
+                tracing::info!(file_id = %request.file_id, attempt, late = done.late, "CompleteUpload: ok");
+                break;
+            }
+            Err(error) if completes_later(&error) && attempt < COMPLETE_ATTEMPTS => {
+                tracing::warn!(file_id = %request.file_id, attempt, %error, "CompleteUpload failed")
+            }
+            Err(error) => {
+                tracing::error!(file_id = %request.file_id, %error, "CompleteUpload: giving up");
+                break;
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    state.completions_pending.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Writes the body to `path`: exactly `length` bytes, or an error and no file.
@@ -365,42 +437,6 @@ async fn store(path: &Path, body: Body, length: u64) -> Result<(), String> {
             Err(failure)
         }
     }
-}
-
-/// Posts the event to the app server until it acknowledges (2xx), with exponential backoff.
-async fn deliver(state: Arc<GatewayState>, event: UploadEvent) {
-    deliver_until_done(&state, event).await;
-    state.webhooks_pending.fetch_sub(1, Ordering::SeqCst);
-}
-
-async fn deliver_until_done(state: &GatewayState, event: UploadEvent) {
-    let body = Bytes::from(serde_json::to_vec(&event).expect("serializable"));
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1..=WEBHOOK_ATTEMPTS {
-        let result = crate::web::post_json(
-            &state.webhook,
-            &state.config.notify_url,
-            &state.config.webhook_token,
-            body.clone(),
-            WEBHOOK_TIMEOUT,
-        )
-        .await;
-        match result {
-            Ok(status) if status.is_success() => {
-                tracing::info!(file_id = %event.file_id, attempt, "upload-complete webhook acknowledged");
-                return;
-            }
-            Ok(status) => {
-                tracing::warn!(file_id = %event.file_id, attempt, %status, "upload-complete webhook refused")
-            }
-            Err(e) => {
-                tracing::warn!(file_id = %event.file_id, attempt, error = %e, "upload-complete webhook failed")
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-    tracing::error!(file_id = %event.file_id, "upload-complete webhook: giving up");
 }
 
 async fn file(State(state): State<Arc<GatewayState>>, UrlPath(id): UrlPath<String>) -> Response {

@@ -8,8 +8,9 @@
 //! cargo run --example upload-flow -- --vod-signer http://127.0.0.1:50051
 //! ```
 //!
-//! Then open the app server's URL it prints, sign in as demo/demo and upload a file. See
-//! `examples/upload-flow/README.md`.
+//! Then open the app server's URL it prints, sign in as demo/demo and upload a file: the
+//! gateway completes it (`CompleteUpload`) and vod-signer's signed push confirms it to the app
+//! server. See `examples/upload-flow/README.md`.
 
 mod app;
 mod gateway;
@@ -61,6 +62,14 @@ struct Args {
     /// Bearer token of the gateway, when vod-signer has a caller policy (role consumer).
     #[arg(long, env = "UPLOAD_FLOW_CONSUMER_TOKEN", hide_env_values = true)]
     consumer_token: Option<String>,
+    /// With --spawn: vod-signer's --completion-window, after which an upload consumed and
+    /// never completed (cut off mid-body) is ABANDONED and the app server told.
+    #[arg(long, default_value = "1m", conflicts_with = "vod_signer")]
+    completion_window: humantime::Duration,
+    /// Without --spawn: the --notify-secret-file of your vod-signer (run with --notify-url
+    /// http://<app-listen>/notify), so the app server can check its pushes.
+    #[arg(long, env = "UPLOAD_FLOW_NOTIFY_SECRET_FILE", conflicts_with = "spawn")]
+    notify_secret_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -132,7 +141,9 @@ impl Drop for TracerGuard {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let stack = if args.spawn {
+    // Bound first: a spawned vod-signer needs the app server's URL for its pushes.
+    let bound = web::bind(args.app_listen, args.gateway_listen).await?;
+    let (stack, webhook_secrets) = if args.spawn {
         let binary = match args.vod_signer_bin.clone() {
             Some(binary) => binary,
             None => spawn::binary_next_to_example().ok_or(
@@ -140,14 +151,33 @@ async fn run(args: Args) -> Result<(), String> {
                  (or pass --vod-signer-bin PATH)",
             )?,
         };
-        let stack = spawn::Stack::start(&binary, true).await?;
+        let notify = spawn::NotifyTo {
+            url: bound.notify_url(),
+            secret: web::new_webhook_secret(),
+            completion_window: args.completion_window.into(),
+        };
+        let stack = spawn::Stack::start(&binary, true, Some(&notify)).await?;
         tracing::info!(
             redis = %stack.redis.url(), vod_signer = %stack.signer.endpoint(),
+            notify_url = %notify.url, completion_window = %args.completion_window,
             "started redis-server and vod-signer"
         );
-        Some(stack)
+        (Some(stack), Some(notify.secret))
     } else {
-        None
+        let secrets = match &args.notify_secret_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--notify-secret-file {}: {e}", path.display()))?,
+            ),
+            None => {
+                tracing::warn!(
+                    "no --notify-secret-file: the app server refuses vod-signer's pushes, so no \
+                     upload is confirmed"
+                );
+                None
+            }
+        };
+        (None, secrets)
     };
     let vod_signer = match (&stack, &args.vod_signer) {
         (Some(stack), _) => stack.signer.endpoint(),
@@ -165,16 +195,18 @@ async fn run(args: Args) -> Result<(), String> {
         .or_else(|| temporary.as_ref().map(|t| t.path().to_owned()))
         .expect("a storage directory");
 
-    let flow = web::start(web::FlowOptions {
-        vod_signer: vod_signer.clone(),
-        issuer_token: args.issuer_token,
-        consumer_token: args.consumer_token,
-        app_listen: args.app_listen,
-        gateway_listen: args.gateway_listen,
-        storage: storage.clone(),
-        max_file_size: args.max_file_size,
-        ttl_seconds: args.ttl,
-    })
+    let flow = web::start(
+        bound,
+        web::FlowOptions {
+            vod_signer: vod_signer.clone(),
+            issuer_token: args.issuer_token,
+            consumer_token: args.consumer_token,
+            webhook_secrets,
+            storage: storage.clone(),
+            max_file_size: args.max_file_size,
+            ttl_seconds: args.ttl,
+        },
+    )
     .await?;
     tracing::info!(
         app = %flow.app_url, gateway = %flow.gateway_url, %vod_signer,
@@ -197,6 +229,8 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(
         files_stored = flow.gateway.files().len(),
         notifications_received = flow.app.notifications().len(),
+        pushes_refused = flow.app.refused_pushes(),
+        completions_pending = flow.gateway.completions_pending(),
         "stopping"
     );
     drop(flow);

@@ -1,5 +1,6 @@
 //! `--spawn`: a throwaway `redis-server` and a `vod-signer serve` on free loopback ports,
-//! with a fresh random key; both are killed when dropped.
+//! with a fresh random key, pushing its upload notifications to the app server; both are
+//! killed when dropped.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -197,6 +198,17 @@ fn ping(port: u16) -> bool {
         && &reply == b"+PONG\r\n"
 }
 
+/// Where a spawned vod-signer sends its upload notifications.
+pub struct NotifyTo {
+    /// The app server's receiver (`--notify-url`).
+    pub url: String,
+    /// The Standard Webhooks secret that signs each push (`whsec_...`); written to a file for
+    /// `--notify-secret-file`.
+    pub secret: String,
+    /// `--completion-window`: a consumed upload without CompleteUpload this long is abandoned.
+    pub completion_window: Duration,
+}
+
 /// A `vod-signer serve` child process on a free loopback port, backed by a Redis.
 pub struct Signer {
     /// Its gRPC address.
@@ -205,18 +217,27 @@ pub struct Signer {
     pub log: Arc<Mutex<Vec<String>>>,
     child: Killed,
     _keys: tempfile::TempDir,
+    /// The notification secret's file (not in the keys directory: each file there is a key).
+    _notify: tempfile::TempDir,
 }
 
 impl Signer {
-    /// Starts `binary serve` with a fresh random key and `redis_url`, and waits until its
-    /// health says SERVING. Its log lines are kept, and echoed to stderr when `echo`.
-    pub async fn start(binary: &Path, redis_url: &str, echo: bool) -> Result<Signer, String> {
+    /// Starts `binary serve` with a fresh random key and `redis_url`, pushing to `notify`
+    /// when given, and waits until its health says SERVING. Its log lines are kept, and
+    /// echoed to stderr when `echo`.
+    pub async fn start(
+        binary: &Path,
+        redis_url: &str,
+        echo: bool,
+        notify: Option<&NotifyTo>,
+    ) -> Result<Signer, String> {
         let keys = tempfile::tempdir().map_err(|e| e.to_string())?;
         std::fs::write(
             keys.path().join(SECRET_ID),
             crate::web::random_hex(20) + "\n",
         )
         .map_err(|e| e.to_string())?;
+        let notify_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         // Port 0: the system picks a free port, which nobody can take first; the address
         // is read back from the "serving gRPC" log line.
         let mut command = Command::new(binary);
@@ -227,6 +248,17 @@ impl Signer {
             .arg(keys.path())
             .args(["--active-key", SECRET_ID, "--redis-url", redis_url])
             .args(["--log-format", "text", "--health-interval-ms", "100"]);
+        if let Some(notify) = notify {
+            let secret_file = notify_dir.path().join("notify-secret");
+            std::fs::write(&secret_file, format!("{}\n", notify.secret))
+                .map_err(|e| e.to_string())?;
+            command
+                .args(["--notify-url", &notify.url])
+                .arg("--notify-secret-file")
+                .arg(&secret_file)
+                .arg("--completion-window")
+                .arg(format!("{}ms", notify.completion_window.as_millis()));
+        }
         for (name, _) in std::env::vars() {
             if name.starts_with("VOD_SIGNER_") || name == "RUST_LOG" {
                 command.env_remove(name);
@@ -258,6 +290,7 @@ impl Signer {
             log,
             child,
             _keys: keys,
+            _notify: notify_dir,
         };
         signer.wait_serving(Duration::from_secs(20)).await?;
         Ok(signer)
@@ -313,12 +346,16 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts both; `binary` is the `vod-signer` to run.
-    pub async fn start(binary: &Path, echo: bool) -> Result<Stack, String> {
+    /// Starts both; `binary` is the `vod-signer` to run, pushing to `notify` when given.
+    pub async fn start(
+        binary: &Path,
+        echo: bool,
+        notify: Option<&NotifyTo>,
+    ) -> Result<Stack, String> {
         let redis = tokio::task::spawn_blocking(Redis::start)
             .await
             .map_err(|e| e.to_string())??;
-        let signer = Signer::start(binary, &redis.url(), echo).await?;
+        let signer = Signer::start(binary, &redis.url(), echo, notify).await?;
         Ok(Stack { signer, redis })
     }
 }

@@ -1,20 +1,16 @@
-//! What the app server and the upload gateway share: JSON answers, the webhook's payload and
-//! its HTTP client, random ids, and [`start`], which runs both servers on their listeners.
+//! What the app server and the upload gateway share: JSON answers, random ids and the
+//! notification secret, and [`bind`] then [`start`], which run both servers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
+use base64::Engine as _;
+use serde::Serialize;
 use vod_signer::client::{Client, ClientConfig, ClientError};
+use vod_signer::notify::Secrets;
 
 use crate::app::{AppConfig, AppState};
 use crate::gateway::{GatewayConfig, GatewayState};
@@ -23,23 +19,6 @@ use crate::gateway::{GatewayConfig, GatewayState};
 pub const DEMO_USER: &str = "demo";
 /// The demo account's password.
 pub const DEMO_PASSWORD: &str = "demo";
-
-/// The gateway's upload-complete webhook, as the app server receives it on `POST /notify`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadEvent {
-    /// The stored file's id.
-    pub file_id: String,
-    /// The signature's `sourceContext`: how the app recognises its upload.
-    pub source_context: String,
-    /// Bytes stored.
-    pub size: u64,
-    /// Where the file is served.
-    pub play_url: String,
-    /// The name the browser gave.
-    pub file_name: String,
-    /// When vod-signer consumed the signature (Unix seconds).
-    pub consumed_at: i64,
-}
 
 /// A JSON answer.
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response {
@@ -97,35 +76,14 @@ pub fn uuid_ish() -> String {
     )
 }
 
-/// The webhook's HTTP client (plain HTTP/1.1).
-pub type WebhookClient = HttpClient<HttpConnector, Full<Bytes>>;
-
-/// A new webhook client.
-pub fn webhook_client() -> WebhookClient {
-    HttpClient::builder(TokioExecutor::new()).build_http()
-}
-
-/// `POST url` with a JSON body and a bearer token, bounded by `timeout`: the status.
-pub async fn post_json(
-    client: &WebhookClient,
-    url: &str,
-    token: &str,
-    body: Bytes,
-    timeout: Duration,
-) -> Result<StatusCode, String> {
-    let request = axum::http::Request::post(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(timeout, client.request(request))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    // Read the acknowledgement to the end so the connection can be reused.
-    let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
-    Ok(status)
+/// A fresh Standard Webhooks secret (`whsec_` and base64 of 32 random bytes), as vod-signer's
+/// `--notify-secret-file` takes it: the app server checks vod-signer's pushes with it.
+pub fn new_webhook_secret() -> String {
+    let key: [u8; 32] = rand::random();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
 }
 
 /// How to run the app server and the gateway.
@@ -137,10 +95,9 @@ pub struct FlowOptions {
     pub issuer_token: Option<String>,
     /// Bearer token of the gateway (role consumer), if vod-signer has a caller policy.
     pub consumer_token: Option<String>,
-    /// The app server's address (port 0: any free port).
-    pub app_listen: SocketAddr,
-    /// The gateway's address (port 0: any free port).
-    pub gateway_listen: SocketAddr,
+    /// The secrets vod-signer signs its pushes with (the text of its `--notify-secret-file`);
+    /// None: the app server refuses every push, having no way to check it.
+    pub webhook_secrets: Option<String>,
     /// Where the gateway stores uploads.
     pub storage: PathBuf,
     /// `maxFileSize` of every signature the app server asks for.
@@ -185,23 +142,60 @@ fn client(endpoint: &str, token: Option<String>) -> Result<Client, String> {
     Client::connect(config).map_err(|e| e.to_string())
 }
 
-/// Binds both listeners and serves the app server and the gateway in the background.
-pub async fn start(options: FlowOptions) -> Result<Flow, String> {
-    let app_listener = tokio::net::TcpListener::bind(options.app_listen)
+/// Both listeners, bound: their URLs are known (vod-signer's `--notify-url` needs the app
+/// server's) before anything is served.
+pub struct Bound {
+    app: tokio::net::TcpListener,
+    gateway: tokio::net::TcpListener,
+    /// `http://host:port` of the app server.
+    pub app_url: String,
+    /// `http://host:port` of the gateway.
+    pub gateway_url: String,
+}
+
+impl Bound {
+    /// Where the app server takes vod-signer's pushes.
+    pub fn notify_url(&self) -> String {
+        format!("{}/notify", self.app_url)
+    }
+}
+
+/// Binds the app server's and the gateway's listeners (port 0: any free port).
+pub async fn bind(app_listen: SocketAddr, gateway_listen: SocketAddr) -> Result<Bound, String> {
+    let app = tokio::net::TcpListener::bind(app_listen)
         .await
-        .map_err(|e| format!("app server on {}: {e}", options.app_listen))?;
-    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen)
+        .map_err(|e| format!("app server on {app_listen}: {e}"))?;
+    let gateway = tokio::net::TcpListener::bind(gateway_listen)
         .await
-        .map_err(|e| format!("upload gateway on {}: {e}", options.gateway_listen))?;
+        .map_err(|e| format!("upload gateway on {gateway_listen}: {e}"))?;
+    let app_url = url_of(app.local_addr().map_err(|e| e.to_string())?);
+    let gateway_url = url_of(gateway.local_addr().map_err(|e| e.to_string())?);
+    Ok(Bound {
+        app,
+        gateway,
+        app_url,
+        gateway_url,
+    })
+}
+
+/// Serves the app server and the gateway on `bound`, in the background.
+pub async fn start(bound: Bound, options: FlowOptions) -> Result<Flow, String> {
+    let Bound {
+        app: app_listener,
+        gateway: gateway_listener,
+        app_url,
+        gateway_url,
+    } = bound;
     let app_addr = app_listener.local_addr().map_err(|e| e.to_string())?;
-    let gateway_addr = gateway_listener.local_addr().map_err(|e| e.to_string())?;
-    let app_url = url_of(app_addr);
-    let gateway_url = url_of(gateway_addr);
     std::fs::create_dir_all(&options.storage)
         .map_err(|e| format!("storage {}: {e}", options.storage.display()))?;
+    let webhook_secrets = match &options.webhook_secrets {
+        Some(text) => {
+            Some(Secrets::parse(text).map_err(|e| format!("the notification secrets: {e}"))?)
+        }
+        None => None,
+    };
 
-    // The gateway authenticates to the app's webhook with a secret they share.
-    let webhook_token = random_hex(24);
     let mut allowed_origins = vec![app_url.clone()];
     if app_addr.ip().is_loopback() || app_addr.ip().is_unspecified() {
         allowed_origins.push(format!("http://localhost:{}", app_addr.port()));
@@ -212,15 +206,13 @@ pub async fn start(options: FlowOptions) -> Result<Flow, String> {
         upload_url: format!("{gateway_url}/upload"),
         max_file_size: options.max_file_size,
         ttl_seconds: options.ttl_seconds,
-        webhook_token: webhook_token.clone(),
+        webhook_secrets,
     }));
     let gateway = Arc::new(GatewayState::new(GatewayConfig {
         client: client(&options.vod_signer, options.consumer_token.clone())?,
         storage: options.storage.clone(),
         public_url: gateway_url.clone(),
         allowed_origins,
-        notify_url: format!("{app_url}/notify"),
-        webhook_token,
     }));
 
     let app_router = crate::app::router(app.clone());

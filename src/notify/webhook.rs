@@ -56,6 +56,29 @@ pub enum SecretsError {
 /// Shortest key accepted: Standard Webhooks asks for 24 to 64 bytes.
 const MIN_KEY_BYTES: usize = 24;
 
+/// How far a push's `webhook-timestamp` may be from the receiver's clock, as Standard
+/// Webhooks, Svix and Stripe allow: older pushes are refused as replays.
+pub const TOLERANCE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Why a receiver refused a push ([`Secrets::verify_push`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PushRefused {
+    /// `webhook-timestamp` is not Unix seconds.
+    #[error("webhook-timestamp {0:?} is not Unix seconds")]
+    BadTimestamp(String),
+    /// `webhook-timestamp` is further from now than the tolerance (a replay, or a clock off).
+    #[error("webhook-timestamp is {skew} s from now, more than the {tolerance} s allowed")]
+    OutOfTolerance {
+        /// Timestamp minus now, seconds.
+        skew: i64,
+        /// The tolerance, seconds.
+        tolerance: u64,
+    },
+    /// No `v1` signature of the header is one of these secrets' over `id.timestamp.body`.
+    #[error("no webhook-signature matches the body with the receiver's secrets")]
+    NoMatch,
+}
+
 impl Secrets {
     /// One secret a line; blank lines and `#` comments are skipped.
     pub fn parse(text: &str) -> Result<Secrets, SecretsError> {
@@ -120,6 +143,37 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// A receiver's whole check of a push, given its three `webhook-*` headers and the raw
+    /// body: the timestamp within `tolerance` of `now` (Unix seconds), then the signature.
+    pub fn verify_push(
+        &self,
+        id: &str,
+        timestamp: &str,
+        signature: &str,
+        body: &[u8],
+        now: i64,
+        tolerance: std::time::Duration,
+    ) -> Result<(), PushRefused> {
+        let at: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| PushRefused::BadTimestamp(timestamp.chars().take(32).collect()))?;
+        let skew = at.saturating_sub(now);
+        if skew.unsigned_abs() > tolerance.as_secs() {
+            return Err(PushRefused::OutOfTolerance {
+                skew,
+                tolerance: tolerance.as_secs(),
+            });
+        }
+        if self.verify(id, at, body, signature) {
+            Ok(())
+        } else {
+            Err(PushRefused::NoMatch)
+        }
+    }
+}
+
 fn tag(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(id.as_bytes());
@@ -167,6 +221,35 @@ mod tests {
                 .unwrap()
                 .verify(ID, TIMESTAMP, BODY, &header)
         );
+    }
+
+    #[test]
+    fn a_receiver_checks_the_timestamp_then_the_signature() {
+        let secrets = Secrets::parse(SECRET).unwrap();
+        let ts = TIMESTAMP.to_string();
+        let check = |ts: &str, body: &[u8], now: i64| {
+            secrets.verify_push(ID, ts, SIGNATURE, body, now, TOLERANCE)
+        };
+        assert_eq!(check(&ts, BODY, TIMESTAMP + 299), Ok(()));
+        assert_eq!(check(&ts, BODY, TIMESTAMP - 300), Ok(()));
+        assert_eq!(
+            check(&ts, BODY, TIMESTAMP + 301),
+            Err(PushRefused::OutOfTolerance {
+                skew: -301,
+                tolerance: 300
+            })
+        );
+        assert!(matches!(
+            check(&ts, BODY, TIMESTAMP - 301),
+            Err(PushRefused::OutOfTolerance { skew: 301, .. })
+        ));
+        assert_eq!(check(&ts, b"{}", TIMESTAMP), Err(PushRefused::NoMatch));
+        let later = (TIMESTAMP + 1).to_string();
+        assert_eq!(check(&later, BODY, TIMESTAMP), Err(PushRefused::NoMatch));
+        assert!(matches!(
+            check("soon", BODY, TIMESTAMP),
+            Err(PushRefused::BadTimestamp(_))
+        ));
     }
 
     #[test]

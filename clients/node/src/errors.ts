@@ -21,7 +21,10 @@ export const REASONS = [
   'PERMISSION_DENIED',
   'NO_ACTIVE_KEY',
   'STORE_UNAVAILABLE',
+  'STORE_FULL',
   'CALLER_UNAUTHENTICATED',
+  'SIGNATURE_NOT_CONSUMED',
+  'UPLOAD_ALREADY_COMPLETED',
 ] as const;
 
 /** Why vod-signer refused a call; UNRECOGNIZED for a token newer than this client. */
@@ -58,7 +61,7 @@ export class Refused extends VodSignerError {
     readonly token: string,
     /** ErrorInfo metadata, e.g. { quota: "outstanding" } on RATE_LIMITED. */
     readonly metadata: Readonly<Record<string, string>>,
-    /** Milliseconds after which a retry may succeed (RetryInfo, with quota refusals). */
+    /** Milliseconds after which a retry may succeed (RetryInfo: quotas, a call the server shed). */
     readonly retryAfterMs?: number,
   ) {
     super(code, details);
@@ -68,7 +71,10 @@ export class Refused extends VodSignerError {
   }
 
   override get retryable(): boolean {
-    return this.reason === 'STORE_UNAVAILABLE';
+    // RATE_LIMITED passes with time only when the server says when (RetryInfo); without one
+    // (the outstanding cap) only a revoke frees room.
+    return this.reason === 'STORE_UNAVAILABLE'
+      || (this.reason === 'RATE_LIMITED' && this.retryAfterMs !== undefined);
   }
 }
 

@@ -65,7 +65,7 @@ test('the Reason type is the SPEC list plus CALLER_UNAUTHENTICATED', () => {
   const spec = ['INVALID_REQUEST', 'SIGNATURE_MALFORMED', 'UNKNOWN_SECRET_ID', 'SIGNATURE_MISMATCH',
     'SIGNATURE_EXPIRED', 'SIGNATURE_NOT_YET_VALID', 'SIGNATURE_ALREADY_USED', 'SIGNATURE_REVOKED',
     'SIGNATURE_NOT_ISSUED', 'FILE_TOO_LARGE', 'RATE_LIMITED', 'PERMISSION_DENIED', 'NO_ACTIVE_KEY',
-    'STORE_UNAVAILABLE'];
+    'STORE_UNAVAILABLE', 'STORE_FULL', 'SIGNATURE_NOT_CONSUMED', 'UPLOAD_ALREADY_COMPLETED'];
   assert.deepEqual([...REASONS].sort(), [...spec, 'CALLER_UNAUTHENTICATED'].sort());
 });
 
@@ -78,6 +78,10 @@ test('unknown outcomes are retryable, refusals final', () => {
   }
   assert.ok(!new Refused(grpc.status.FAILED_PRECONDITION, 'used', 'SIGNATURE_ALREADY_USED', {}).retryable);
   assert.ok(new Refused(grpc.status.UNAVAILABLE, 'away', 'STORE_UNAVAILABLE', {}).retryable);
+  // RATE_LIMITED passes with time only when the server says when (RetryInfo).
+  assert.ok(new Refused(grpc.status.RESOURCE_EXHAUSTED, 'shed', 'RATE_LIMITED', {}, 200).retryable);
+  assert.ok(!new Refused(grpc.status.RESOURCE_EXHAUSTED, 'cap', 'RATE_LIMITED', { quota: 'outstanding' }).retryable);
+  assert.ok(!new Refused(grpc.status.RESOURCE_EXHAUSTED, 'full', 'STORE_FULL', {}).retryable);
 });
 
 describe('against a live server', () => {

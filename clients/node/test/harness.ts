@@ -2,8 +2,9 @@
 // proxy that can lose a reply, and test certificates. Every process is started here and
 // killed at the end; nothing talks to a server that was already running.
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -98,7 +99,8 @@ export function makeCertificates(dir: string): Certificates {
   return { ca: readFileSync(p('ca.crt')), caPath: p('ca.crt'), certPath: p('server.crt'), keyPath: p('server.key') };
 }
 
-/** `vod-signer serve` with a temporary keys directory, a caller policy and the given Redis. */
+/** `vod-signer serve` with a temporary keys directory, a caller policy and the given Redis,
+ * plus `extraArgs` (e.g. the notification flags). */
 export class Signer {
   port = 0;
   readonly log: string[] = [];
@@ -107,7 +109,7 @@ export class Signer {
 
   private constructor(readonly tls?: Certificates) {}
 
-  static async start(redis: Redis, tls?: Certificates): Promise<Signer> {
+  static async start(redis: Redis, tls?: Certificates, extraArgs: readonly string[] = []): Promise<Signer> {
     const signer = new Signer(tls);
     const keys = join(signer.#dir, 'keys');
     mkdirSync(keys);
@@ -121,6 +123,7 @@ export class Signer {
       '--redis-url', redis.url, '--caller-policy', policy, '--log-format', 'json', '--log-level', 'trace',
       '--health-interval-ms', '100'];
     if (tls) args.push('--tls-cert', tls.certPath, '--tls-key', tls.keyPath);
+    args.push(...extraArgs);
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) {
       if (!k.startsWith('VOD_SIGNER_') && k !== 'RUST_LOG') env[k] = v;
@@ -176,10 +179,10 @@ export class Signer {
     rmSync(this.#dir, { recursive: true, force: true });
   }
 
-  /** Lines of the server log holding a key, a token or a whole signature. */
-  leaks(): string[] {
+  /** Lines of the server log holding a key, a token, one of `others` or a whole signature. */
+  leaks(...others: string[]): string[] {
     return this.log.filter((line) =>
-      [SECRET_KEY, ...Object.values(TOKENS)].some((secret) => line.includes(secret))
+      [SECRET_KEY, ...Object.values(TOKENS), ...others].some((secret) => line.includes(secret))
       || (line.match(/[A-Za-z0-9+/=]{40,}/g) ?? []).some((run) =>
         Buffer.from(run, 'base64').subarray(20).toString('latin1').startsWith('secretId=')));
   }
@@ -276,6 +279,58 @@ export class Proxy {
 
   close(): void {
     for (const socket of this.#sockets) socket.destroy();
+    this.#server.close();
+  }
+}
+
+/** A fresh Standard Webhooks secret, as `--notify-secret-file` takes it. */
+export function webhookSecret(): string {
+  return `whsec_${randomBytes(32).toString('base64')}`;
+}
+
+/** One POST the receiver got. */
+export interface Push { path: string; headers: http.IncomingHttpHeaders; body: Buffer }
+
+/** A real HTTP server on a free loopback port that takes vod-signer's pushes: it records
+ * every POST and answers 204. */
+export class Receiver {
+  readonly pushes: Push[] = [];
+  port = 0;
+  #server = http.createServer((request, response) => {
+    const chunks: Buffer[] = [];
+    request.on('data', (chunk: Buffer) => chunks.push(chunk));
+    request.on('end', () => {
+      this.pushes.push({ path: request.url ?? '', headers: request.headers, body: Buffer.concat(chunks) });
+      response.writeHead(204).end();
+    });
+  });
+
+  static async start(): Promise<Receiver> {
+    const receiver = new Receiver();
+    await new Promise<void>((done) => receiver.#server.listen(0, '127.0.0.1', done));
+    receiver.port = (receiver.#server.address() as net.AddressInfo).port;
+    return receiver;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}/hook`;
+  }
+
+  /** The first push that `matches`, waiting at most `timeoutMs` for it. */
+  async waitFor(matches: (push: Push) => boolean, timeoutMs: number): Promise<Push> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.pushes.find(matches);
+      if (found) return found;
+      if (Date.now() > deadline) {
+        throw new Error(`no matching push within ${timeoutMs} ms; got ${this.pushes.map((p) => p.body.toString().slice(0, 120)).join(' | ')}`);
+      }
+      await sleep(50);
+    }
+  }
+
+  close(): void {
+    this.#server.closeAllConnections();
     this.#server.close();
   }
 }

@@ -16,6 +16,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -107,9 +110,11 @@ def make_certificates(directory: Path) -> dict[str, Path]:
 
 
 class Signer:
-    """`vod-signer serve` with a temp keys directory, a caller policy and the given Redis."""
+    """`vod-signer serve` with a temp keys directory, a caller policy and the given Redis, plus
+    `extra_args` (e.g. the notification flags)."""
 
-    def __init__(self, redis: Redis, tls: dict[str, Path] | None = None) -> None:
+    def __init__(self, redis: Redis, tls: dict[str, Path] | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         keys = Path(self.tmp.name, "keys")
         keys.mkdir()
@@ -126,6 +131,7 @@ class Signer:
                 "--health-interval-ms", "100"]
         if tls:
             args += ["--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]
+        args += list(extra_args)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("VOD_SIGNER_") and k != "RUST_LOG"}
         env["VOD_SIGNER_METRICS_LISTEN"] = "off"
@@ -190,10 +196,10 @@ class Signer:
         self.proc.wait()
         self.tmp.cleanup()
 
-    def assert_no_secrets(self) -> None:
-        """The server log holds no key, no token and no whole signature."""
+    def assert_no_secrets(self, *others: str) -> None:
+        """The server log holds no key, no token, none of `others` and no whole signature."""
         for line in self.log:
-            for secret in (SECRET_KEY, *TOKENS.values()):
+            for secret in (SECRET_KEY, *TOKENS.values(), *others):
                 assert secret not in line, f"a secret leaked into the server log: {line}"
             for run in re.findall(r"[A-Za-z0-9+/=]{40,}", line):
                 try:
@@ -316,3 +322,67 @@ class Proxy:
                     s.close()
                 except OSError:
                     pass
+
+
+def webhook_secret() -> str:
+    """A fresh Standard Webhooks secret, as `--notify-secret-file` takes it."""
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+@dataclass(frozen=True)
+class Push:
+    """One POST the receiver got: its path, headers (names lower-cased) and raw body."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A real HTTP server on a free loopback port that takes vod-signer's pushes: it records
+    every POST and answers 204."""
+
+    def __init__(self) -> None:
+        self.pushes: list[Push] = []
+        self._arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                push = Push(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                with receiver._arrived:
+                    receiver.pushes.append(push)
+                    receiver._arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # quiet: pytest shows the assertions
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def wait_for(self, matches: Callable[[Push], bool], timeout: float) -> Push:
+        """The first push that `matches`, waiting at most `timeout` seconds for it."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                found = next((p for p in self.pushes if matches(p)), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching push within {timeout} s; got "
+                                         f"{[p.body[:120] for p in self.pushes]}")
+                self._arrived.wait(left)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -33,7 +33,8 @@ def test_reason_enum_is_the_spec_list_plus_two() -> None:
     spec = ["INVALID_REQUEST", "SIGNATURE_MALFORMED", "UNKNOWN_SECRET_ID", "SIGNATURE_MISMATCH",
             "SIGNATURE_EXPIRED", "SIGNATURE_NOT_YET_VALID", "SIGNATURE_ALREADY_USED",
             "SIGNATURE_REVOKED", "SIGNATURE_NOT_ISSUED", "FILE_TOO_LARGE", "RATE_LIMITED",
-            "PERMISSION_DENIED", "NO_ACTIVE_KEY", "STORE_UNAVAILABLE"]
+            "PERMISSION_DENIED", "NO_ACTIVE_KEY", "STORE_UNAVAILABLE", "STORE_FULL",
+            "SIGNATURE_NOT_CONSUMED", "UPLOAD_ALREADY_COMPLETED"]
     assert {r.value for r in Reason} == set(spec) | {"CALLER_UNAUTHENTICATED", "UNRECOGNIZED"}
 
 
@@ -47,6 +48,14 @@ def test_unknown_outcomes_are_retryable_and_refusals_are_final() -> None:
     assert not used.retryable
     away = Refused(grpc.StatusCode.UNAVAILABLE, "away", "STORE_UNAVAILABLE", {}, None)
     assert away.retryable
+    # RATE_LIMITED passes with time only when the server says when (RetryInfo).
+    shed = Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", "RATE_LIMITED", {}, 0.2)
+    assert shed.retryable
+    capped = Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "cap", "RATE_LIMITED",
+                     {"quota": "outstanding"}, None)
+    assert not capped.retryable
+    full = Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", "STORE_FULL", {}, None)
+    assert not full.retryable
 
 
 def test_issue_verify_consume_then_replay_is_refused(signer: Signer) -> None:

@@ -11,6 +11,16 @@ attempt, a bearer token, TLS, and retries only where a retry cannot do harm:
   `consumed_at`, never a second use.
 - IssueSignature is never retried: each attempt mints a new signature and counts against the
   subject's quotas; a failed issue leaves at most an unused record, and the caller decides.
+- CompleteUpload is retried with the same arguments: the server answers a repeat with the same
+  `file_id` with the first call's success.
+- ConfirmEvents is idempotent: retried. PullEvents is retried too, which is harmless but not
+  free: what a lost reply carried stays pending and is handed out again after 30 s.
+
+A retry follows an unknown or transient outcome (STORE_UNAVAILABLE, UNAVAILABLE,
+DEADLINE_EXCEEDED, CANCELLED) or a RATE_LIMITED that carries `google.rpc.RetryInfo` (a quota,
+or the server shedding load). It waits for an exponential backoff with jitter and never less
+than the RetryInfo delay (`retry_wait`); a wait that would end past the call's budget ends the
+call with the refusal at once instead, so the caller sees `retry_after`.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -31,6 +41,22 @@ T = TypeVar("T")
 #: Called before each retry with the RPC name, the attempt that failed (1-based) and its error.
 RetryHook = Callable[[str, int, VodSignerError], None]
 
+#: The first retry's backoff in seconds before jitter; doubled per retry up to MAX_BACKOFF.
+FIRST_BACKOFF = 0.05
+#: The longest backoff before jitter, seconds (jitter adds up to as much again).
+MAX_BACKOFF = 1.0
+
+
+def retry_wait(failed_attempts: int, retry_after: float | None, remaining: float,
+               jitter: float) -> float | None:
+    """Seconds to wait before the next attempt, after `failed_attempts` failed ones: the
+    exponential backoff `d` (FIRST_BACKOFF doubled per retry, at most MAX_BACKOFF) stretched by
+    `jitter` in [0, 1) to `d * (1 + jitter)`, and never less than the server's `retry_after`.
+    None when that wait would not end within the call's `remaining` budget (seconds)."""
+    backoff = min(FIRST_BACKOFF * 2 ** max(0, failed_attempts - 1), MAX_BACKOFF)
+    wait = max(backoff * (1 + jitter), retry_after or 0.0)
+    return wait if wait < remaining else None
+
 
 class Client:
     """A connection to vod-signer (one HTTP/2 channel, safe to share between threads).
@@ -40,14 +66,15 @@ class Client:
     `private_key` a client certificate for mTLS, `server_name` overrides the name checked in
     the server certificate. `token` is sent as `authorization: Bearer <token>` on every call.
     `timeout` bounds each attempt in seconds (the server sees it as `grpc-timeout`);
-    `attempts` is the most tries a retryable call makes, the first included.
+    `attempts` is the most tries a retryable call makes, the first included; `budget` the most
+    seconds one call may take, attempts and waits together (None: `timeout * attempts`).
     """
 
     def __init__(self, target: str, *, token: str | None = None, tls: bool = False,
                  root_certificates: bytes | None = None,
                  certificate_chain: bytes | None = None, private_key: bytes | None = None,
                  server_name: str | None = None, timeout: float = 2.0, attempts: int = 3,
-                 on_retry: RetryHook | None = None,
+                 budget: float | None = None, on_retry: RetryHook | None = None,
                  channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -72,6 +99,7 @@ class Client:
         self._target = target
         self.timeout = timeout
         self.attempts = max(1, attempts)
+        self.budget = budget
         self.on_retry = on_retry
 
     def __repr__(self) -> str:  # never shows the token
@@ -168,13 +196,54 @@ class Client:
             "RevokeSubject", self._stub.RevokeSubject, request, timeout)
         return result
 
+    def complete_upload(self, signature: str, file_id: str, *, file_size: int,
+                        media_url: str = "", media_type: str = "",
+                        timeout: float | None = None) -> signer_pb2.CompleteUploadResponse:
+        """CompleteUpload, the gateway's call once the upload's file is stored (role
+        consumer): CONSUMED becomes COMPLETED and the app server's notification is queued.
+        Retried with the same arguments: a repeat with the same `file_id` gets the first
+        call's success (`completed_at`); another `file_id` is refused
+        UPLOAD_ALREADY_COMPLETED. `late` says it came after the upload was marked ABANDONED."""
+        request = signer_pb2.CompleteUploadRequest(
+            signature=signature, file_id=file_id, file_size=file_size, media_url=media_url,
+            media_type=media_type)
+        result: signer_pb2.CompleteUploadResponse = self._call(
+            "CompleteUpload", self._stub.CompleteUpload, request, timeout)
+        return result
+
+    def pull_events(self, *, max_events: int = 0, wait_seconds: int = 0,
+                    timeout: float | None = None) -> list[signer_pb2.Notification]:
+        """PullEvents (`--notify-mode pull`; roles issuer, admin): up to `max_events` (0: 16)
+        notifications, the server waiting up to `wait_seconds` (at most 5) for a first one;
+        each attempt's deadline is `timeout` plus that wait. Each notification's `body` is
+        what the push would POST (JSON), `webhook_id` its stable id (deduplicate by it);
+        confirm it with `confirm_events` once processed, or it is handed out again after
+        30 s. Retried on transient failures: harmless, since what a lost reply carried comes
+        back after those 30 s."""
+        request = signer_pb2.PullEventsRequest(max=max_events, wait_seconds=wait_seconds)
+        deadline = (self.timeout if timeout is None else timeout) + wait_seconds
+        result: signer_pb2.PullEventsResponse = self._call(
+            "PullEvents", self._stub.PullEvents, request, deadline)
+        return list(result.notifications)
+
+    def confirm_events(self, handles: Iterable[str], *,
+                       timeout: float | None = None) -> int:
+        """ConfirmEvents: the pulled notifications with these handles are processed; answers
+        how many were still unconfirmed. Idempotent, so retried (a retry after a lost reply
+        answers 0 for what the first attempt confirmed)."""
+        request = signer_pb2.ConfirmEventsRequest(handles=list(handles))
+        result: signer_pb2.ConfirmEventsResponse = self._call(
+            "ConfirmEvents", self._stub.ConfirmEvents, request, timeout)
+        return result.confirmed
+
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, name: str, method: Callable[..., T], request: object,
               timeout: float | None, attempts: int | None = None) -> T:
         attempts = self.attempts if attempts is None else attempts
         deadline = self.timeout if timeout is None else timeout
-        delay = 0.05
+        budget = deadline * attempts if self.budget is None else self.budget
+        started = time.monotonic()
         attempt = 1
         while True:
             try:
@@ -183,9 +252,11 @@ class Client:
                 error = error_from_rpc(rpc_error)
                 if not error.retryable or attempt >= attempts:
                     raise error from None
+                wait = retry_wait(attempt, getattr(error, "retry_after", None),
+                                  budget - (time.monotonic() - started), random.random())
+                if wait is None:
+                    raise error from None
                 if self.on_retry is not None:
                     self.on_retry(name, attempt, error)
-            # Exponential backoff with jitter, so replicas are not hit in lockstep.
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 1.0)
+            time.sleep(wait)
             attempt += 1

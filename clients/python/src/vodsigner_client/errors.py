@@ -31,8 +31,14 @@ class Reason(str, enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     NO_ACTIVE_KEY = "NO_ACTIVE_KEY"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    #: IssueSignature while Redis is within its memory reserve; consume and revoke go on.
+    STORE_FULL = "STORE_FULL"
     #: No credential, or one naming no known caller (the server's addition to the SPEC).
     CALLER_UNAUTHENTICATED = "CALLER_UNAUTHENTICATED"
+    #: CompleteUpload before the signature was consumed.
+    SIGNATURE_NOT_CONSUMED = "SIGNATURE_NOT_CONSUMED"
+    #: CompleteUpload with another `file_id` than the one the upload was completed with.
+    UPLOAD_ALREADY_COMPLETED = "UPLOAD_ALREADY_COMPLETED"
     #: A token this client does not know yet (a newer server); `Refused.token` has it.
     UNRECOGNIZED = "UNRECOGNIZED"
 
@@ -66,12 +72,15 @@ class Refused(VodSignerError):
         self.reason = Reason.__members__.get(token, Reason.UNRECOGNIZED)
         #: ErrorInfo metadata, e.g. {"quota": "outstanding"} on RATE_LIMITED.
         self.metadata = dict(metadata)
-        #: Seconds after which a retry may succeed (RetryInfo, sent with quota refusals).
+        #: Seconds after which a retry may succeed (RetryInfo: quotas, a call the server shed).
         self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
-        return self.reason is Reason.STORE_UNAVAILABLE
+        # RATE_LIMITED passes with time only when the server says when (RetryInfo); without
+        # one (the outstanding cap) only a revoke frees room.
+        return (self.reason is Reason.STORE_UNAVAILABLE
+                or (self.reason is Reason.RATE_LIMITED and self.retry_after is not None))
 
 
 class CallFailed(VodSignerError):

@@ -16,6 +16,8 @@ class SignatureState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REVOKED: _ClassVar[SignatureState]
     EXPIRED: _ClassVar[SignatureState]
     NOT_ISSUED: _ClassVar[SignatureState]
+    COMPLETED: _ClassVar[SignatureState]
+    ABANDONED: _ClassVar[SignatureState]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,17 +26,25 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CONSUMED: _ClassVar[EventKind]
     EVENT_KIND_REVOKED: _ClassVar[EventKind]
     EVENT_KIND_CONSUME_REFUSED: _ClassVar[EventKind]
+    EVENT_KIND_COMPLETED: _ClassVar[EventKind]
+    EVENT_KIND_ABANDONED: _ClassVar[EventKind]
+    EVENT_KIND_COMPLETE_REFUSED: _ClassVar[EventKind]
 SIGNATURE_STATE_UNSPECIFIED: SignatureState
 ISSUED: SignatureState
 CONSUMED: SignatureState
 REVOKED: SignatureState
 EXPIRED: SignatureState
 NOT_ISSUED: SignatureState
+COMPLETED: SignatureState
+ABANDONED: SignatureState
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_ISSUED: EventKind
 EVENT_KIND_CONSUMED: EventKind
 EVENT_KIND_REVOKED: EventKind
 EVENT_KIND_CONSUME_REFUSED: EventKind
+EVENT_KIND_COMPLETED: EventKind
+EVENT_KIND_ABANDONED: EventKind
+EVENT_KIND_COMPLETE_REFUSED: EventKind
 
 class UploadPolicy(_message.Message):
     __slots__ = ("class_id", "procedure", "task_priority", "task_notify_mode", "source_context", "session_context", "vod_sub_app_id", "storage_region", "max_file_size")
@@ -158,7 +168,7 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, start_id: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("id", "kind", "secret_id", "random", "subject", "source_context", "reason", "time")
+    __slots__ = ("id", "kind", "secret_id", "random", "subject", "source_context", "reason", "time", "file_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SECRET_ID_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +177,7 @@ class Event(_message.Message):
     SOURCE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: EventKind
     secret_id: str
@@ -175,7 +186,8 @@ class Event(_message.Message):
     source_context: str
     reason: str
     time: int
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., secret_id: _Optional[str] = ..., random: _Optional[int] = ..., subject: _Optional[str] = ..., source_context: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[int] = ...) -> None: ...
+    file_id: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., secret_id: _Optional[str] = ..., random: _Optional[int] = ..., subject: _Optional[str] = ..., source_context: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[int] = ..., file_id: _Optional[str] = ...) -> None: ...
 
 class ListSignaturesRequest(_message.Message):
     __slots__ = ("subject", "states", "page_size", "page_token")
@@ -226,3 +238,65 @@ class RevokeSubjectResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     revoked: int
     def __init__(self, revoked: _Optional[int] = ...) -> None: ...
+
+class CompleteUploadRequest(_message.Message):
+    __slots__ = ("signature", "file_id", "file_size", "media_url", "media_type")
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_URL_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    signature: str
+    file_id: str
+    file_size: int
+    media_url: str
+    media_type: str
+    def __init__(self, signature: _Optional[str] = ..., file_id: _Optional[str] = ..., file_size: _Optional[int] = ..., media_url: _Optional[str] = ..., media_type: _Optional[str] = ...) -> None: ...
+
+class CompleteUploadResponse(_message.Message):
+    __slots__ = ("claims", "completed_at", "late")
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    claims: Claims
+    completed_at: int
+    late: bool
+    def __init__(self, claims: _Optional[_Union[Claims, _Mapping]] = ..., completed_at: _Optional[int] = ..., late: _Optional[bool] = ...) -> None: ...
+
+class PullEventsRequest(_message.Message):
+    __slots__ = ("max", "wait_seconds")
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max: int
+    wait_seconds: int
+    def __init__(self, max: _Optional[int] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
+
+class PullEventsResponse(_message.Message):
+    __slots__ = ("notifications",)
+    NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    notifications: _containers.RepeatedCompositeFieldContainer[Notification]
+    def __init__(self, notifications: _Optional[_Iterable[_Union[Notification, _Mapping]]] = ...) -> None: ...
+
+class Notification(_message.Message):
+    __slots__ = ("handle", "webhook_id", "body", "created_at")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    webhook_id: str
+    body: str
+    created_at: int
+    def __init__(self, handle: _Optional[str] = ..., webhook_id: _Optional[str] = ..., body: _Optional[str] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class ConfirmEventsRequest(_message.Message):
+    __slots__ = ("handles",)
+    HANDLES_FIELD_NUMBER: _ClassVar[int]
+    handles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, handles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConfirmEventsResponse(_message.Message):
+    __slots__ = ("confirmed",)
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    confirmed: int
+    def __init__(self, confirmed: _Optional[int] = ...) -> None: ...

@@ -71,6 +71,21 @@ class SignatureServiceStub:
                 request_serializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectRequest.SerializeToString,
                 response_deserializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectResponse.FromString,
                 _registered_method=True)
+        self.CompleteUpload = channel.unary_unary(
+                '/vodsigner.v1.SignatureService/CompleteUpload',
+                request_serializer=vodsigner_dot_v1_dot_signer__pb2.CompleteUploadRequest.SerializeToString,
+                response_deserializer=vodsigner_dot_v1_dot_signer__pb2.CompleteUploadResponse.FromString,
+                _registered_method=True)
+        self.PullEvents = channel.unary_unary(
+                '/vodsigner.v1.SignatureService/PullEvents',
+                request_serializer=vodsigner_dot_v1_dot_signer__pb2.PullEventsRequest.SerializeToString,
+                response_deserializer=vodsigner_dot_v1_dot_signer__pb2.PullEventsResponse.FromString,
+                _registered_method=True)
+        self.ConfirmEvents = channel.unary_unary(
+                '/vodsigner.v1.SignatureService/ConfirmEvents',
+                request_serializer=vodsigner_dot_v1_dot_signer__pb2.ConfirmEventsRequest.SerializeToString,
+                response_deserializer=vodsigner_dot_v1_dot_signer__pb2.ConfirmEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SignatureServiceServicer:
@@ -126,6 +141,30 @@ class SignatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteUpload(self, request, context):
+        """The upload is stored: CONSUMED becomes COMPLETED and the upload-complete notification is
+        queued, in one step (role consumer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullEvents(self, request, context):
+        """Hands out queued notifications, for app servers vod-signer cannot reach (roles issuer,
+        admin; `--notify-mode pull`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmEvents(self, request, context):
+        """Acknowledges pulled notifications by handle; one not confirmed within 30 s is handed out
+        again (roles issuer, admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +202,21 @@ def add_SignatureServiceServicer_to_server(servicer, server):
                     servicer.RevokeSubject,
                     request_deserializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectRequest.FromString,
                     response_serializer=vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectResponse.SerializeToString,
+            ),
+            'CompleteUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteUpload,
+                    request_deserializer=vodsigner_dot_v1_dot_signer__pb2.CompleteUploadRequest.FromString,
+                    response_serializer=vodsigner_dot_v1_dot_signer__pb2.CompleteUploadResponse.SerializeToString,
+            ),
+            'PullEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullEvents,
+                    request_deserializer=vodsigner_dot_v1_dot_signer__pb2.PullEventsRequest.FromString,
+                    response_serializer=vodsigner_dot_v1_dot_signer__pb2.PullEventsResponse.SerializeToString,
+            ),
+            'ConfirmEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmEvents,
+                    request_deserializer=vodsigner_dot_v1_dot_signer__pb2.ConfirmEventsRequest.FromString,
+                    response_serializer=vodsigner_dot_v1_dot_signer__pb2.ConfirmEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +409,87 @@ class SignatureService:
             '/vodsigner.v1.SignatureService/RevokeSubject',
             vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectRequest.SerializeToString,
             vodsigner_dot_v1_dot_signer__pb2.RevokeSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vodsigner.v1.SignatureService/CompleteUpload',
+            vodsigner_dot_v1_dot_signer__pb2.CompleteUploadRequest.SerializeToString,
+            vodsigner_dot_v1_dot_signer__pb2.CompleteUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vodsigner.v1.SignatureService/PullEvents',
+            vodsigner_dot_v1_dot_signer__pb2.PullEventsRequest.SerializeToString,
+            vodsigner_dot_v1_dot_signer__pb2.PullEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vodsigner.v1.SignatureService/ConfirmEvents',
+            vodsigner_dot_v1_dot_signer__pb2.ConfirmEventsRequest.SerializeToString,
+            vodsigner_dot_v1_dot_signer__pb2.ConfirmEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
