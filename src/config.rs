@@ -318,7 +318,7 @@ impl ServeArgs {
         }
         let delivery = match (self.notify_mode, &self.notify_url) {
             (Some(NotifyMode::Pull), Some(_)) => {
-                return Err("--notify-url pushes and --notify-mode pull keeps notifications for                             PullEvents: give one of them"
+                return Err("--notify-url pushes and --notify-mode pull keeps notifications for PullEvents: give one of them"
                     .into());
             }
             (Some(NotifyMode::Pull), None) => Delivery::Pull,
@@ -333,7 +333,7 @@ impl ServeArgs {
                     return Err(format!("--notify-url {url}: an http:// or https:// URL"));
                 }
                 let path = self.notify_secret_file.as_deref().ok_or(
-                    "--notify-url needs --notify-secret-file: every push is signed (Standard                      Webhooks)",
+                    "--notify-url needs --notify-secret-file: every push is signed (Standard Webhooks)",
                 )?;
                 let secrets = Secrets::load(path).map_err(|e| e.to_string())?;
                 Delivery::Push(std::sync::Arc::new(PushTarget {

@@ -379,6 +379,11 @@ async fn an_upload_left_consumed_past_the_window_is_abandoned_then_completes_lat
         "user-9/upload-1"
     );
     assert_eq!(b["VodSigner"]["Subject"], "user-9");
+    // What the signature said, kept with the awaiting upload: as the completion's body has it.
+    assert_eq!(
+        b["FileUploadEvent"]["MediaBasicInfo"]["StorageRegion"],
+        "ap-chongqing"
+    );
 
     // The upload outlived the window: it still completes, late.
     let late = complete(&mut client, &sig, "f-late", 10).await.unwrap();

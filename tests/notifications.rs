@@ -311,6 +311,7 @@ fn the_push_needs_a_secret_and_one_mode() {
         "pull",
     ]);
     assert!(log.contains("give one of them"), "{log}");
+    assert!(!log.contains("  "), "a message with a run of spaces: {log}");
     let secrets = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secrets.path(), "not a secret\n").unwrap();
     let log = start(&[

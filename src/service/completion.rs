@@ -19,7 +19,7 @@ use crate::refusal::Refusal;
 use crate::signature::{self, Claims};
 use crate::store::{
     CompleteOutcome, DueUpload, Outgoing, Record, RecordKey, RecordState, Store, StoreError, Sweep,
-    Upload,
+    Upload, UploadContext,
 };
 
 /// Longest `file_id` accepted, in bytes.
@@ -213,7 +213,11 @@ impl<S: Store> Signer<S> {
                         secret_id: facts.secret_id,
                         random: facts.random,
                     },
-                    source_context: facts.source_context,
+                    context: UploadContext {
+                        source_context: facts.source_context,
+                        storage_region: facts.storage_region,
+                        class_id: facts.class_id,
+                    },
                     webhook_id: &webhook_id,
                     event_type,
                     body,
@@ -298,8 +302,8 @@ impl<S: Store> Signer<S> {
             issued_at: record.issued_at,
             subject: &name,
             source_context: &due.source_context,
-            storage_region: "",
-            class_id: 0,
+            storage_region: &due.storage_region,
+            class_id: due.class_id,
             consumed_at: record.consumed_at,
         };
         let body = match &record.upload {

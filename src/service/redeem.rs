@@ -9,7 +9,7 @@ use crate::audit::EventKind;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::signature::{self, Parsed, SignatureError};
-use crate::store::{Awaiting, ConsumeOutcome, Store};
+use crate::store::{Awaiting, ConsumeOutcome, Store, UploadContext};
 
 fn fingerprint_of(parsed: &Parsed) -> String {
     signature::fingerprint(&parsed.tag)
@@ -82,8 +82,13 @@ impl<S: Store> Signer<S> {
         }
         let fp = fingerprint_of(&parsed);
         let now = self.clock.now();
+        let policy = &parsed.claims.policy;
         let awaiting = Awaiting {
-            source_context: parsed.claims.policy.source_context.as_deref().unwrap_or(""),
+            context: UploadContext {
+                source_context: policy.source_context.as_deref().unwrap_or(""),
+                storage_region: policy.storage_region.as_deref().unwrap_or(""),
+                class_id: policy.class_id.unwrap_or(0),
+            },
             due: now.saturating_add(self.completion_window()),
             keep_for: self.settings.lifecycle.keep_consumed_for(),
         };

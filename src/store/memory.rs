@@ -391,7 +391,7 @@ impl Store for MemoryStore {
                 let token = idempotency_token(idempotency_key);
                 // As in Redis: the upload is entered before the record changes.
                 self.outbox()
-                    .await_upload(&sig.key, awaiting.source_context, awaiting.due);
+                    .await_upload(&sig.key, &awaiting.context, awaiting.due);
                 let (outcome, subject) = self.with_record(sig.key, |r| match r {
                     Some(r) => (r.consume(sig.fingerprint, now, &token), r.subject.clone()),
                     None => (

@@ -23,7 +23,7 @@ mod redis;
 
 pub use self::memory::MemoryStore;
 pub use self::observe::{Observed, StoreObserver, StoreOp};
-pub use self::outbox::{Handle, Outbox, Outgoing, Queued};
+pub use self::outbox::{Handle, Outbox, Outgoing, Queued, UploadContext};
 pub use self::record::{Record, encode_field};
 
 pub use self::redis::RedisStore;
@@ -119,8 +119,8 @@ pub enum CompleteOutcome {
 /// again if it never completes.
 #[derive(Clone, Copy, Debug)]
 pub struct Awaiting<'a> {
-    /// The signature's `sourceContext` (empty: none), for the abandonment's notification.
-    pub source_context: &'a str,
+    /// What the abandonment's notification says about the upload.
+    pub context: UploadContext<'a>,
     /// Unix seconds after which the upload counts as abandoned (consume time plus the
     /// completion window).
     pub due: i64,
@@ -138,6 +138,10 @@ pub struct DueUpload {
     pub random: u32,
     /// The signature's `sourceContext`.
     pub source_context: String,
+    /// Its `storageRegion`.
+    pub storage_region: String,
+    /// Its `classId` (0: none).
+    pub class_id: u64,
     /// When the sweep was told to look at it, Unix seconds.
     pub due: i64,
 }
@@ -148,6 +152,15 @@ impl DueUpload {
         RecordKey {
             secret_id: &self.secret_id,
             random: self.random,
+        }
+    }
+
+    /// What its entry keeps besides the record's name.
+    pub fn context(&self) -> UploadContext<'_> {
+        UploadContext {
+            source_context: &self.source_context,
+            storage_region: &self.storage_region,
+            class_id: self.class_id,
         }
     }
 }

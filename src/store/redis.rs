@@ -386,12 +386,6 @@ impl RedisStore {
     }
 }
 
-/// The awaiting index's member of an upload: its record's name and `sourceContext` (which
-/// the abandonment's notification carries).
-pub(super) fn awaiting_member(key: &RecordKey<'_>, source_context: &str) -> String {
-    format!("{}:{}:{source_context}", key.secret_id, key.random)
-}
-
 /// Reads a script's `{state, at, subject, consumed_at}` reply.
 fn scripted_status(reply: &[String]) -> Result<RecordState, StoreError> {
     let at = || -> Result<i64, StoreError> {
@@ -507,7 +501,7 @@ impl Store for RedisStore {
                 zadd.arg(self.awaiting_key(outbox::shard_of(sig.key.random)))
                     .arg("NX")
                     .arg(awaiting.due)
-                    .arg(awaiting_member(&sig.key, awaiting.source_context));
+                    .arg(outbox::awaiting_member(&sig.key, &awaiting.context));
                 let mut intent_conn = conn.clone();
                 let (intent, reply) = tokio::join!(
                     self.bounded(&mut intent_conn, async |c| zadd.query_async::<i64>(c).await),

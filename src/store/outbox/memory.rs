@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Handle, Outbox, Outgoing, Queued, shard_of};
+use super::{
+    Handle, Outbox, Outgoing, Queued, UploadContext, awaiting_member as member,
+    parse_awaiting_member, shard_of,
+};
 use crate::store::{DueUpload, MemoryStore, RecordKey, StoreError, StoreOp};
 
 /// A queued notification and who holds it.
@@ -34,15 +37,10 @@ pub struct MemoryOutbox {
     lease: Option<(String, Instant)>,
 }
 
-/// The awaiting member of an upload (the same form as in Redis).
-fn member(key: &RecordKey<'_>, source_context: &str) -> String {
-    format!("{}:{}:{source_context}", key.secret_id, key.random)
-}
-
 impl MemoryOutbox {
     /// Enters a consumed upload, unless it is there already (a replay must not move it).
-    pub fn await_upload(&mut self, key: &RecordKey<'_>, source_context: &str, due: i64) {
-        let member = member(key, source_context);
+    pub fn await_upload(&mut self, key: &RecordKey<'_>, context: &UploadContext<'_>, due: i64) {
+        let member = member(key, context);
         if !self.awaiting.contains_key(&member) {
             self.due.insert((due, member.clone()));
             self.awaiting.insert(member, due);
@@ -79,7 +77,7 @@ impl Outbox for MemoryStore {
         self.observed
             .run(StoreOp::Notify, || async move {
                 let mut outbox = self.outbox();
-                let removed = outbox.remove_awaiting(&member(&n.record, n.source_context));
+                let removed = outbox.remove_awaiting(&member(&n.record, &n.context));
                 if !(deliver && (removed || always)) {
                     return Ok(false);
                 }
@@ -119,21 +117,13 @@ impl Outbox for MemoryStore {
             .iter()
             .take_while(|(due, _)| *due <= now)
             .take(count)
-            .filter_map(|(due, member)| {
-                let mut parts = member.splitn(3, ':');
-                Some(DueUpload {
-                    secret_id: parts.next()?.to_owned(),
-                    random: parts.next()?.parse().ok()?,
-                    source_context: parts.next()?.to_owned(),
-                    due: *due,
-                })
-            })
+            .filter_map(|(due, member)| parse_awaiting_member(member, *due))
             .collect())
     }
 
     async fn settle(&self, upload: &DueUpload, next: Option<i64>) -> Result<(), StoreError> {
         let mut outbox = self.outbox();
-        let member = member(&upload.key(), &upload.source_context);
+        let member = member(&upload.key(), &upload.context());
         if outbox.awaiting.get(&member) != Some(&upload.due) {
             return Ok(());
         }

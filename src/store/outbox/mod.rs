@@ -33,13 +33,58 @@ pub fn shard_of(random: u32) -> u32 {
     random % SHARDS
 }
 
+/// What the awaiting index keeps of an upload besides its record's name: what the
+/// notification of its abandonment says (the signature itself is gone by then).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadContext<'a> {
+    /// The signature's `sourceContext`.
+    pub source_context: &'a str,
+    /// Its `storageRegion`.
+    pub storage_region: &'a str,
+    /// Its `classId` (0: none).
+    pub class_id: u64,
+}
+
+/// What a member's fields escape: a `:` would end the field.
+const MEMBER_FIELD: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b':').add(b'%');
+
+/// The awaiting index's member of an upload:
+/// `{secretId}:{random}:{classId}:{storageRegion}:{sourceContext}`, the region escaped (the
+/// context, last, may hold anything).
+pub fn awaiting_member(key: &RecordKey<'_>, context: &UploadContext<'_>) -> String {
+    format!(
+        "{}:{}:{}:{}:{}",
+        key.secret_id,
+        key.random,
+        context.class_id,
+        percent_encoding::utf8_percent_encode(context.storage_region, MEMBER_FIELD),
+        context.source_context
+    )
+}
+
+/// An awaiting member read back, due at `due`; `None` for one this version does not know.
+pub fn parse_awaiting_member(member: &str, due: i64) -> Option<DueUpload> {
+    let mut parts = member.splitn(5, ':');
+    Some(DueUpload {
+        secret_id: parts.next()?.to_owned(),
+        random: parts.next()?.parse().ok()?,
+        class_id: parts.next()?.parse().ok()?,
+        storage_region: percent_encoding::percent_decode_str(parts.next()?)
+            .decode_utf8()
+            .ok()?
+            .into_owned(),
+        source_context: parts.next()?.to_owned(),
+        due,
+    })
+}
+
 /// A notification to queue.
 #[derive(Clone, Copy, Debug)]
 pub struct Outgoing<'a> {
     /// The record it is about.
     pub record: RecordKey<'a>,
-    /// The upload's entry in the awaiting index: its `sourceContext`.
-    pub source_context: &'a str,
+    /// The upload's entry in the awaiting index.
+    pub context: UploadContext<'a>,
     /// The push's `webhook-id`: the same for every delivery of this notification.
     pub webhook_id: &'a str,
     /// `NewFileUpload` or `UploadAbandoned`.
@@ -184,6 +229,27 @@ pub trait Outbox: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn awaiting_members_round_trip() {
+        let key = RecordKey {
+            secret_id: "AKIDx",
+            random: 42,
+        };
+        let context = UploadContext {
+            source_context: "user:42/up:1",
+            storage_region: "ap:odd%",
+            class_id: 7,
+        };
+        let member = awaiting_member(&key, &context);
+        let due = parse_awaiting_member(&member, 5).unwrap();
+        assert_eq!(
+            (due.secret_id.as_str(), due.random, due.due),
+            ("AKIDx", 42, 5)
+        );
+        assert_eq!(due.context(), context);
+        assert_eq!(parse_awaiting_member("AKIDx:42:old-form", 5), None);
+    }
 
     #[test]
     fn handles_round_trip() {

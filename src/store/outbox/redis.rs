@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 
-use super::{Handle, Outbox, Outgoing, Queued, SHARDS, shard_of};
+use super::{
+    Handle, Outbox, Outgoing, Queued, SHARDS, awaiting_member, parse_awaiting_member, shard_of,
+};
 use crate::redis::Conn;
-use crate::store::redis::awaiting_member;
 use crate::store::{DueUpload, RedisStore, StoreError, StoreOp};
 
 /// The consumer group of every outbox stream.
@@ -95,7 +96,7 @@ impl Outbox for RedisStore {
                 let outbox = self.outbox_key(shard);
                 let mut call = self.outbox.queue.key(self.awaiting_key(shard));
                 call.key(&outbox)
-                    .arg(awaiting_member(&n.record, n.source_context))
+                    .arg(awaiting_member(&n.record, &n.context))
                     .arg(u8::from(always))
                     .arg(u8::from(deliver))
                     .arg(n.webhook_id)
@@ -133,13 +134,7 @@ impl Outbox for RedisStore {
                         .bounded(&mut conn, async |c| range.query_async(c).await)
                         .await?;
                     due.extend(entries.into_iter().filter_map(|(member, score)| {
-                        let mut parts = member.splitn(3, ':');
-                        Some(DueUpload {
-                            secret_id: parts.next()?.to_owned(),
-                            random: parts.next()?.parse().ok()?,
-                            source_context: parts.next()?.to_owned(),
-                            due: score as i64,
-                        })
+                        parse_awaiting_member(&member, score as i64)
                     }));
                 }
                 Ok(due)
@@ -155,7 +150,7 @@ impl Outbox for RedisStore {
                     .outbox
                     .settle
                     .key(self.awaiting_key(shard_of(upload.random)));
-                call.arg(awaiting_member(&upload.key(), &upload.source_context))
+                call.arg(awaiting_member(&upload.key(), &upload.context()))
                     .arg(upload.due)
                     .arg(next.map(|n| n.to_string()).unwrap_or_default());
                 self.bounded(&mut conn, async |c| call.invoke_async::<i64>(c).await)
