@@ -20,58 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::reason::Reason;
-
-/// The RPCs a role can grant; each is named by its gRPC method name (`IssueSignature`, ...).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::EnumIter,
-)]
-pub enum Rpc {
-    /// IssueSignature.
-    #[strum(serialize = "IssueSignature")]
-    Issue,
-    /// VerifySignature.
-    #[strum(serialize = "VerifySignature")]
-    Verify,
-    /// ConsumeSignature.
-    #[strum(serialize = "ConsumeSignature")]
-    Consume,
-    /// RevokeSignature.
-    #[strum(serialize = "RevokeSignature")]
-    Revoke,
-    /// WatchEvents.
-    #[strum(serialize = "WatchEvents")]
-    WatchEvents,
-    /// ListSignatures.
-    #[strum(serialize = "ListSignatures")]
-    ListSignatures,
-    /// RevokeSubject.
-    #[strum(serialize = "RevokeSubject")]
-    RevokeSubject,
-    /// CompleteUpload.
-    #[strum(serialize = "CompleteUpload")]
-    CompleteUpload,
-    /// PullEvents.
-    #[strum(serialize = "PullEvents")]
-    PullEvents,
-    /// ConfirmEvents.
-    #[strum(serialize = "ConfirmEvents")]
-    ConfirmEvents,
-}
-
-impl Rpc {
-    /// The RPC's gRPC method name.
-    pub fn name(self) -> &'static str {
-        self.into()
-    }
-}
+use crate::rpc::Rpc;
 
 /// The caller policy, swapped on reload; `None` lets every caller call everything.
 pub type SharedPolicy = Arc<arc_swap::ArcSwapOption<CallerPolicy>>;

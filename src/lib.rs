@@ -4,8 +4,8 @@
 //! `tests/architecture.rs`, fails on an import cycle or an upward import).
 //!
 //! 1. Foundations: [`reason`] (the refusal reasons of SPEC section 3), [`refusal`] (a refused
-//!    call and how it travels as a gRPC status), [`digest`] (hex and SHA-256 fingerprints),
-//!    [`clock`] (the injected time).
+//!    call and how it travels as a gRPC status), [`rpc`] (the service's RPCs, as one enum),
+//!    [`digest`] (hex and SHA-256 fingerprints), [`clock`] (the injected time).
 //! 2. The codec: [`signature`]: sign, parse, verify, clock checks, URL encoding. Pure.
 //! 3. What the service holds: [`keys`] (the SecretKeys, reloadable), [`auth`] (the caller
 //!    policy), [`quota`] (GCRA arithmetic of the issuance quotas).
@@ -43,6 +43,7 @@ pub mod reason;
 pub mod redis;
 pub mod refusal;
 pub mod reload;
+pub mod rpc;
 pub mod runner;
 pub mod server;
 pub mod service;

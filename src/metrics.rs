@@ -21,8 +21,8 @@ use strum::IntoEnumIterator as _;
 pub const REVISION: &str = env!("VOD_SIGNER_REVISION");
 use tokio::net::TcpListener;
 
-use crate::auth::Rpc;
 use crate::notify::{LifecycleObserver, Outcome};
+use crate::rpc::Rpc;
 use crate::store::{StoreError, StoreObserver, StoreOp};
 
 /// Buckets of RPC latency, seconds: 100 µs to ~3 s.

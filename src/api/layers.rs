@@ -33,10 +33,11 @@ use tracing::{Instrument as _, debug, info};
 use opentelemetry::trace::Status as SpanStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::auth::{Credentials, Rpc, SharedPolicy};
+use crate::auth::{Credentials, SharedPolicy};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
+use crate::rpc::Rpc;
 use crate::service::call_log::{self, CallLog};
 
 /// The service's full name, as in `rpc.service` of its spans.

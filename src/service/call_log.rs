@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 
-use crate::auth::Rpc;
+use crate::rpc::Rpc;
 
 tokio::task_local! {
     static CALL: RefCell<CallLog>;
