@@ -5,7 +5,7 @@
 //!
 //! 1. Foundations: [`reason`] (the refusal reasons of SPEC section 3), [`refusal`] (a refused
 //!    call and how it travels as a gRPC status), [`digest`] (hex and SHA-256 fingerprints),
-//!    [`clock`] (the injected time).
+//!    [`clock`] (the injected time), [`fold`] (a repeated log line folded to one a second).
 //! 2. The codec: [`signature`]: sign, parse, verify, clock checks, URL encoding. Pure.
 //! 3. What the service holds: [`keys`] (the SecretKeys, reloadable), [`auth`] (the caller
 //!    policy), [`quota`] (GCRA arithmetic of the issuance quotas).
@@ -32,6 +32,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod fold;
 pub mod keys;
 pub mod metrics;
 pub mod proto;

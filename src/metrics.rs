@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Rpc;
 use crate::quota::Charge;
+use crate::redis::MemoryStatus;
 use crate::store::{
     Admission, ConsumeOutcome, ListCursor, Listed, QuotaOutcome, RecordKey, RecordRef, RecordState,
     Store, StoreError,
@@ -139,6 +141,18 @@ pub struct Metrics {
     store_up: Gauge,
     store_records: Gauge,
     active_key_missing: Gauge,
+    redis: RedisGauges,
+}
+
+/// What the memory watch of the Redis store reports (SPEC section 6 names).
+#[derive(Debug, Default)]
+struct RedisGauges {
+    evicted_keys: Gauge,
+    memory_ratio: Gauge<f64, AtomicU64>,
+    evicting: Gauge,
+    resets: Counter,
+    /// Resets already counted in `resets` (the watch reports a running total).
+    resets_counted: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -201,6 +215,27 @@ impl Metrics {
             "1 while IssueSignature is refused with NO_ACTIVE_KEY (the active key is not in the keys directory), else 0",
             active_key_missing.clone(),
         );
+        let redis = RedisGauges::default();
+        registry.register(
+            "vodsigner_redis_evicted_keys",
+            "Keys Redis evicted since it started (INFO evicted_keys, summed over the masters); any rise lost signature records",
+            redis.evicted_keys.clone(),
+        );
+        registry.register(
+            "vodsigner_redis_memory_ratio",
+            "used_memory / maxmemory of the fullest Redis master (0 without maxmemory); IssueSignature is refused STORE_FULL from 1 - --redis-memory-reserve",
+            redis.memory_ratio.clone(),
+        );
+        registry.register(
+            "vodsigner_redis_evicting",
+            "1 while a Redis master's maxmemory-policy may evict records (not noeviction): health NOT_SERVING, unless --allow-evicting-redis",
+            redis.evicting.clone(),
+        );
+        registry.register(
+            "vodsigner_store_resets",
+            "Times Redis came back without its records (a new run_id and at most half the keys): outstanding signatures are then refused SIGNATURE_NOT_ISSUED",
+            redis.resets.clone(),
+        );
         registry.register(
             "vodsigner_trace_spans_dropped",
             "Trace spans not delivered to the OTLP collector: queue_full (the bounded export queue was full) or export_failed (the collector did not take the batch in time)",
@@ -240,6 +275,7 @@ impl Metrics {
             store_up,
             store_records,
             active_key_missing,
+            redis,
         }
     }
 
@@ -282,6 +318,17 @@ impl Metrics {
     /// Records whether the store answers health pings.
     pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
+    }
+
+    /// Records what the Redis store's memory watch reports.
+    pub fn set_redis_memory(&self, memory: &MemoryStatus) {
+        let r = &self.redis;
+        r.evicted_keys
+            .set(memory.evicted_keys.min(i64::MAX as u64) as i64);
+        r.memory_ratio.set(memory.ratio);
+        r.evicting.set(i64::from(!memory.evicting.is_empty()));
+        let counted = r.resets_counted.swap(memory.resets, Ordering::Relaxed);
+        r.resets.inc_by(memory.resets.saturating_sub(counted));
     }
 
     /// Records whether the active key is missing from the loaded keys (issuing refused).
@@ -428,6 +475,18 @@ impl<S: Store> Store for Instrumented<S> {
 
     fn record_count(&self) -> Option<usize> {
         self.inner.record_count()
+    }
+
+    fn accepts_issues(&self) -> Result<(), StoreError> {
+        self.inner.accepts_issues()
+    }
+
+    fn unsafe_to_serve(&self) -> Option<String> {
+        self.inner.unsafe_to_serve()
+    }
+
+    fn memory(&self) -> Option<MemoryStatus> {
+        self.inner.memory()
     }
 
     /// Health pings are measured but get no span: they belong to no call.

@@ -51,6 +51,9 @@ pub enum Reason {
     NoActiveKey,
     /// The store did not answer in time; nothing was accepted.
     StoreUnavailable,
+    /// IssueSignature while Redis is within its memory reserve of `maxmemory`; consume,
+    /// revoke and complete go on.
+    StoreFull,
 }
 
 impl Reason {
@@ -92,6 +95,7 @@ mod tests {
                 "CALLER_UNAUTHENTICATED",
                 "NO_ACTIVE_KEY",
                 "STORE_UNAVAILABLE",
+                "STORE_FULL",
             ]
         );
         for reason in Reason::iter() {

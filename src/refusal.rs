@@ -82,7 +82,7 @@ pub fn grpc_code(reason: Reason) -> Code {
         | Reason::SignatureNotIssued
         | Reason::FileTooLarge
         | Reason::NoActiveKey => Code::FailedPrecondition,
-        Reason::RateLimited => Code::ResourceExhausted,
+        Reason::RateLimited | Reason::StoreFull => Code::ResourceExhausted,
         Reason::PermissionDenied => Code::PermissionDenied,
         Reason::StoreUnavailable => Code::Unavailable,
     }

@@ -212,8 +212,9 @@ async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response 
 fn issue_status(error: &ClientError) -> StatusCode {
     match error.reason() {
         Some(Reason::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
-        // NO_ACTIVE_KEY: vod-signer cannot issue until its active key is back.
-        Some(Reason::StoreUnavailable | Reason::NoActiveKey) | None => {
+        // NO_ACTIVE_KEY: vod-signer cannot issue until its active key is back; STORE_FULL:
+        // until Redis has room again.
+        Some(Reason::StoreUnavailable | Reason::StoreFull | Reason::NoActiveKey) | None => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         // Anything else is the app server's own mistake (its request or its credentials).

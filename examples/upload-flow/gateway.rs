@@ -162,7 +162,9 @@ async fn preflight() -> Response {
 fn status_of(reason: Reason) -> StatusCode {
     match reason {
         Reason::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Reason::StoreUnavailable | Reason::RateLimited => StatusCode::SERVICE_UNAVAILABLE,
+        Reason::StoreUnavailable | Reason::StoreFull | Reason::RateLimited => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Reason::InvalidRequest | Reason::SignatureMalformed => StatusCode::BAD_REQUEST,
         // vod-signer refused the gateway's own credentials: not the uploader's fault.
         Reason::PermissionDenied | Reason::CallerUnauthenticated => StatusCode::BAD_GATEWAY,

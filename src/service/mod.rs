@@ -244,10 +244,14 @@ impl From<SignatureError> for Refusal {
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Refusal {
-        Refusal::new(
-            e.reason(),
-            format!("{e}; nothing was accepted, retry later"),
-        )
+        match e {
+            StoreError::Unavailable(_) => Refusal::new(
+                e.reason(),
+                format!("{e}; nothing was accepted, retry later"),
+            ),
+            // Says itself what goes on and what frees room; a retry alone does not help.
+            StoreError::Full(message) => Refusal::new(Reason::StoreFull, message),
+        }
     }
 }
 

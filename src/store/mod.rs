@@ -187,18 +187,24 @@ pub fn subject_digest(subject: &str) -> String {
     crate::digest::sha256_hex(subject.as_bytes(), 12)
 }
 
-/// The store did not answer, or answered something it should not: fail closed.
+/// The store did not answer, answered something it should not, or has no room: fail closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// No answer within the store timeout, or no connection.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// No room for new records: Redis is within its memory reserve, or over `maxmemory`.
+    #[error("{0}")]
+    Full(String),
 }
 
 impl StoreError {
-    /// The SPEC section 3 reason: always `STORE_UNAVAILABLE`.
+    /// The SPEC section 3 reason: `STORE_UNAVAILABLE`, or `STORE_FULL`.
     pub fn reason(&self) -> Reason {
-        Reason::StoreUnavailable
+        match self {
+            StoreError::Unavailable(_) => Reason::StoreUnavailable,
+            StoreError::Full(_) => Reason::StoreFull,
+        }
     }
 }
 
@@ -273,6 +279,24 @@ pub trait Store: Send + Sync + 'static {
         &self,
         group: &[Charge],
     ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
+
+    /// Whether a new signature may be recorded now, from what the store already knows (one
+    /// atomic load: it runs on every issue, before the quotas are charged): `Full` while Redis
+    /// is within its memory reserve, `Unavailable` while it may evict records.
+    fn accepts_issues(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Why health must say NOT_SERVING although the store answers (a Redis whose
+    /// `maxmemory-policy` may evict records); `None`: no reason.
+    fn unsafe_to_serve(&self) -> Option<String> {
+        None
+    }
+
+    /// What the store knows of Redis' memory (for the metrics); `None` without Redis.
+    fn memory(&self) -> Option<crate::redis::MemoryStatus> {
+        None
+    }
 
     /// How many signature records the store holds, where that is cheap to know (the
     /// in-memory store; Redis shares its key count with other data, so it says `None`).

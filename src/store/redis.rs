@@ -8,7 +8,12 @@
 //!   Redis is still coming up) and replaced when it breaks or keeps timing out; this store
 //!   tells it how each call went. Every call is bounded by the store timeout and fails closed
 //!   with [`StoreError::Unavailable`].
+//! - Memory ([`RedisMemory`]): issuing stops (`STORE_FULL`) once Redis is within its memory
+//!   reserve, and while its `maxmemory-policy` may evict records; the scripts that only
+//!   change a record in place (consume, revoke) or only delete (a listing's cleanup) carry
+//!   `#!lua flags=allow-oom` ([`OomScript`]), so they go on when Redis is over `maxmemory`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -19,9 +24,10 @@ use super::{
     RecordState, Store, StoreError, SubjectEntry, idempotency_token,
 };
 use crate::quota::Charge;
-use crate::redis::{Conn, Connector, Failure, RedisConfig};
+use crate::redis::{Conn, Connector, Failure, IssueGate, RedisConfig, RedisMemory};
 
-/// Consume: `issued` becomes `consumed` keeping the expiry (and the subject digest, when the
+/// Consume (flagged allow-oom: it only rewrites its one record, `SET ... KEEPTTL`; a compact
+/// issued record grows by one small string): `issued` becomes `consumed` keeping the expiry (and the subject digest, when the
 /// record has one); a repeat with the same idempotency token answers the same success.
 /// Returns `{outcome, at, subject digest}`. ARGV: fingerprint, now, idempotency token, compact
 /// form of the fingerprint, issue time. A value of digits is the compact issued form
@@ -47,7 +53,7 @@ if state == 'consumed' and ARGV[3] ~= '' and idem == ARGV[3] then return {'ok', 
 return {state, changed, sub}
 "#;
 
-/// Revoke: `issued` becomes `revoked` keeping the expiry. The record is named by the
+/// Revoke (flagged allow-oom, as consume): `issued` becomes `revoked` keeping the expiry. The record is named by the
 /// signature's fingerprint (ARGV[1], RevokeSignature) or by its subject's digest (ARGV[3],
 /// RevokeSubject); an empty one is not compared, and the caller always gives one of them.
 /// ARGV[4] and ARGV[5]: the compact form of the fingerprint and the issue time, for a record
@@ -100,7 +106,7 @@ return 1
 "#;
 
 /// A page of a subject's listing index, newest first, after a cursor, skipping (and
-/// deleting) expired entries. KEYS: the listing index. ARGV: expired-before, count, cursor
+/// deleting) expired entries (flagged allow-oom: it only reads and deletes). KEYS: the listing index. ARGV: expired-before, count, cursor
 /// given (1/0), cursor score, cursor member. Returns `{member, score, member, score, ...}`.
 const PAGE_LUA: &str = r#"
 local cutoff = tonumber(ARGV[1])
@@ -151,32 +157,66 @@ end
 return {0, 0}
 "#;
 
+/// A script that must run when Redis is over `maxmemory` under `noeviction`: it writes
+/// nothing that grows memory beyond rewriting one record in place, or only deletes. Redis 7
+/// runs it anyway when it starts with `#!lua flags=allow-oom`; Redis 6 refuses the shebang
+/// itself, so the flagless text is sent until every master is known to run 7 (on Redis 6 such
+/// a script is refused `OOM` over `maxmemory`, and the reserve is all the room consumes have).
+/// Scripts that add keys or members (issue's admission, quotas) stay flagless: over
+/// `maxmemory` they are refused, which refuses the issue `STORE_FULL`.
+struct OomScript {
+    flagless: Script,
+    allow_oom: Script,
+}
+
+impl OomScript {
+    fn new(body: &str) -> OomScript {
+        OomScript {
+            flagless: Script::new(body),
+            // The bodies start with a newline, which ends the shebang line.
+            allow_oom: Script::new(&format!("#!lua flags=allow-oom{body}")),
+        }
+    }
+
+    /// The text to send: flagged where every master takes flags.
+    fn pick(&self, memory: &RedisMemory) -> &Script {
+        if memory.script_flags() {
+            &self.allow_oom
+        } else {
+            &self.flagless
+        }
+    }
+}
+
 /// Records in Redis, shared by all replicas.
 pub struct RedisStore {
     connector: Connector,
+    memory: Arc<RedisMemory>,
     prefix: String,
     timeout: Duration,
     min_replicas_ack: u32,
-    consume: Script,
-    revoke: Script,
+    consume: OomScript,
+    revoke: OomScript,
     quota: Script,
     admit: Script,
-    page: Script,
+    page: OomScript,
 }
 
 impl RedisStore {
     /// A store for `config`; connects in the background, so Redis need not be up yet.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
+        let connector = Connector::start(config)?;
         Ok(RedisStore {
-            connector: Connector::start(config)?,
+            memory: RedisMemory::watch(&connector, config),
+            connector,
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             min_replicas_ack: config.min_replicas_ack,
-            consume: Script::new(CONSUME_LUA),
-            revoke: Script::new(REVOKE_LUA),
+            consume: OomScript::new(CONSUME_LUA),
+            revoke: OomScript::new(REVOKE_LUA),
             quota: Script::new(QUOTA_LUA),
             admit: Script::new(ADMIT_LUA),
-            page: Script::new(PAGE_LUA),
+            page: OomScript::new(PAGE_LUA),
         })
     }
 
@@ -250,6 +290,14 @@ impl RedisStore {
             Ok(Ok(v)) => {
                 self.connector.answered(conn);
                 return Ok(v);
+            }
+            Ok(Err(e)) if e.code() == Some("OOM") => {
+                // Over maxmemory under noeviction: the server answered, the connection is fine.
+                self.connector.answered(conn);
+                return Err(StoreError::Full(format!(
+                    "Redis is over its maxmemory and refuses writes that grow memory ({e}); \
+                     consume, verify and revoke go on. Free memory or raise maxmemory"
+                )));
             }
             Ok(Err(e)) => {
                 let demoted =
@@ -386,7 +434,7 @@ impl Store for RedisStore {
     ) -> Result<ConsumeOutcome, StoreError> {
         let mut conn = self.conn().await?;
         let key = self.record_key(&sig);
-        let mut call = self.consume.key(&key);
+        let mut call = self.consume.pick(&self.memory).key(&key);
         call.arg(sig.fingerprint)
             .arg(now)
             .arg(idempotency_token(idempotency_key))
@@ -411,7 +459,7 @@ impl Store for RedisStore {
     async fn revoke(&self, sig: RecordRef<'_>, now: i64) -> Result<RecordState, StoreError> {
         let mut conn = self.conn().await?;
         let key = self.record_key(&sig);
-        let mut call = self.revoke.key(&key);
+        let mut call = self.revoke.pick(&self.memory).key(&key);
         call.arg(sig.fingerprint)
             .arg(now)
             .arg("")
@@ -440,7 +488,7 @@ impl Store for RedisStore {
         }
         let mut conn = self.conn().await?;
         let key = self.key_of(&record);
-        let mut call = self.revoke.key(&key);
+        let mut call = self.revoke.pick(&self.memory).key(&key);
         call.arg("").arg(now).arg(subject).arg("").arg(0);
         let reply: Vec<String> = self
             .bounded(&mut conn, async |c| call.invoke_async(c).await)
@@ -489,7 +537,10 @@ impl Store for RedisStore {
         expired_before: i64,
     ) -> Result<Vec<Listed>, StoreError> {
         let mut conn = self.conn().await?;
-        let mut call = self.page.key(self.subject_keys(subject).1);
+        let mut call = self
+            .page
+            .pick(&self.memory)
+            .key(self.subject_keys(subject).1);
         call.arg(expired_before).arg(count);
         match after {
             Some(c) => call.arg(1).arg(c.issued_at).arg(&c.member),
@@ -546,6 +597,25 @@ impl Store for RedisStore {
                 retry_after: Duration::from_millis(wait_ms),
             }),
         }
+    }
+
+    fn accepts_issues(&self) -> Result<(), StoreError> {
+        match self.memory.issue_gate() {
+            IssueGate::Open => Ok(()),
+            IssueGate::Full => Err(StoreError::Full(self.memory.full_message())),
+            IssueGate::Evicting => Err(StoreError::Unavailable(format!(
+                "nothing is issued: {}",
+                self.memory.evicting_message(&self.memory.status())
+            ))),
+        }
+    }
+
+    fn unsafe_to_serve(&self) -> Option<String> {
+        self.memory.unsafe_to_serve()
+    }
+
+    fn memory(&self) -> Option<crate::redis::MemoryStatus> {
+        Some(self.memory.status())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

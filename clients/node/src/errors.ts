@@ -21,6 +21,7 @@ export const REASONS = [
   'PERMISSION_DENIED',
   'NO_ACTIVE_KEY',
   'STORE_UNAVAILABLE',
+  'STORE_FULL',
   'CALLER_UNAUTHENTICATED',
 ] as const;
 

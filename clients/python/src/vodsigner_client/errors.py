@@ -31,6 +31,8 @@ class Reason(str, enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     NO_ACTIVE_KEY = "NO_ACTIVE_KEY"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    #: IssueSignature while Redis is within its memory reserve; consume and revoke go on.
+    STORE_FULL = "STORE_FULL"
     #: No credential, or one naming no known caller (the server's addition to the SPEC).
     CALLER_UNAUTHENTICATED = "CALLER_UNAUTHENTICATED"
     #: A token this client does not know yet (a newer server); `Refused.token` has it.
