@@ -360,7 +360,9 @@ async fn an_evicting_redis_stops_serving_and_says_how_to_fix_it() {
     redis
         .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
         .unwrap();
+    let fixed = Instant::now();
     wait_health(server.addr, "", true, WATCH_SEES).await;
+    eprintln!("policy fixed: SERVING again after {:?}", fixed.elapsed());
     server.wait_log(&["maxmemory-policy is noeviction again"], WATCH_SEES);
     let sig = client
         .issue_signature(IssueSignatureRequest::default())
@@ -431,7 +433,9 @@ async fn a_redis_that_came_back_empty_is_an_error_and_counted_a_reconnect_is_not
 
     // Restarted without persistence: every record is gone.
     redis.restart_empty();
+    let restarted = Instant::now();
     let line = server.wait_log(&["\"ERROR\"", "came back without its records"], WATCH_SEES);
+    eprintln!("restarted empty: logged {:?} after", restarted.elapsed());
     // The 20 records and the audit events' stream.
     assert!(line.contains("\"keys_before\":21"), "{line}");
     assert!(line.contains("AOF"), "{line}");
@@ -624,4 +628,48 @@ async fn repeated_refusals_are_logged_once_a_second_with_what_was_folded() {
         BURST as f64 + 1.0,
         "the metric counts every refusal"
     );
+}
+
+/// The README's figure: what consuming an outstanding signature adds to Redis' memory (a
+/// consume rewrites the record in place, so a full Redis grows past `maxmemory` by that much
+/// per consume), with and without a subject.
+/// `cargo test --test redis_memory -- --ignored --nocapture measure_what_a_consume_adds`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_what_a_consume_adds() {
+    const N: usize = 10_000;
+    for (label, subjects) in [("no subject", 0), ("1 000 subjects x 10", 1_000)] {
+        let server = TestServer::start(Backend::Redis).await;
+        let mut client = server.client().await;
+        let redis = server.redis.as_ref().unwrap();
+        let empty = info_number(redis, "used_memory");
+        let mut outstanding = Vec::with_capacity(N);
+        for i in 0..N {
+            let subject = match subjects {
+                0 => String::new(),
+                n => format!("user-{}", i % n),
+            };
+            let request = IssueSignatureRequest {
+                subject,
+                ..Default::default()
+            };
+            let issued = client.issue_signature(request).await.unwrap();
+            outstanding.push(issued.into_inner().signature);
+        }
+        let issued = info_number(redis, "used_memory");
+        for (i, sig) in outstanding.iter().enumerate() {
+            client
+                .consume_signature(consume_with(sig, &format!("upload-{i}")))
+                .await
+                .unwrap();
+        }
+        let consumed = info_number(redis, "used_memory");
+        let per_record = (issued - empty) as f64 / N as f64;
+        let per_consume = (consumed as f64 - issued as f64) / N as f64;
+        println!(
+            "{label}: {per_record:.0} B per outstanding record, {per_consume:+.0} B per consume \
+             ({:+.0} % of what the records held)",
+            100.0 * per_consume / per_record
+        );
+    }
 }
