@@ -63,7 +63,14 @@ fn limit_memory(node: &RedisServer, room: u64) -> u64 {
 async fn fill(node: &RedisServer, ratio: f64) -> bool {
     const VALUE: u64 = 16 << 10;
     let client = redis::Client::open(node.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // The redis crate's default 500 ms per reply is too short on a busy machine.
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .unwrap();
     let max = info_number(node, "maxmemory") as f64;
     let value = vec![b'x'; VALUE as usize];
     // Bounded: far more writes than `ROOM` holds.
