@@ -146,6 +146,8 @@ async fn watch_store<S: Store>(
         if serving != Some(ok) {
             match &problem {
                 None => info!("store answers: health SERVING"),
+                // Not a change: health starts NOT_SERVING (and Redis' settings unread).
+                Some(problem) if serving.is_none() => info!("{problem}: health NOT_SERVING"),
                 Some(problem) => warn!("{problem}: health NOT_SERVING"),
             }
             set_health(

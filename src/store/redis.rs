@@ -27,8 +27,9 @@ use crate::quota::Charge;
 use crate::redis::{Conn, Connector, Failure, IssueGate, RedisConfig, RedisMemory};
 
 /// Consume (flagged allow-oom: it only rewrites its one record, `SET ... KEEPTTL`; a compact
-/// issued record grows by one small string): `issued` becomes `consumed` keeping the expiry (and the subject digest, when the
-/// record has one); a repeat with the same idempotency token answers the same success.
+/// issued record grows by one small string): `issued` becomes `consumed` keeping the expiry
+/// (and the subject digest, when the record has one); a repeat with the same idempotency
+/// token answers the same success.
 /// Returns `{outcome, at, subject digest}`. ARGV: fingerprint, now, idempotency token, compact
 /// form of the fingerprint, issue time. A value of digits is the compact issued form
 /// (`record.rs`), which has no subject.
@@ -53,9 +54,10 @@ if state == 'consumed' and ARGV[3] ~= '' and idem == ARGV[3] then return {'ok', 
 return {state, changed, sub}
 "#;
 
-/// Revoke (flagged allow-oom, as consume): `issued` becomes `revoked` keeping the expiry. The record is named by the
-/// signature's fingerprint (ARGV[1], RevokeSignature) or by its subject's digest (ARGV[3],
-/// RevokeSubject); an empty one is not compared, and the caller always gives one of them.
+/// Revoke (flagged allow-oom, as consume): `issued` becomes `revoked` keeping the expiry. The
+/// record is named by the signature's fingerprint (ARGV[1], RevokeSignature) or by its
+/// subject's digest (ARGV[3], RevokeSubject); an empty one is not compared, and the caller
+/// always gives one of them.
 /// ARGV[4] and ARGV[5]: the compact form of the fingerprint and the issue time, for a record
 /// in the compact issued form (which has no subject). Returns `{state before, at, subject
 /// digest}`.
@@ -106,8 +108,8 @@ return 1
 "#;
 
 /// A page of a subject's listing index, newest first, after a cursor, skipping (and
-/// deleting) expired entries (flagged allow-oom: it only reads and deletes). KEYS: the listing index. ARGV: expired-before, count, cursor
-/// given (1/0), cursor score, cursor member. Returns `{member, score, member, score, ...}`.
+/// deleting) expired entries (flagged allow-oom: it only reads and deletes). KEYS: the listing
+/// index. ARGV: expired-before, count, cursor given (1/0), cursor score, cursor member. Returns `{member, score, member, score, ...}`.
 const PAGE_LUA: &str = r#"
 local cutoff = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
@@ -296,7 +298,7 @@ impl RedisStore {
                 self.connector.answered(conn);
                 return Err(StoreError::Full(format!(
                     "Redis is over its maxmemory and refuses writes that grow memory ({e}); \
-                     consume, verify and revoke go on. Free memory or raise maxmemory"
+                     free memory or raise maxmemory"
                 )));
             }
             Ok(Err(e)) => {
