@@ -189,6 +189,15 @@ pub struct ServeArgs {
     /// succeeds; without them the call answers STORE_UNAVAILABLE.
     #[arg(long, env = "VOD_SIGNER_MIN_REPLICAS_ACK", default_value_t = 0)]
     pub min_replicas_ack: u32,
+    /// Share of Redis' maxmemory kept free for consumes and revokes: IssueSignature is refused
+    /// STORE_FULL once used_memory is within it (0.1: issuing stops at 90 %).
+    #[arg(long, env = "VOD_SIGNER_REDIS_MEMORY_RESERVE", value_name = "FRACTION",
+          default_value_t = RedisConfig::default().memory_reserve, value_parser = reserve_fraction)]
+    pub redis_memory_reserve: f64,
+    /// Run on a Redis whose maxmemory-policy may evict records (any but noeviction), with a
+    /// warning; without it such a Redis makes health NOT_SERVING and refuses issuing.
+    #[arg(long, env = "VOD_SIGNER_ALLOW_EVICTING_REDIS")]
+    pub allow_evicting_redis: bool,
     /// Approximate cap of the `{prefix}events` audit stream; 0 turns events off. With the
     /// in-memory store, events go to the log instead.
     #[arg(long, env = "VOD_SIGNER_EVENTS_MAXLEN", default_value_t = crate::audit::DEFAULT_MAXLEN)]
@@ -370,6 +379,16 @@ impl ServeArgs {
                 format!("--metrics-listen {addr:?}: {e} (an address like 0.0.0.0:9090, or off)")
             }),
         }
+    }
+}
+
+/// `--redis-memory-reserve`: a fraction from 0 (issue until Redis is full) to below 1.
+fn reserve_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{text:?} is not a fraction from 0 to below 1 (e.g. 0.1)"
+        )),
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! 1. Foundations: [`reason`] (the refusal reasons of SPEC section 3), [`refusal`] (a refused
 //!    call and how it travels as a gRPC status), [`rpc`] (the service's RPCs, as one enum),
-//!    [`digest`] (hex and SHA-256 fingerprints), [`clock`] (the injected time).
+//!    [`digest`] (hex and SHA-256 fingerprints), [`clock`] (the injected time), [`fold`] (a
+//!    repeated log line folded to one a second).
 //! 2. The codec: [`signature`]: sign, parse, verify, clock checks, URL encoding. Pure.
 //! 3. What the service holds: [`keys`] (the SecretKeys, reloadable), [`auth`] (the caller
 //!    policy), [`quota`] (GCRA arithmetic of the issuance quotas).
@@ -34,6 +35,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod fold;
 pub mod keys;
 pub mod metrics;
 pub mod notify;

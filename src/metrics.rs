@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,6 +22,7 @@ pub const REVISION: &str = env!("VOD_SIGNER_REVISION");
 use tokio::net::TcpListener;
 
 use crate::notify::{LifecycleObserver, Outcome};
+use crate::redis::MemoryStatus;
 use crate::rpc::Rpc;
 use crate::store::{StoreError, StoreObserver, StoreOp};
 
@@ -125,6 +126,18 @@ pub struct Metrics {
     notification_oldest: Gauge<f64, AtomicU64>,
     awaiting_completion: Gauge,
     abandoned: Counter,
+    redis: RedisGauges,
+}
+
+/// What the memory watch of the Redis store reports (SPEC section 6 names).
+#[derive(Debug, Default)]
+struct RedisGauges {
+    evicted_keys: Gauge,
+    memory_ratio: Gauge<f64, AtomicU64>,
+    evicting: Gauge,
+    resets: Counter,
+    /// Resets already counted in `resets` (the watch reports a running total).
+    resets_counted: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -186,6 +199,27 @@ impl Metrics {
             "vodsigner_active_key_missing",
             "1 while IssueSignature is refused with NO_ACTIVE_KEY (the active key is not in the keys directory), else 0",
             active_key_missing.clone(),
+        );
+        let redis = RedisGauges::default();
+        registry.register(
+            "vodsigner_redis_evicted_keys",
+            "Keys Redis evicted since it started (INFO evicted_keys, summed over the masters); any rise lost signature records",
+            redis.evicted_keys.clone(),
+        );
+        registry.register(
+            "vodsigner_redis_memory_ratio",
+            "used_memory / maxmemory of the fullest Redis master (0 without maxmemory); IssueSignature is refused STORE_FULL from 1 - --redis-memory-reserve",
+            redis.memory_ratio.clone(),
+        );
+        registry.register(
+            "vodsigner_redis_evicting",
+            "1 while a Redis master's maxmemory-policy may evict records (not noeviction): health NOT_SERVING, unless --allow-evicting-redis",
+            redis.evicting.clone(),
+        );
+        registry.register(
+            "vodsigner_store_resets",
+            "Times Redis came back without its records (a new run_id and at most half the keys): outstanding signatures are then refused SIGNATURE_NOT_ISSUED",
+            redis.resets.clone(),
         );
         registry.register(
             "vodsigner_trace_spans_dropped",
@@ -262,6 +296,7 @@ impl Metrics {
             notification_oldest,
             awaiting_completion,
             abandoned,
+            redis,
         }
     }
 
@@ -304,6 +339,17 @@ impl Metrics {
     /// Records whether the store answers health pings.
     pub fn set_store_up(&self, up: bool) {
         self.store_up.set(i64::from(up));
+    }
+
+    /// Records what the Redis store's memory watch reports.
+    pub fn set_redis_memory(&self, memory: &MemoryStatus) {
+        let r = &self.redis;
+        r.evicted_keys
+            .set(memory.evicted_keys.min(i64::MAX as u64) as i64);
+        r.memory_ratio.set(memory.ratio);
+        r.evicting.set(i64::from(!memory.evicting.is_empty()));
+        let counted = r.resets_counted.swap(memory.resets, Ordering::Relaxed);
+        r.resets.inc_by(memory.resets.saturating_sub(counted));
     }
 
     /// Records whether the active key is missing from the loaded keys (issuing refused).

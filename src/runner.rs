@@ -257,6 +257,8 @@ fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, String> {
         tls_ca: args.redis_tls_ca.as_deref().map(read).transpose()?,
         tls_client,
         min_replicas_ack: args.min_replicas_ack,
+        memory_reserve: args.redis_memory_reserve,
+        allow_evicting: args.allow_evicting_redis,
     })
 }
 

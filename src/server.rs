@@ -121,7 +121,8 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status(SERVICE_NAME, status).await;
 }
 
-/// Pings the store every `interval`; health is SERVING exactly while it answers.
+/// Pings the store every `interval`; health is SERVING exactly while it answers and nothing
+/// makes it unsafe to use (a Redis that may evict records, see [`Store::unsafe_to_serve`]).
 async fn watch_store<S: Store>(
     store: Arc<S>,
     reporter: HealthReporter,
@@ -131,15 +132,24 @@ async fn watch_store<S: Store>(
     let mut serving = None;
     loop {
         let result = store.ping().await;
-        let ok = result.is_ok();
-        metrics.set_store_up(ok);
+        metrics.set_store_up(result.is_ok());
         if let Some(records) = store.record_count() {
             metrics.set_store_records(records);
         }
+        if let Some(memory) = store.memory() {
+            metrics.set_redis_memory(&memory);
+        }
+        let problem = match &result {
+            Ok(()) => store.unsafe_to_serve(),
+            Err(e) => Some(format!("store does not answer ({e})")),
+        };
+        let ok = problem.is_none();
         if serving != Some(ok) {
-            match &result {
-                Ok(()) => info!("store answers: health SERVING"),
-                Err(e) => warn!("store does not answer ({e}): health NOT_SERVING"),
+            match &problem {
+                None => info!("store answers: health SERVING"),
+                // Not a change: health starts NOT_SERVING (and Redis' settings unread).
+                Some(problem) if serving.is_none() => info!("{problem}: health NOT_SERVING"),
+                Some(problem) => warn!("{problem}: health NOT_SERVING"),
             }
             set_health(
                 &reporter,

@@ -49,7 +49,7 @@ KNOWN_FLAGS = {
     "log-level", "runtime", "worker-threads", "otlp-endpoint",
     # Added by the service beyond SPEC section 6 (README "Running it for real").
     "health-listen", "keys-reload-interval", "tls-reload-interval", "redis-tls-ca",
-    "redis-tls-cert", "redis-tls-key",
+    "redis-tls-cert", "redis-tls-key", "redis-memory-reserve", "allow-evicting-redis",
 }
 STANDARD_LABELS = {
     "app.kubernetes.io/name": "vod-signer",
@@ -67,12 +67,17 @@ METRIC_FAMILIES = {
     "vodsigner_store_duration_seconds", "vodsigner_store_errors_total",
     "vodsigner_inflight_requests", "vodsigner_build_info", "vodsigner_active_key_missing",
     "vodsigner_store_up", "vodsigner_store_records", "vodsigner_trace_spans_dropped_total",
+    "vodsigner_redis_evicted_keys", "vodsigner_redis_memory_ratio", "vodsigner_store_resets_total",
+    "vodsigner_redis_evicting",
 }
 # The README's alerts ("Metrics, logs and what to alert on"), plus the active key one.
 ALERTS = {
     "VodSignerStoreDown", "VodSignerStoreErrors", "VodSignerReplaysOrForgeries",
     "VodSignerCallersRefused", "VodSignerSheddingLoad", "VodSignerSlow",
     "VodSignerIssuedButNotConsumed", "VodSignerActiveKeyMissing",
+    # Redis memory (README "Redis memory").
+    "VodSignerRedisEvicting", "VodSignerRedisEvictedKeys", "VodSignerRedisMemoryHigh",
+    "VodSignerStoreFull", "VodSignerStoreReset",
 }
 SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
@@ -904,9 +909,10 @@ def main() -> int:
                    "storeTimeoutMs": 300, "healthIntervalMs": 500, "maxConcurrentCalls": 2048,
                    "drainTimeout": 15, "eventsMaxlen": 0, "logLevel": "debug",
                    "keysReloadInterval": 0, "tlsReloadInterval": 60,
-                   "runtime": "multi-thread", "workerThreads": 2},
+                   "runtime": "multi-thread", "workerThreads": 2, "redisMemoryReserve": 0.25},
         "security": {"noReflection": True, "minReplicasAck": 1, "quotaPerSubject": "100/1h",
-                     "quotaPerSecretId": "10000/1m", "maxOutstandingPerSubject": 5},
+                     "quotaPerSecretId": "10000/1m", "maxOutstandingPerSubject": 5,
+                     "allowEvictingRedis": True},
         "terminationGracePeriodSeconds": 25,
         "tracing": {"otlpEndpoint": "http://otel-collector.observability:4317"},
     })
@@ -920,8 +926,8 @@ def main() -> int:
         "caller-policy": "/etc/vod-signer/caller-policy/policy.toml",
         "redis-password-file": "/etc/vod-signer/redis/password", "no-reflection": "",
         "min-replicas-ack": "1", "quota-per-subject": "100/1h", "quota-per-secret-id": "10000/1m",
-        "max-outstanding-per-subject": "5",
-        "default-ttl": "600", "max-ttl": "7776000", "leeway": "30", "key-prefix": "vs:",
+        "max-outstanding-per-subject": "5", "allow-evicting-redis": "",
+        "redis-memory-reserve": "0.25", "default-ttl": "600", "max-ttl": "7776000", "leeway": "30", "key-prefix": "vs:",
         "store-timeout-ms": "300", "health-interval-ms": "500", "max-concurrent-calls": "2048",
         "drain-timeout": "15", "events-maxlen": "0", "log-format": "json", "log-level": "debug",
         "runtime": "multi-thread", "worker-threads": "2", "active-key": SECRET_ID,

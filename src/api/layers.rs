@@ -9,8 +9,8 @@
 //! 3. [`Admission`]: at most `--max-concurrent-calls` at once; more are shed at once;
 //! 4. the service itself;
 //! 5. [`typed_size`]: tonic's own refusal of an oversize request, typed like every other;
-//! 6. the `refused` (or debug `ok`) log line, and the answer counted by RPC and result with
-//!    its latency.
+//! 6. the `refused` (or debug `ok`) log line (repeats folded, see `refusal_log`), and the
+//!    answer counted by RPC and result with its latency.
 //!
 //! One layer rather than one per step: each layer boxes the call's future and re-reads the
 //! RPC from the path, and on the per-call budget of issue 18 that showed. Requests to other
@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::http::{self, HeaderMap};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
-use tracing::{Instrument as _, debug, info};
+use tracing::{Instrument as _, debug};
 
 use opentelemetry::trace::Status as SpanStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -39,6 +39,8 @@ use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::rpc::Rpc;
 use crate::service::call_log::{self, CallLog};
+
+use super::refusal_log::RefusalLog;
 
 /// The service's full name, as in `rpc.service` of its spans.
 const SERVICE: &str = "vodsigner.v1.SignatureService";
@@ -213,10 +215,16 @@ impl Admission {
 /// Every per-call step of the module doc, around the gRPC routes.
 #[derive(Clone)]
 pub struct CallLayer {
-    metrics: Arc<Metrics>,
+    outcomes: Arc<Outcomes>,
     policy: SharedPolicy,
     admission: Admission,
     traces: bool,
+}
+
+/// Where each call's outcome is recorded; one `Arc`, so a call clones one pointer for both.
+struct Outcomes {
+    metrics: Arc<Metrics>,
+    refusals: RefusalLog,
 }
 
 impl CallLayer {
@@ -224,7 +232,10 @@ impl CallLayer {
     /// admits at most `max_concurrent_calls` at once.
     pub fn new(metrics: Arc<Metrics>, policy: SharedPolicy, max_concurrent_calls: usize) -> Self {
         CallLayer {
-            metrics,
+            outcomes: Arc::new(Outcomes {
+                metrics,
+                refusals: RefusalLog::new(),
+            }),
             policy,
             admission: Admission::new(max_concurrent_calls),
             traces: false,
@@ -279,8 +290,8 @@ where
             return Box::pin(inner.call(request));
         };
         let started = Instant::now();
-        let metrics = self.steps.metrics.clone();
-        let inflight = metrics.inflight();
+        let outcomes = self.steps.outcomes.clone();
+        let inflight = outcomes.metrics.inflight();
         let traces = self.steps.traces;
         // Debug-level (see `service::call_log`): at info only a refusal logs, with its fields.
         let span = if traces {
@@ -329,18 +340,9 @@ where
                 }
                 Ok(Outcome::Refused { label, message, .. }) => {
                     let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
-                    let refused = |log: &CallLog| {
-                        info!(
-                            reason = label,
-                            rpc = rpc.name(),
-                            caller = log.caller.as_deref(),
-                            secret_id = log.secret_id.as_deref(),
-                            random = log.random,
-                            request_id = log.request_id.as_deref(),
-                            detail,
-                            "refused"
-                        )
-                    };
+                    let now = Instant::now();
+                    let refused =
+                        |log: &CallLog| outcomes.refusals.refused(rpc, label, log, detail, now);
                     match &local {
                         Some(log) => refused(log),
                         None => {
@@ -351,7 +353,7 @@ where
                 }
                 Err(_) => "error",
             };
-            metrics.request(rpc, label, started.elapsed());
+            outcomes.metrics.request(rpc, label, started.elapsed());
             response
         };
         match scoped {

@@ -4,11 +4,13 @@
 //!   conversion back ([`conversions`]);
 //! - [`layers`]: what every call goes through first (span and log line, metrics, the caller
 //!   check, admission, the typed size cap), as tower layers;
-//! - [`propagation`]: the W3C trace context across gRPC metadata.
+//! - [`propagation`]: the W3C trace context across gRPC metadata;
+//! - [`refusal_log`]: the `refused` log line, repeats folded to one a second.
 
 pub mod conversions;
 pub mod layers;
 pub mod propagation;
+pub mod refusal_log;
 
 use std::sync::Arc;
 

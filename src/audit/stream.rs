@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::warn;
 
 use super::{Event, EventFuture, EventLog, EventStream, WatchError};
+use crate::fold::LogFold;
 use crate::redis::Connector;
 
 const QUEUE: usize = 8192;
@@ -140,6 +141,9 @@ async fn write(
     dropped: Arc<AtomicU64>,
 ) {
     let mut items = Vec::with_capacity(BATCH);
+    // A full Redis refuses every batch (XADD grows memory): one warning a second, not one
+    // per batch.
+    let drops = LogFold::new();
     while rx.recv_many(&mut items, BATCH).await > 0 {
         // Gather for one tick: one pipeline then carries the events of many calls. Sent as
         // they came, each call's event was a Redis round trip of its own, which doubled
@@ -177,11 +181,14 @@ async fn write(
             };
             if !written {
                 let total = dropped.fetch_add(events, Ordering::Relaxed) + events;
-                warn!(
-                    events,
-                    dropped_total = total,
-                    "could not write audit events to Redis; dropped"
-                );
+                if let Some(folded_batches) = drops.occurred(std::time::Instant::now()) {
+                    warn!(
+                        events,
+                        dropped_total = total,
+                        folded_batches,
+                        "could not write audit events to Redis; dropped"
+                    );
+                }
             }
         }
         for done in flushes {

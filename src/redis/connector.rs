@@ -75,6 +75,12 @@ impl Conn {
         self.promotable.load(Ordering::Relaxed)
     }
 
+    /// The connection itself, for commands routed by hand (the memory watch's `INFO` to every
+    /// Cluster master).
+    pub(super) fn link(&self) -> &Link {
+        &self.link
+    }
+
     /// Waits until `replicas` replicas acknowledged the write just made to `key` (Redis
     /// `WAIT`, bounded); answers how many did. Call it only after the write's reply arrived.
     ///
@@ -233,6 +239,9 @@ pub(super) struct Shared {
     urgent: AtomicBool,
     /// Wakes the calls waiting for a connection (see [`Connector::ready`]).
     installed: tokio::sync::Notify,
+    /// The generation of the connection installed last, for what must look at every new
+    /// connection at once (the memory watch: a reconnect may have reached another server).
+    generations: tokio::sync::watch::Sender<u64>,
 }
 
 /// Keeps a connection to Redis up: what the store's calls use. A keeper task per deployment
@@ -335,6 +344,7 @@ impl Connector {
             timeouts: AtomicU32::new(0),
             urgent: AtomicBool::new(false),
             installed: tokio::sync::Notify::new(),
+            generations: tokio::sync::watch::Sender::new(0),
         });
         (
             Connector {
@@ -365,6 +375,11 @@ impl Connector {
         }
         let _ = tokio::time::timeout(within, installed).await;
         self.get()
+    }
+
+    /// Changes each time a new connection is installed (a first dial, a redial, a failover).
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.generations.subscribe()
     }
 
     /// A call on `conn` answered: it is alive.
@@ -421,6 +436,7 @@ impl Shared {
             wait,
         })));
         self.installed.notify_waiters();
+        self.generations.send_replace(generation);
     }
 
     /// Whether the last redial request was for a broken connection (and clears it).

@@ -3,12 +3,14 @@
 //! the record store, the quota store and the audit stream; knows nothing of signatures.
 
 pub mod connector;
+pub mod memory;
 mod sentinel;
 pub mod url;
 
 use std::time::Duration;
 
 pub use self::connector::{Conn, Connector, Failure};
+pub use self::memory::{IssueGate, MemoryStatus, RedisMemory};
 pub use self::url::{Topology, UrlError};
 
 impl Connector {
@@ -30,8 +32,9 @@ impl Connector {
     }
 }
 
-/// How to reach Redis. `Default` is the one place the defaults of `--key-prefix` and
-/// `--store-timeout-ms` are written.
+/// How to reach Redis, and what to accept of its memory settings. `Default` is the one place
+/// the defaults of `--key-prefix`, `--store-timeout-ms` and `--redis-memory-reserve` are
+/// written.
 #[derive(Clone)]
 pub struct RedisConfig {
     /// `--redis-url`: `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://`.
@@ -51,6 +54,12 @@ pub struct RedisConfig {
     pub tls_client: Option<(Vec<u8>, Vec<u8>)>,
     /// Replicas that must acknowledge an issue, consume or revoke (Redis `WAIT`) before success.
     pub min_replicas_ack: u32,
+    /// Share of `maxmemory` kept free for consumes and revokes: issuing stops once a master's
+    /// `used_memory` is within it (`--redis-memory-reserve`).
+    pub memory_reserve: f64,
+    /// Whether a `maxmemory-policy` that may evict records is accepted (a warning) rather than
+    /// refused (health NOT_SERVING, no issuing) (`--allow-evicting-redis`).
+    pub allow_evicting: bool,
 }
 
 impl Default for RedisConfig {
@@ -64,6 +73,8 @@ impl Default for RedisConfig {
             tls_ca: None,
             tls_client: None,
             min_replicas_ack: 0,
+            memory_reserve: 0.1,
+            allow_evicting: false,
         }
     }
 }

@@ -63,6 +63,8 @@ impl<S: Store> Signer<S> {
             (secret_id, key)
         };
 
+        // Before the quotas: a refused issue must not use up a subject's quota, nor write.
+        self.store.accepts_issues()?;
         if !self.settings.quotas.is_empty() {
             // Boxed, as the subject index step below: large futures held inline would be
             // moved on every call, also by callers that use neither.

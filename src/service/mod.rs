@@ -272,10 +272,11 @@ impl From<SignatureError> for Refusal {
 
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Refusal {
-        Refusal::new(
-            e.reason(),
-            format!("{e}; nothing was accepted, retry later"),
-        )
+        match e.reason() {
+            // Says itself what goes on and what frees room; a retry alone does not help.
+            Reason::StoreFull => Refusal::new(Reason::StoreFull, e.message),
+            reason => Refusal::new(reason, format!("{e}; nothing was accepted, retry later")),
+        }
     }
 }
 

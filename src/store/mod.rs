@@ -331,6 +331,10 @@ pub enum FailureCause {
     Connection,
     /// Redis is over `maxmemory` and refused a write (`OOM`).
     OutOfMemory,
+    /// No room for new records: Redis is within its memory reserve of `maxmemory`.
+    Full,
+    /// Redis' `maxmemory-policy` may evict records: nothing new is recorded.
+    Evicting,
     /// Applied on the master, but not acknowledged by enough replicas in time (`WAIT`).
     Replication,
     /// Redis answered with an error (a script error, a read-only replica, ...).
@@ -346,7 +350,7 @@ impl FailureCause {
     }
 }
 
-/// The store did not answer, or answered something it should not: fail closed.
+/// The store did not answer, answered something it should not, or has no room: fail closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("store unavailable: {message}")]
 pub struct StoreError {
@@ -370,9 +374,13 @@ impl StoreError {
         StoreError::new(FailureCause::Reply, format!("unexpected reply {reply:?}"))
     }
 
-    /// The SPEC section 3 reason: always `STORE_UNAVAILABLE`.
+    /// The SPEC section 3 reason: `STORE_FULL` when Redis has no room for new records,
+    /// else `STORE_UNAVAILABLE`.
     pub fn reason(&self) -> Reason {
-        Reason::StoreUnavailable
+        match self.cause {
+            FailureCause::OutOfMemory | FailureCause::Full => Reason::StoreFull,
+            _ => Reason::StoreUnavailable,
+        }
     }
 }
 
@@ -475,6 +483,24 @@ pub trait Store: Outbox + Send + Sync + 'static {
         &self,
         group: &[Charge],
     ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
+
+    /// Whether a new signature may be recorded now, from what the store already knows (one
+    /// atomic load: it runs on every issue, before the quotas are charged): `Full` while Redis
+    /// is within its memory reserve, `Unavailable` while it may evict records.
+    fn accepts_issues(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Why health must say NOT_SERVING although the store answers (a Redis whose
+    /// `maxmemory-policy` may evict records); `None`: no reason.
+    fn unsafe_to_serve(&self) -> Option<String> {
+        None
+    }
+
+    /// What the store knows of Redis' memory (for the metrics); `None` without Redis.
+    fn memory(&self) -> Option<crate::redis::MemoryStatus> {
+        None
+    }
 
     /// How many signature records the store holds, where that is cheap to know (the
     /// in-memory store; Redis shares its key count with other data, so it says `None`).

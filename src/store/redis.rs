@@ -4,11 +4,17 @@
 //!   signature can no longer pass the clock check.
 //! - Issue is `SET NX EX`; consume and revoke are Lua scripts, so each is one atomic step on
 //!   the server, and two replicas racing on one signature cannot both win.
+//! - Memory ([`RedisMemory`]): issuing stops (`STORE_FULL`) once Redis is within its memory
+//!   reserve, and while its `maxmemory-policy` may evict records; the scripts that change
+//!   records in place, queue an upload's notification or only delete carry
+//!   `#!lua flags=allow-oom` ([`OomScript`]), so consumes, revokes and completions go on when
+//!   Redis is over `maxmemory`.
 //! - The connection is a [`Connector`]'s: dialled in the background (the service starts while
 //!   Redis is still coming up) and replaced when it breaks or keeps timing out; this store
 //!   tells it how each call went. Every call is bounded by the store timeout and fails closed
 //!   with a [`StoreError`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -20,9 +26,10 @@ use super::{
     StoreObserver, StoreOp, SubjectEntry, Sweep, Upload, idempotency_token, outbox,
 };
 use crate::quota::Charge;
-use crate::redis::{Conn, Connector, Failure, RedisConfig};
+use crate::redis::{Conn, Connector, Failure, IssueGate, RedisConfig, RedisMemory};
 
-/// Consume: `issued` becomes `consumed` keeping the expiry, but at least ARGV[6] seconds
+/// Consume (flagged allow-oom: it only rewrites its one record; a compact issued record grows
+/// by one small string): `issued` becomes `consumed` keeping the expiry, but at least ARGV[6] seconds
 /// more (so the upload can still complete), and the subject digest when the record has one; a
 /// repeat with the same idempotency token answers the same success, also once the upload is
 /// over. Returns `{outcome, at, subject digest, consumed_at}`. ARGV: fingerprint, now,
@@ -165,20 +172,51 @@ end
 return {0, 0}
 "#;
 
+/// A script that must run when Redis is over `maxmemory` under `noeviction`: it rewrites one
+/// record in place, queues one notification, or only deletes. Redis 7 runs it anyway when it
+/// starts with `#!lua flags=allow-oom`; Redis 6 refuses the shebang itself, so the flagless
+/// text is sent until every master is known to run 7 (on Redis 6 such a script is refused
+/// `OOM` over `maxmemory`, and the reserve is all the room consumes have). Scripts that add
+/// keys or members for a new signature (issue's admission, quotas) stay flagless: over
+/// `maxmemory` they are refused, which refuses the issue `STORE_FULL`.
+pub(super) struct OomScript {
+    flagless: Script,
+    allow_oom: Script,
+}
+
+impl OomScript {
+    pub(super) fn new(body: &str) -> OomScript {
+        OomScript {
+            flagless: Script::new(body),
+            allow_oom: Script::new(&format!("#!lua flags=allow-oom\n{body}")),
+        }
+    }
+
+    /// The text to send: flagged where every master takes flags.
+    pub(super) fn pick(&self, memory: &RedisMemory) -> &Script {
+        if memory.script_flags() {
+            &self.allow_oom
+        } else {
+            &self.flagless
+        }
+    }
+}
+
 /// Records in Redis, shared by all replicas.
 pub struct RedisStore {
     connector: Connector,
+    pub(super) memory: Arc<RedisMemory>,
     prefix: String,
     timeout: Duration,
     min_replicas_ack: u32,
-    consume: Script,
-    revoke: Script,
+    consume: OomScript,
+    revoke: OomScript,
     quota: Script,
     admit: Script,
-    page: Script,
-    complete: Script,
-    sweep: Script,
-    release: Script,
+    page: OomScript,
+    complete: OomScript,
+    sweep: OomScript,
+    release: OomScript,
     /// The outbox's scripts (`outbox/redis.rs`).
     pub(super) outbox: OutboxScripts,
     pub(super) observed: Observed,
@@ -186,34 +224,36 @@ pub struct RedisStore {
 
 /// The scripts of the awaiting index and the outbox.
 pub(super) struct OutboxScripts {
-    pub(super) queue: Script,
-    pub(super) settle: Script,
-    pub(super) confirm: Script,
-    pub(super) dead_letter: Script,
+    pub(super) queue: OomScript,
+    pub(super) settle: OomScript,
+    pub(super) confirm: OomScript,
+    pub(super) dead_letter: OomScript,
     pub(super) lease: Script,
 }
 
 impl RedisStore {
     /// A store for `config`; connects in the background, so Redis need not be up yet.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
+        let connector = Connector::start(config)?;
         Ok(RedisStore {
-            connector: Connector::start(config)?,
+            memory: RedisMemory::watch(&connector, config),
+            connector,
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             min_replicas_ack: config.min_replicas_ack,
-            consume: Script::new(CONSUME_LUA),
-            revoke: Script::new(REVOKE_LUA),
+            consume: OomScript::new(CONSUME_LUA),
+            revoke: OomScript::new(REVOKE_LUA),
             quota: Script::new(QUOTA_LUA),
             admit: Script::new(ADMIT_LUA),
-            page: Script::new(PAGE_LUA),
-            complete: Script::new(include_str!("lua/complete.lua")),
-            sweep: Script::new(include_str!("lua/sweep.lua")),
-            release: Script::new(include_str!("lua/release.lua")),
+            page: OomScript::new(PAGE_LUA),
+            complete: OomScript::new(include_str!("lua/complete.lua")),
+            sweep: OomScript::new(include_str!("lua/sweep.lua")),
+            release: OomScript::new(include_str!("lua/release.lua")),
             outbox: OutboxScripts {
-                queue: Script::new(include_str!("lua/queue.lua")),
-                settle: Script::new(include_str!("lua/settle.lua")),
-                confirm: Script::new(include_str!("lua/confirm.lua")),
-                dead_letter: Script::new(include_str!("lua/dead_letter.lua")),
+                queue: OomScript::new(include_str!("lua/queue.lua")),
+                settle: OomScript::new(include_str!("lua/settle.lua")),
+                confirm: OomScript::new(include_str!("lua/confirm.lua")),
+                dead_letter: OomScript::new(include_str!("lua/dead_letter.lua")),
                 lease: Script::new(include_str!("lua/lease.lua")),
             },
             observed: Observed::default(),
@@ -281,7 +321,10 @@ impl RedisStore {
         if subject.is_empty() {
             return;
         }
-        let mut call = self.release.key(self.subject_keys(subject).0);
+        let mut call = self
+            .release
+            .pick(&self.memory)
+            .key(self.subject_keys(subject).0);
         call.key(self.subject_name_key(subject))
             .arg(format!("{}:{}", key.secret_id, key.random))
             .arg(keep_for);
@@ -326,10 +369,16 @@ impl RedisStore {
                     // The server answered (a script error, say): the connection is alive.
                     self.connector.answered(conn);
                     if e.code() == Some("OOM") {
-                        FailureCause::OutOfMemory
-                    } else {
-                        FailureCause::Server
+                        // Over maxmemory under noeviction: refused as STORE_FULL.
+                        return Err(StoreError::new(
+                            FailureCause::OutOfMemory,
+                            format!(
+                                "Redis is over its maxmemory and refuses writes that grow memory \
+                                 ({e}); free memory or raise maxmemory"
+                            ),
+                        ));
                     }
+                    FailureCause::Server
                 };
                 Err(StoreError::new(cause, e.to_string()))
             }
@@ -486,7 +535,7 @@ impl Store for RedisStore {
             .run(StoreOp::Consume, || async move {
                 let mut conn = self.conn().await?;
                 let key = self.record_key(&sig);
-                let mut call = self.consume.key(&key);
+                let mut call = self.consume.pick(&self.memory).key(&key);
                 call.arg(sig.fingerprint)
                     .arg(now)
                     .arg(idempotency_token(idempotency_key))
@@ -540,7 +589,7 @@ impl Store for RedisStore {
             .run(StoreOp::Complete, || async move {
                 let mut conn = self.conn().await?;
                 let key = self.record_key(&sig);
-                let mut call = self.complete.key(&key);
+                let mut call = self.complete.pick(&self.memory).key(&key);
                 call.arg(sig.fingerprint)
                     .arg(now)
                     .arg(encode_field(&upload.file_id))
@@ -590,7 +639,7 @@ impl Store for RedisStore {
             .run_unspanned(StoreOp::Sweep, async move {
                 let mut conn = self.conn().await?;
                 let key = self.key_of(&record);
-                let mut call = self.sweep.key(&key);
+                let mut call = self.sweep.pick(&self.memory).key(&key);
                 call.arg(now).arg(window);
                 let reply: Vec<String> = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
@@ -643,7 +692,7 @@ impl Store for RedisStore {
             .run(StoreOp::Revoke, || async move {
                 let mut conn = self.conn().await?;
                 let key = self.record_key(&sig);
-                let mut call = self.revoke.key(&key);
+                let mut call = self.revoke.pick(&self.memory).key(&key);
                 call.arg(sig.fingerprint)
                     .arg(now)
                     .arg("")
@@ -676,7 +725,7 @@ impl Store for RedisStore {
                 }
                 let mut conn = self.conn().await?;
                 let key = self.key_of(&record);
-                let mut call = self.revoke.key(&key);
+                let mut call = self.revoke.pick(&self.memory).key(&key);
                 call.arg("").arg(now).arg(subject).arg("").arg(0);
                 let reply: Vec<String> = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
@@ -739,7 +788,10 @@ impl Store for RedisStore {
         self.observed
             .run(StoreOp::List, || async move {
                 let mut conn = self.conn().await?;
-                let mut call = self.page.key(self.subject_keys(subject).1);
+                let mut call = self
+                    .page
+                    .pick(&self.memory)
+                    .key(self.subject_keys(subject).1);
                 call.arg(expired_before).arg(count);
                 match after {
                     Some(c) => call.arg(1).arg(c.issued_at).arg(&c.member),
@@ -806,6 +858,31 @@ impl Store for RedisStore {
 
     fn observe_with(&self, observer: std::sync::Arc<dyn StoreObserver>) {
         self.observed.set(observer);
+    }
+
+    fn accepts_issues(&self) -> Result<(), StoreError> {
+        match self.memory.issue_gate() {
+            IssueGate::Open => Ok(()),
+            IssueGate::Full => Err(StoreError::new(
+                FailureCause::Full,
+                self.memory.full_message(),
+            )),
+            IssueGate::Evicting => Err(StoreError::new(
+                FailureCause::Evicting,
+                format!(
+                    "nothing is issued: {}",
+                    self.memory.evicting_message(&self.memory.status())
+                ),
+            )),
+        }
+    }
+
+    fn unsafe_to_serve(&self) -> Option<String> {
+        self.memory.unsafe_to_serve()
+    }
+
+    fn memory(&self) -> Option<crate::redis::MemoryStatus> {
+        Some(self.memory.status())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -132,10 +132,11 @@ The Redis URL the server uses: redis.url, or the throwaway Redis's Service, or "
 
 {{/*
 Renders a scalar value as a string for an environment variable: integers as plain digits
-(values arrive as float64, which would print as 7.776e+06), everything else as is.
+(values arrive as float64, which would print as 7.776e+06), fractions (0.1) and everything
+else as is.
 */}}
 {{- define "vod-signer.scalar" -}}
-{{- if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}
+{{- if or (kindIs "int" .) (kindIs "int64" .) (and (kindIs "float64" .) (eq (floor .) (float64 .))) }}
 {{- printf "%d" (int64 .) }}
 {{- else }}
 {{- toString . }}

@@ -94,7 +94,11 @@ impl Outbox for RedisStore {
                 let mut conn = self.conn().await?;
                 let shard = shard_of(n.record.random);
                 let outbox = self.outbox_key(shard);
-                let mut call = self.outbox.queue.key(self.awaiting_key(shard));
+                let mut call = self
+                    .outbox
+                    .queue
+                    .pick(&self.memory)
+                    .key(self.awaiting_key(shard));
                 call.key(&outbox)
                     .arg(awaiting_member(&n.record, &n.context))
                     .arg(u8::from(always))
@@ -149,6 +153,7 @@ impl Outbox for RedisStore {
                 let mut call = self
                     .outbox
                     .settle
+                    .pick(&self.memory)
                     .key(self.awaiting_key(shard_of(upload.random)));
                 call.arg(awaiting_member(&upload.key(), &upload.context()))
                     .arg(upload.due)
@@ -291,7 +296,11 @@ impl Outbox for RedisStore {
                 let mut conn = self.conn().await?;
                 let mut confirmed = 0;
                 for (shard, ids) in by_shard(handles) {
-                    let mut call = self.outbox.confirm.key(self.outbox_key(shard));
+                    let mut call = self
+                        .outbox
+                        .confirm
+                        .pick(&self.memory)
+                        .key(self.outbox_key(shard));
                     call.arg(GROUP).arg(&ids);
                     confirmed += self
                         .bounded(&mut conn, async |c| call.invoke_async::<u32>(c).await)
@@ -307,7 +316,11 @@ impl Outbox for RedisStore {
             .run_unspanned(StoreOp::Deliver, async move {
                 let mut conn = self.conn().await?;
                 let shard = q.handle.shard;
-                let mut call = self.outbox.dead_letter.key(self.outbox_key(shard));
+                let mut call = self
+                    .outbox
+                    .dead_letter
+                    .pick(&self.memory)
+                    .key(self.outbox_key(shard));
                 call.key(self.dead_letters_key(shard))
                     .arg(GROUP)
                     .arg(&q.handle.id)
