@@ -50,6 +50,9 @@ KNOWN_FLAGS = {
     # Added by the service beyond SPEC section 6 (README "Running it for real").
     "health-listen", "keys-reload-interval", "tls-reload-interval", "redis-tls-ca",
     "redis-tls-cert", "redis-tls-key", "redis-memory-reserve", "allow-evicting-redis",
+    # Upload completion and its notifications (SPEC section 6, docs/lifecycle.md).
+    "completion-window", "notify-url", "notify-mode", "notify-secret-file", "notify-max-age",
+    "notify-timeout", "notify-concurrency",
 }
 STANDARD_LABELS = {
     "app.kubernetes.io/name": "vod-signer",
@@ -69,6 +72,8 @@ METRIC_FAMILIES = {
     "vodsigner_store_up", "vodsigner_store_records", "vodsigner_trace_spans_dropped_total",
     "vodsigner_redis_evicted_keys", "vodsigner_redis_memory_ratio", "vodsigner_store_resets_total",
     "vodsigner_redis_evicting",
+    "vodsigner_notifications_total", "vodsigner_notification_oldest_seconds",
+    "vodsigner_uploads_awaiting_completion", "vodsigner_uploads_abandoned_total",
 }
 # The README's alerts ("Metrics, logs and what to alert on"), plus the active key one.
 ALERTS = {
@@ -78,6 +83,9 @@ ALERTS = {
     # Redis memory (README "Redis memory").
     "VodSignerRedisEvicting", "VodSignerRedisEvictedKeys", "VodSignerRedisMemoryHigh",
     "VodSignerStoreFull", "VodSignerStoreReset",
+    # Upload notifications (docs/lifecycle.md).
+    "VodSignerNotificationsDeadLettered", "VodSignerNotificationsDelayed",
+    "VodSignerUploadsAbandoned",
 }
 SECRET_ID = "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE"
 SECRET_KEY = "Gu5t9xGARNpq86cd98joQYCN3EXAMPLE"
@@ -888,6 +896,28 @@ def main() -> int:
           "[internal redis] NetworkPolicy: gRPC from vod-signer-client=true pods of the namespace; "
           "metrics, with no selector given, from the release's namespace only")
 
+    section("notifications: push needs a URL and a signing secret; pull needs neither")
+    for bad, needle in [
+        ({"mode": "push"}, "needs notifications.url"),
+        ({"mode": "push", "url": "http://app/hook"}, "notifications.existingSecret"),
+        ({"url": "http://app/hook"}, "mode is not push"),
+        ({"mode": "push", "url": "http://app/hook", "existingSecret": "s",
+          "inlineSecret": "whsec_x"}, "exclusive"),
+    ]:
+        err = render_error(chart, merge(redis_values, {"notifications": bad}))
+        check(err and needle in err, f"notifications {bad} refused, saying {needle!r}: {err}")
+    pulled = render(chart, merge(redis_values, {"notifications": {"mode": "pull"}}))
+    check("--notify-mode=pull" in pulled.container["args"]
+          and not any(a.startswith("--notify-url") for a in pulled.container["args"]),
+          "[pull] --notify-mode=pull, no URL and no secret")
+    inline_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    pushed = render(chart, merge(redis_values, {"notifications": {
+        "mode": "push", "url": "http://app.video.svc/hook", "inlineSecret": inline_secret}}))
+    made = pushed.one("Secret", f"{RELEASE}-vod-signer-notify")
+    check(base64.b64decode(made["data"]["secrets"]).decode() == inline_secret
+          and "--notify-secret-file=/etc/vod-signer/notify/secrets" in pushed.container["args"],
+          "[push, inline secret] the chart's Secret holds it, mounted as --notify-secret-file")
+
     section("Every optional feature on")
     values = merge(redis_values, {
         "keys": {"activeKey": SECRET_ID},
@@ -915,6 +945,10 @@ def main() -> int:
                      "allowEvictingRedis": True},
         "terminationGracePeriodSeconds": 25,
         "tracing": {"otlpEndpoint": "http://otel-collector.observability:4317"},
+        "notifications": {"mode": "push", "url": "https://app.example/vod-events",
+                          "existingSecret": "vod-signer-notify", "existingSecretKey": "whsec",
+                          "completionWindow": "30m", "maxAge": "12h", "timeout": "10s",
+                          "concurrency": 32},
     })
     r = render(chart, values)
     check_common(r, "all features")
@@ -938,6 +972,9 @@ def main() -> int:
         "redis-tls-cert": "/etc/vod-signer/redis-tls-client/tls.crt",
         "redis-tls-key": "/etc/vod-signer/redis-tls-client/tls.key",
         "otlp-endpoint": "http://otel-collector.observability:4317",
+        "notify-mode": "push", "notify-url": "https://app.example/vod-events",
+        "notify-secret-file": "/etc/vod-signer/notify/whsec", "completion-window": "30m",
+        "notify-max-age": "12h", "notify-timeout": "10s", "notify-concurrency": "32",
     }
     wrong = {k: (flags.get(k), v) for k, v in expected.items() if flags.get(k) != v}
     check(not wrong, f"[all features] each value renders its flag, integers as plain digits "
@@ -950,9 +987,9 @@ def main() -> int:
     check(secrets == {"keys": "vod-signer-keys", "tls": "vod-signer-tls",
                       "client-ca": "vod-signer-client-ca", "caller-policy": "vod-signer-callers",
                       "redis-password": "redis-auth", "redis-tls-ca": "redis-ca",
-                      "redis-tls-client": "redis-client"},
-          "[all features] keys, TLS, client CA, caller policy, Redis password, Redis CA and "
-          "client certificate Secrets mounted")
+                      "redis-tls-client": "redis-client", "notify-secret": "vod-signer-notify"},
+          "[all features] keys, TLS, client CA, caller policy, Redis password, Redis CA, "
+          "client certificate and notification signing Secrets mounted")
     check("replicas" not in r.server["spec"], "[all features] the HPA owns the replica count")
     hpa = r.one("HorizontalPodAutoscaler")
     check(hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",

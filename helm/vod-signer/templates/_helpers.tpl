@@ -153,6 +153,25 @@ Where the mounted files live in the container.
 {{- define "vod-signer.redisPasswordDir" -}}/etc/vod-signer/redis{{- end }}
 {{- define "vod-signer.redisTlsCaDir" -}}/etc/vod-signer/redis-tls-ca{{- end }}
 {{- define "vod-signer.redisTlsClientDir" -}}/etc/vod-signer/redis-tls-client{{- end }}
+{{- define "vod-signer.notifySecretDir" -}}/etc/vod-signer/notify{{- end }}
+
+{{/* The Secret of the push's signing secrets: the user's, or the chart's (inlineSecret). */}}
+{{- define "vod-signer.notifySecretName" -}}
+{{- if .Values.notifications.existingSecret }}
+{{- .Values.notifications.existingSecret }}
+{{- else }}
+{{- printf "%s-notify" (include "vod-signer.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The key of the signing secrets in that Secret. */}}
+{{- define "vod-signer.notifySecretKey" -}}
+{{- if .Values.notifications.existingSecret }}
+{{- .Values.notifications.existingSecretKey }}
+{{- else }}
+{{- "secrets" }}
+{{- end }}
+{{- end }}
 
 {{/*
 Refuses values that would deploy something broken or unsafe, with a message saying what to do.
@@ -180,6 +199,23 @@ Refuses values that would deploy something broken or unsafe, with a message sayi
 {{- end }}
 {{- if and (gt (len $ids) 1) (not $v.keys.activeKey) (not (hasKey $v.keys.inline ".active")) }}
 {{- fail "keys.inline holds several keys: set keys.activeKey to the SecretId that issues" }}
+{{- end }}
+{{- end }}
+{{- with $v.notifications }}
+{{- if not (has .mode (list "" "push" "pull")) }}
+{{- fail (printf "notifications.mode %q: use \"\" (none), push or pull" .mode) }}
+{{- end }}
+{{- if and (eq .mode "push") (not .url) }}
+{{- fail "notifications.mode push needs notifications.url (the app server's receiver)" }}
+{{- end }}
+{{- if and .url (ne .mode "push") }}
+{{- fail "notifications.url is set but notifications.mode is not push: set mode push (or drop the url)" }}
+{{- end }}
+{{- if and (eq .mode "push") (not (or .existingSecret .inlineSecret)) }}
+{{- fail "notifications.mode push signs every push: set notifications.existingSecret to a Secret holding whsec_ secrets (or notifications.inlineSecret to try it out)" }}
+{{- end }}
+{{- if and .existingSecret .inlineSecret }}
+{{- fail "notifications.existingSecret and notifications.inlineSecret are exclusive: set one of them" }}
 {{- end }}
 {{- end }}
 {{- if and $v.redis.url $v.redis.internal.enabled }}
