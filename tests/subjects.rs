@@ -500,8 +500,9 @@ async fn cap_holds_for_40_racers_on_two_replicas_sharing_one_redis() {
     }
     assert_eq!(ok.len(), 5);
     // Exactly five records for her, and her index holds exactly those.
+    // Her outstanding and listing indexes, and her name (for her uploads' notifications).
     let out = redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default();
-    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
     let sig_keys = redis.cli(&["KEYS", "vodsigner:sig:*"]).unwrap_or_default();
     assert_eq!(sig_keys.lines().count(), 5, "{sig_keys}");
     // A consume on one replica frees a slot on the other.
@@ -535,14 +536,14 @@ async fn no_subject_no_index() {
         redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default(),
         ""
     );
-    // With a subject: two index keys under the subject's hash tag.
+    // With a subject: two index keys and the subject's name, under the subject's hash tag.
     client
         .issue_signature(issue_for("grace", "g", 0))
         .await
         .unwrap();
     let keys = redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default();
     let keys: Vec<&str> = keys.lines().collect();
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys.len(), 3, "{keys:?}");
     assert!(
         keys.iter().all(|k| k.starts_with("vodsigner:sub:{")),
         "{keys:?}"
