@@ -300,3 +300,50 @@ fn bad_quota_flags_stop_the_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The quota script's arithmetic is `quota.rs`'s: the GCRA step of `src/store/lua/gcra.lua`,
+/// run by a real Redis on the same inputs as `quota::gcra`, gives the same answers (room and
+/// the new TAT, or the wait), edge cases and random ones alike.
+#[test]
+fn the_quota_script_computes_what_quota_rs_does() {
+    let redis = RedisServer::start();
+    let script = format!(
+        "{}\nlocal room, value = gcra(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))\n\
+         if room then return {{1, value}} end\nreturn {{0, value}}",
+        include_str!("../src/store/lua/gcra.lua")
+    );
+    let now = 1_733_331_111_000u64;
+    let mut cases = vec![
+        (0, now, 1000, 0),
+        (0, now, 1000, 5000),
+        (now - 1, now, 1000, 0),
+        (now, now, 1000, 0),
+        (now + 1, now, 1000, 0),
+        (now + 1000, now, 1000, 999),
+        (now + 1000, now, 1000, 1000),
+        (now + 5000, now, 250, 4000),
+        (3, 2, 1, 0),
+    ];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let interval = 1 + x % 86_400_000;
+        let tolerance = (x >> 20) % (interval * 20);
+        let tat = now.saturating_sub(interval * 5) + (x >> 11) % (interval * 30);
+        cases.push((tat, now, interval, tolerance));
+    }
+    for (tat, now, interval, tolerance) in cases {
+        let args = [tat, now, interval, tolerance].map(|n| n.to_string());
+        let mut cmd = vec!["EVAL", script.as_str(), "0"];
+        cmd.extend(args.iter().map(String::as_str));
+        let reply = redis.cli(&cmd).unwrap();
+        let got: Vec<u64> = reply.lines().map(|l| l.trim().parse().unwrap()).collect();
+        let expected = match vod_signer::quota::gcra(tat, now, interval, tolerance) {
+            Ok(new_tat) => vec![1, new_tat],
+            Err(wait) => vec![0, wait],
+        };
+        assert_eq!(got, expected, "gcra({tat}, {now}, {interval}, {tolerance})");
+    }
+}

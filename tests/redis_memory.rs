@@ -28,7 +28,7 @@ use vod_signer::proto::{IssueSignatureRequest, ListSignaturesRequest, RevokeSign
 use vod_signer::reason::Reason;
 use vod_signer::redis::memory::MEMORY_POLL;
 use vod_signer::service::Settings;
-use vod_signer::store::{RedisStore, Store};
+use vod_signer::store::{RedisStore, StoreHealth};
 
 /// How long the memory watch may take to see a change: a few of its periods (the machine is
 /// shared; a reading itself is one `INFO`).

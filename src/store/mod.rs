@@ -15,23 +15,26 @@
 //! The store knows nothing of gRPC; it reports outcomes, and the service decides what they
 //! mean for the caller.
 
+mod error;
 mod memory;
 mod observe;
 pub mod outbox;
 mod record;
 mod redis;
+mod subjects;
 
+pub use self::error::{FailureCause, StoreError};
 pub use self::memory::MemoryStore;
 pub use self::observe::{Observed, StoreObserver, StoreOp};
 pub use self::outbox::{Handle, Outbox, Outgoing, Queued, UploadContext};
 pub use self::record::{Record, encode_field};
 
 pub use self::redis::RedisStore;
+pub use self::subjects::{Admission, ListCursor, Listed, SubjectEntry, Subjects, subject_digest};
 
 use std::future::Future;
 
 use crate::quota::Charge;
-use crate::reason::Reason;
 
 /// Names one record: a signature's SecretId and nonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -224,168 +227,9 @@ pub struct RecordRef<'a> {
     pub issued_at: i64,
 }
 
-/// One signature's entry in its subject's index (ListSignatures, RevokeSubject and the
-/// outstanding cap). Redis keeps it as the member `{secretId}:{random}:{expireTime}:{sourceContext}`
-/// of the subject's listing index, scored by issue time.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubjectEntry {
-    /// The signature's `secretId`.
-    pub secret_id: String,
-    /// The signature's `random`.
-    pub random: u32,
-    /// Issue time, Unix seconds.
-    pub issued_at: i64,
-    /// The signature's `expireTime`, Unix seconds.
-    pub expire_time: i64,
-    /// The signature's `sourceContext` (empty: none).
-    pub source_context: String,
-}
-
-impl SubjectEntry {
-    /// The member of the listing index (also the tie-breaker of the listing order).
-    pub fn member(&self) -> String {
-        format!(
-            "{}:{}:{}:{}",
-            self.secret_id, self.random, self.expire_time, self.source_context
-        )
-    }
-
-    /// Parses a listing index member.
-    pub fn from_member(member: &str, issued_at: i64) -> Option<SubjectEntry> {
-        let mut parts = member.splitn(4, ':');
-        Some(SubjectEntry {
-            secret_id: parts.next()?.to_owned(),
-            random: parts.next()?.parse().ok()?,
-            expire_time: parts.next()?.parse().ok()?,
-            source_context: parts.next()?.to_owned(),
-            issued_at,
-        })
-    }
-
-    /// The member of the outstanding index: the record's name.
-    pub fn outstanding_member(&self) -> String {
-        format!("{}:{}", self.secret_id, self.random)
-    }
-
-    /// Its record's name.
-    pub fn key(&self) -> RecordKey<'_> {
-        RecordKey {
-            secret_id: &self.secret_id,
-            random: self.random,
-        }
-    }
-}
-
-/// A position in a subject's listing order (newest first): entries after it come next.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListCursor {
-    /// The issue time of the last entry seen.
-    pub issued_at: i64,
-    /// Its listing index member.
-    pub member: String,
-}
-
-/// An index entry with what its record says now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed {
-    /// The index entry.
-    pub entry: SubjectEntry,
-    /// The record's state (`NotIssued`: the record is gone or belongs to another signature).
-    pub state: RecordState,
-}
-
-/// How an issue for a subject is put in the subject's index.
-#[derive(Clone, Copy, Debug)]
-pub struct Admission<'a> {
-    /// The digest of the subject ([`subject_digest`]).
-    pub subject: &'a str,
-    /// The subject itself, kept for the notifications of its uploads.
-    pub name: &'a str,
-    /// The new signature's entry.
-    pub entry: &'a SubjectEntry,
-    /// Most ISSUED, unexpired signatures the subject may have (0: no cap).
-    pub cap: u32,
-    /// Entries whose `expireTime` is below this are expired (now minus the leeway).
-    pub expired_before: i64,
-    /// How long the index must live at least, seconds (the new record's TTL).
-    pub ttl_seconds: u64,
-    /// Entries issued before this are expired whatever they say (now minus the longest
-    /// validity and the leeway): a bound on what the lazy cleanup may leave behind.
-    pub issued_before: i64,
-}
-
-/// The digest that names a subject in the store: any subject makes a short, safe key.
-pub fn subject_digest(subject: &str) -> String {
-    crate::digest::sha256_hex(subject.as_bytes(), 12)
-}
-
-/// Why a store call failed: the `cause` label of `vodsigner_store_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumIter)]
-#[strum(serialize_all = "snake_case")]
-pub enum FailureCause {
-    /// No connection to Redis (yet, or any more).
-    NotConnected,
-    /// No answer within the store timeout.
-    Timeout,
-    /// The connection broke.
-    Connection,
-    /// Redis is over `maxmemory` and refused a write (`OOM`).
-    OutOfMemory,
-    /// No room for new records: Redis is within its memory reserve of `maxmemory`.
-    Full,
-    /// Redis' `maxmemory-policy` may evict records: nothing new is recorded.
-    Evicting,
-    /// Applied on the master, but not acknowledged by enough replicas in time (`WAIT`).
-    Replication,
-    /// Redis answered with an error (a script error, a read-only replica, ...).
-    Server,
-    /// Redis answered something this version cannot read.
-    Reply,
-}
-
-impl FailureCause {
-    /// The label value.
-    pub fn name(self) -> &'static str {
-        self.into()
-    }
-}
-
-/// The store did not answer, answered something it should not, or has no room: fail closed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("store unavailable: {message}")]
-pub struct StoreError {
-    /// What kind of failure it was.
-    pub cause: FailureCause,
-    /// What happened, for the log and the refusal's message.
-    pub message: String,
-}
-
-impl StoreError {
-    /// A failure of kind `cause`.
-    pub fn new(cause: FailureCause, message: impl Into<String>) -> StoreError {
-        StoreError {
-            cause,
-            message: message.into(),
-        }
-    }
-
-    /// A reply this version cannot read.
-    pub fn reply(reply: impl std::fmt::Debug) -> StoreError {
-        StoreError::new(FailureCause::Reply, format!("unexpected reply {reply:?}"))
-    }
-
-    /// The SPEC section 3 reason: `STORE_FULL` when Redis has no room for new records,
-    /// else `STORE_UNAVAILABLE`.
-    pub fn reason(&self) -> Reason {
-        match self.cause {
-            FailureCause::OutOfMemory | FailureCause::Full => Reason::StoreFull,
-            _ => Reason::StoreUnavailable,
-        }
-    }
-}
-
-/// The record of issued, consumed and revoked signatures.
-pub trait Store: Outbox + Send + Sync + 'static {
+/// The replay guard's records, one per signature: each operation one atomic step on one
+/// record (SPEC section 4).
+pub trait Records: Send + Sync + 'static {
     /// Records a new signature as issued, unless its key exists (then `Ok(false)`: pick another
     /// nonce). The record expires after `ttl_seconds`. `subject` is the digest of the
     /// subject it is for (empty: none), kept in the record.
@@ -397,35 +241,8 @@ pub trait Store: Outbox + Send + Sync + 'static {
         subject: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Adds a just-recorded signature to its subject's index, in one atomic step with the
-    /// outstanding cap: first drops the expired entries, then refuses (`Ok(false)`, nothing
-    /// added) if the subject already has `cap` outstanding.
-    fn admit(
-        &self,
-        admission: Admission<'_>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
     /// Deletes the record of a signature that was never handed out (its admission failed).
     fn discard(&self, key: RecordKey<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Up to `count` unexpired entries of the subject's index after `after` (newest first),
-    /// each with its record's state. Fewer than `count`: the end of the index.
-    fn list_subject(
-        &self,
-        subject: &str,
-        after: Option<&ListCursor>,
-        count: usize,
-        expired_before: i64,
-    ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
-
-    /// The same atomic step as [`Store::revoke`], for a record found by its subject (with
-    /// digest `subject`) instead of its signature; returns the state before.
-    fn revoke_in_subject(
-        &self,
-        key: RecordKey<'_>,
-        subject: &str,
-        now: i64,
-    ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
 
     /// The signature's status; changes nothing.
     fn status(
@@ -463,26 +280,30 @@ pub trait Store: Outbox + Send + Sync + 'static {
         window: i64,
     ) -> impl Future<Output = Result<Sweep, StoreError>> + Send;
 
-    /// The subject whose digest is `digest`, while any of its signatures may still
-    /// complete; `None` once forgotten.
-    fn subject_name(
-        &self,
-        digest: &str,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
-
     /// Moves `issued` to `revoked` in one atomic step; returns the status before.
     fn revoke(
         &self,
         sig: RecordRef<'_>,
         now: i64,
     ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
+}
 
+/// The issuance quotas (GCRA, see `crate::quota`), counted in the store so every replica sees
+/// the same count.
+pub trait Quotas: Send + Sync + 'static {
     /// Charges every quota of `group` in one atomic step, all or nothing (SPEC section 6
     /// quotas; GCRA, see `crate::quota`).
     fn charge_quotas(
         &self,
         group: &[Charge],
     ) -> impl Future<Output = Result<QuotaOutcome, StoreError>> + Send;
+}
+
+/// What the service knows of the store itself: whether it answers, whether it may take new
+/// records, and who is told how its operations go.
+pub trait StoreHealth: Send + Sync + 'static {
+    /// Whether the store answers now.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether a new signature may be recorded now, from what the store already knows (one
     /// atomic load: it runs on every issue, before the quotas are charged): `Full` while Redis
@@ -508,13 +329,16 @@ pub trait Store: Outbox + Send + Sync + 'static {
         None
     }
 
-    /// Whether the store answers now.
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     /// Reports every operation's latency and failures to `observer` from now on (the first
     /// observer set stays).
     fn observe_with(&self, observer: std::sync::Arc<dyn StoreObserver>);
 }
+
+/// Everything the use cases need of a store: its records, its subject index, its quotas, the
+/// upload lifecycle's queues, its health. Implemented for every type that has all of them.
+pub trait Store: Records + Subjects + Quotas + Outbox + StoreHealth {}
+
+impl<T: Records + Subjects + Quotas + Outbox + StoreHealth> Store for T {}
 
 /// A short digest of an idempotency key, so records hold a fixed-size token of any key.
 pub fn idempotency_token(key: &str) -> String {

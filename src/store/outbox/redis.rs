@@ -95,7 +95,7 @@ impl Outbox for RedisStore {
                 let shard = shard_of(n.record.random);
                 let outbox = self.outbox_key(shard);
                 let mut call = self
-                    .outbox
+                    .scripts
                     .queue
                     .pick(&self.memory)
                     .key(self.awaiting_key(shard));
@@ -151,7 +151,7 @@ impl Outbox for RedisStore {
             .run_unspanned(StoreOp::Sweep, async move {
                 let mut conn = self.conn().await?;
                 let mut call = self
-                    .outbox
+                    .scripts
                     .settle
                     .pick(&self.memory)
                     .key(self.awaiting_key(shard_of(upload.random)));
@@ -169,7 +169,7 @@ impl Outbox for RedisStore {
         self.observed
             .run_unspanned(StoreOp::Sweep, async move {
                 let mut conn = self.conn().await?;
-                let mut call = self.outbox.lease.key(self.sweep_lease_key());
+                let mut call = self.scripts.lease.key(self.sweep_lease_key());
                 call.arg(owner).arg(lease.as_millis().max(1) as u64);
                 let held: i64 = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
@@ -297,7 +297,7 @@ impl Outbox for RedisStore {
                 let mut confirmed = 0;
                 for (shard, ids) in by_shard(handles) {
                     let mut call = self
-                        .outbox
+                        .scripts
                         .confirm
                         .pick(&self.memory)
                         .key(self.outbox_key(shard));
@@ -317,7 +317,7 @@ impl Outbox for RedisStore {
                 let mut conn = self.conn().await?;
                 let shard = q.handle.shard;
                 let mut call = self
-                    .outbox
+                    .scripts
                     .dead_letter
                     .pick(&self.memory)
                     .key(self.outbox_key(shard));

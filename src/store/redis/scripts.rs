@@ -1,0 +1,100 @@
+//! The Lua scripts of the Redis store, loaded once (`EVALSHA`, reloaded by the redis crate
+//! after a Redis restart). Each file in `src/store/lua/` says what it does, its keys and its
+//! arguments.
+
+use redis::Script;
+
+use crate::redis::RedisMemory;
+
+/// A script that must run when Redis is over `maxmemory` under `noeviction`: it rewrites one
+/// record in place, queues one notification, or only deletes. Redis 7 runs it anyway when it
+/// starts with `#!lua flags=allow-oom`; Redis 6 refuses the shebang itself, so the flagless
+/// text is sent until every master is known to run 7 (on Redis 6 such a script is refused
+/// `OOM` over `maxmemory`, and the reserve is all the room consumes have). Scripts that add
+/// keys or members for a new signature (issue's admission, quotas) stay flagless: over
+/// `maxmemory` they are refused, which refuses the issue `STORE_FULL`.
+pub struct OomScript {
+    flagless: Script,
+    allow_oom: Script,
+}
+
+impl OomScript {
+    pub fn new(body: &str) -> OomScript {
+        OomScript {
+            flagless: Script::new(body),
+            allow_oom: Script::new(&format!("#!lua flags=allow-oom\n{body}")),
+        }
+    }
+
+    /// The text to send: flagged where every master takes flags.
+    pub fn pick(&self, memory: &RedisMemory) -> &Script {
+        if memory.script_flags() {
+            &self.allow_oom
+        } else {
+            &self.flagless
+        }
+    }
+}
+
+/// Every script of the store.
+pub struct Scripts {
+    /// Consume a signature's record (`consume.lua`).
+    pub consume: OomScript,
+    /// Revoke one (`revoke.lua`).
+    pub revoke: OomScript,
+    /// Complete its upload (`complete.lua`).
+    pub complete: OomScript,
+    /// The abandonment sweep's record step (`sweep.lua`).
+    pub sweep: OomScript,
+    /// Charge the issuance quotas (`gcra.lua` then `quota.lua`).
+    pub quota: Script,
+    /// Admit a signature to its subject's index (`admit.lua`).
+    pub admit: Script,
+    /// A page of a subject's index (`page.lua`).
+    pub page: OomScript,
+    /// Drop a record from its subject's outstanding index (`release.lua`).
+    pub release: OomScript,
+    /// Queue a notification, dropping its upload from the awaiting index (`queue.lua`).
+    pub queue: OomScript,
+    /// The sweep's decision on an awaiting entry (`settle.lua`).
+    pub settle: OomScript,
+    /// Notifications delivered or confirmed (`confirm.lua`).
+    pub confirm: OomScript,
+    /// A notification to the dead letters (`dead_letter.lua`).
+    pub dead_letter: OomScript,
+    /// The sweep's lease (`lease.lua`).
+    pub lease: Script,
+}
+
+/// The GCRA step, then the quota script that calls it: one script text.
+pub const QUOTA_LUA: &str = concat!(
+    include_str!("../lua/gcra.lua"),
+    include_str!("../lua/quota.lua")
+);
+
+impl Scripts {
+    /// Every script, from its file.
+    pub fn new() -> Scripts {
+        Scripts {
+            consume: OomScript::new(include_str!("../lua/consume.lua")),
+            revoke: OomScript::new(include_str!("../lua/revoke.lua")),
+            complete: OomScript::new(include_str!("../lua/complete.lua")),
+            sweep: OomScript::new(include_str!("../lua/sweep.lua")),
+            quota: Script::new(QUOTA_LUA),
+            admit: Script::new(include_str!("../lua/admit.lua")),
+            page: OomScript::new(include_str!("../lua/page.lua")),
+            release: OomScript::new(include_str!("../lua/release.lua")),
+            queue: OomScript::new(include_str!("../lua/queue.lua")),
+            settle: OomScript::new(include_str!("../lua/settle.lua")),
+            confirm: OomScript::new(include_str!("../lua/confirm.lua")),
+            dead_letter: OomScript::new(include_str!("../lua/dead_letter.lua")),
+            lease: Script::new(include_str!("../lua/lease.lua")),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts::new()
+    }
+}

@@ -1,0 +1,141 @@
+//! A subject's signatures in the store: the index entries, listing cursors, what an issue adds
+//! to the index (with the outstanding cap), and the interface the stores implement.
+
+use std::future::Future;
+
+use super::{RecordKey, RecordState, StoreError};
+
+/// One signature's entry in its subject's index (ListSignatures, RevokeSubject and the
+/// outstanding cap). Redis keeps it as the member `{secretId}:{random}:{expireTime}:{sourceContext}`
+/// of the subject's listing index, scored by issue time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectEntry {
+    /// The signature's `secretId`.
+    pub secret_id: String,
+    /// The signature's `random`.
+    pub random: u32,
+    /// Issue time, Unix seconds.
+    pub issued_at: i64,
+    /// The signature's `expireTime`, Unix seconds.
+    pub expire_time: i64,
+    /// The signature's `sourceContext` (empty: none).
+    pub source_context: String,
+}
+
+impl SubjectEntry {
+    /// The member of the listing index (also the tie-breaker of the listing order).
+    pub fn member(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.secret_id, self.random, self.expire_time, self.source_context
+        )
+    }
+
+    /// Parses a listing index member.
+    pub fn from_member(member: &str, issued_at: i64) -> Option<SubjectEntry> {
+        let mut parts = member.splitn(4, ':');
+        Some(SubjectEntry {
+            secret_id: parts.next()?.to_owned(),
+            random: parts.next()?.parse().ok()?,
+            expire_time: parts.next()?.parse().ok()?,
+            source_context: parts.next()?.to_owned(),
+            issued_at,
+        })
+    }
+
+    /// The member of the outstanding index: the record's name.
+    pub fn outstanding_member(&self) -> String {
+        format!("{}:{}", self.secret_id, self.random)
+    }
+
+    /// Its record's name.
+    pub fn key(&self) -> RecordKey<'_> {
+        RecordKey {
+            secret_id: &self.secret_id,
+            random: self.random,
+        }
+    }
+}
+
+/// A position in a subject's listing order (newest first): entries after it come next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    /// The issue time of the last entry seen.
+    pub issued_at: i64,
+    /// Its listing index member.
+    pub member: String,
+}
+
+/// An index entry with what its record says now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The index entry.
+    pub entry: SubjectEntry,
+    /// The record's state (`NotIssued`: the record is gone or belongs to another signature).
+    pub state: RecordState,
+}
+
+/// How an issue for a subject is put in the subject's index.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission<'a> {
+    /// The digest of the subject ([`subject_digest`]).
+    pub subject: &'a str,
+    /// The subject itself, kept for the notifications of its uploads.
+    pub name: &'a str,
+    /// The new signature's entry.
+    pub entry: &'a SubjectEntry,
+    /// Most ISSUED, unexpired signatures the subject may have (0: no cap).
+    pub cap: u32,
+    /// Entries whose `expireTime` is below this are expired (now minus the leeway).
+    pub expired_before: i64,
+    /// How long the index must live at least, seconds (the new record's TTL).
+    pub ttl_seconds: u64,
+    /// Entries issued before this are expired whatever they say (now minus the longest
+    /// validity and the leeway): a bound on what the lazy cleanup may leave behind.
+    pub issued_before: i64,
+}
+
+/// The digest that names a subject in the store: any subject makes a short, safe key.
+pub fn subject_digest(subject: &str) -> String {
+    crate::digest::sha256_hex(subject.as_bytes(), 12)
+}
+
+/// A subject's signatures: an index beside the records that finds them (ListSignatures,
+/// RevokeSubject), counts what is outstanding (the cap, atomic on the index), and keeps the
+/// subject's name for its uploads' notifications. The records stay the only authority on
+/// whether a signature is accepted.
+pub trait Subjects: Send + Sync + 'static {
+    /// Adds a just-recorded signature to its subject's index, in one atomic step with the
+    /// outstanding cap: first drops the expired entries, then refuses (`Ok(false)`, nothing
+    /// added) if the subject already has `cap` outstanding.
+    fn admit(
+        &self,
+        admission: Admission<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Up to `count` unexpired entries of the subject's index after `after` (newest first),
+    /// each with its record's state. Fewer than `count`: the end of the index.
+    fn list_subject(
+        &self,
+        subject: &str,
+        after: Option<&ListCursor>,
+        count: usize,
+        expired_before: i64,
+    ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
+
+    /// The same atomic step as [`super::Records::revoke`], for a record found by its subject (with
+    /// digest `subject`) instead of its signature; returns the state before.
+    fn revoke_in_subject(
+        &self,
+        key: RecordKey<'_>,
+        subject: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;
+
+    /// The subject whose digest is `digest`, while any of its signatures may still
+    /// complete; `None` once forgotten.
+    fn subject_name(
+        &self,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+}
