@@ -6,7 +6,7 @@
 #
 # The build needs no protoc: build.rs compiles proto/ with the pure-Rust protox.
 # Both bases are build arguments: CI builds this same file offline against local stand-ins
-# (.ci/image.sh, README "Build and run the image").
+# (.ci/image.sh, docs/operating.md "Build and run the image").
 
 ARG BUILDER_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot

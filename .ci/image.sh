@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container image and the Helm chart's pods, for real (README "Build and run the image").
+# The container image and the Helm chart's pods, for real (docs/operating.md "Build and run the image").
 #
 #  1. Local stand-ins for the Dockerfile's two public bases, made with mmdebstrap from Debian
 #     bookworm (no registry is reachable from CI): a builder (minbase + gcc, libc6-dev,

@@ -113,7 +113,7 @@ impl World {
         });
     }
 
-    /// A master, two replicas (with the README's settings when `safe`), three sentinels, and
+    /// A master, two replicas (with docs/redis.md's settings when `safe`), three sentinels, and
     /// two vod-signer replicas on `redis+sentinel://` (`--min-replicas-ack 1` when `safe`).
     fn sentinel(name: &str, safe: bool) -> World {
         let mut w = World::new(name);
@@ -268,7 +268,7 @@ fn black_hole_between_one_replica_and_the_master_for_10_s() {
     };
     let report = w.finish(load, marks, "");
     // Safety, and every owner served after the heal. How fast is a measurement (printed, and
-    // in the README): on a 2-core machine shared with other builds, a debug build took up to
+    // in docs/faults.md): on a 2-core machine shared with other builds, a debug build took up to
     // 11 s where a release build takes 0.5-2 s, so no speed is asserted here.
     assert_clean(&report);
     assert!(

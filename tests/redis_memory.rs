@@ -186,7 +186,7 @@ async fn use_up(client: &SignatureServiceClient<Channel>, outstanding: &[String]
     }
 }
 
-/// The figures of a full-Redis run, for the README's fault table.
+/// The figures of a full-Redis run, for the fault table of docs/faults.md.
 fn report(what: &str, outstanding: usize, refusals: &[String], used: (u64, u64), max: u64) {
     eprintln!(
         "{what}: {outstanding} signatures outstanding when issuing stopped ({} refused \
@@ -639,7 +639,7 @@ async fn repeated_refusals_are_logged_once_a_second_with_what_was_folded() {
     );
 }
 
-/// The README's figure: what consuming an outstanding signature adds to Redis' memory (a
+/// docs/redis.md's figure: what consuming an outstanding signature adds to Redis' memory (a
 /// consume rewrites the record in place, so a full Redis grows past `maxmemory` by that much
 /// per consume), with and without a subject.
 /// `cargo test --test redis_memory -- --ignored --nocapture measure_what_a_consume_adds`

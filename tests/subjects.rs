@@ -561,7 +561,7 @@ fn used_memory(redis: &RedisServer) -> i64 {
         .unwrap()
 }
 
-/// The README's figure: Redis memory per issued record, with and without a subject.
+/// docs/redis.md's figure: Redis memory per issued record, with and without a subject.
 /// `cargo test --test subjects -- --ignored --nocapture measure_index_memory`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]

@@ -222,7 +222,7 @@ async fn measure_target(
 /// `--floor`: runs the comparison; true when every call that should succeed did.
 pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<bool, String> {
     // Like for like: the floor keeps no per-subject index, so neither side is given a subject
-    // (the index's own cost is measured with `--without-subject` runs, README "A subject's
+    // (the index's own cost is measured with `--without-subject` runs, docs/redis.md "A subject's
     // signatures").
     WITHOUT_SUBJECT.store(true, Ordering::Relaxed);
     let load_before = loadavg();

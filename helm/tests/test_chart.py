@@ -47,7 +47,7 @@ KNOWN_FLAGS = {
     "tls-client-ca", "caller-policy", "no-reflection", "min-replicas-ack", "events-maxlen",
     "quota-per-subject", "quota-per-secret-id", "max-outstanding-per-subject", "log-format",
     "log-level", "runtime", "worker-threads", "otlp-endpoint",
-    # Added by the service beyond SPEC section 6 (README "Running it for real").
+    # Added by the service beyond SPEC section 6 (docs/operating.md "Running it for real").
     "health-listen", "keys-reload-interval", "tls-reload-interval", "redis-tls-ca",
     "redis-tls-cert", "redis-tls-key", "redis-memory-reserve", "allow-evicting-redis",
     # Upload completion and its notifications (SPEC section 6, docs/lifecycle.md).
@@ -62,7 +62,7 @@ STANDARD_LABELS = {
     "app.kubernetes.io/version": "0.1.0",
     "app.kubernetes.io/part-of": "vod-signer",
 }
-# Metric families whose names SPEC section 6 fixes, plus those the README adds
+# Metric families whose names SPEC section 6 fixes, plus those docs/observability.md adds
 # (vodsigner_store_up, vodsigner_store_records, vodsigner_trace_spans_dropped_total). The alerts and the dashboard may use only
 # these; the dashboard has a panel for each.
 METRIC_FAMILIES = {
@@ -75,12 +75,12 @@ METRIC_FAMILIES = {
     "vodsigner_notifications_total", "vodsigner_notification_oldest_seconds",
     "vodsigner_uploads_awaiting_completion", "vodsigner_uploads_abandoned_total",
 }
-# The README's alerts ("Metrics, logs and what to alert on"), plus the active key one.
+# The alerts of docs/observability.md ("Metrics, logs and what to alert on"), plus the active key one.
 ALERTS = {
     "VodSignerStoreDown", "VodSignerStoreErrors", "VodSignerReplaysOrForgeries",
     "VodSignerCallersRefused", "VodSignerSheddingLoad", "VodSignerSlow",
     "VodSignerIssuedButNotConsumed", "VodSignerActiveKeyMissing",
-    # Redis memory (README "Redis memory").
+    # Redis memory (docs/redis.md "Redis memory").
     "VodSignerRedisEvicting", "VodSignerRedisEvictedKeys", "VodSignerRedisMemoryHigh",
     "VodSignerStoreFull", "VodSignerStoreReset",
     # Upload notifications (docs/lifecycle.md).
@@ -1129,10 +1129,10 @@ def main() -> int:
         err = render_error(chart, merge(redis_values, values))
         check(err and "schema" in err, f"refused by the schema: {label}: {(err or '').splitlines()[-1:]}")
 
-    section("Values files the repository ships: the README's first try, CI's pod check")
-    readme_root = (HERE.parent.parent / "README.md").read_text()
-    first_try = re.search(r"```yaml\n# my-values\.yaml\n(.*?)```", readme_root, re.S)
-    if check(first_try, "README.md has the my-values.yaml of `helm install ... -f my-values.yaml`"):
+    section("Values files the repository ships: the docs' first try, CI's pod check")
+    operating = (HERE.parent.parent / "docs" / "operating.md").read_text()
+    first_try = re.search(r"```yaml\n# my-values\.yaml\n(.*?)```", operating, re.S)
+    if check(first_try, "docs/operating.md has the my-values.yaml of `helm install ... -f my-values.yaml`"):
         values = yaml.safe_load(first_try.group(1))
         r = render(chart, values)
         check_common(r, "README first try")

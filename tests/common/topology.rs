@@ -203,7 +203,7 @@ impl SentinelGroup {
     /// Starts the group and waits until the master has both replicas and the sentinels see
     /// them linked (so they count as promotable).
     pub fn start() -> SentinelGroup {
-        // The README's recommended settings: a master that lost every replica stops taking
+        // docs/redis.md's recommended settings: a master that lost every replica stops taking
         // writes (split brain), and a replica resyncing after a failover is not held back 5 s
         // by the diskless-sync delay.
         let recommended = [

@@ -25,7 +25,7 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 /// Redis Cluster `cluster-node-timeout`.
 pub const CLUSTER_NODE_TIMEOUT: Duration = Duration::from_millis(2000);
 
-/// The README's recommended settings for `--min-replicas-ack 1` with Sentinel.
+/// docs/redis.md's recommended settings for `--min-replicas-ack 1` with Sentinel.
 pub const SAFE_REDIS_SETTINGS: [&str; 4] = [
     "--min-replicas-to-write",
     "1",
