@@ -30,7 +30,14 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
     /// Extra ErrorInfo metadata.
     pub metadata: Vec<(&'static str, String)>,
+    /// The SecretId and nonce the refused call's signature claimed, for the call's log line
+    /// (see [`ABOUT_HEADER`]); `None` before a signature was parsed.
+    pub about: Option<(String, u32)>,
 }
+
+/// The response metadata that carries a refusal's [`Refusal::about`] from the use cases to the
+/// per-call layer, which logs it and removes it: it never reaches the caller.
+pub const ABOUT_HEADER: &str = "vodsigner-refused-signature";
 
 impl Refusal {
     /// A refusal with `reason` and `message`.
@@ -40,7 +47,14 @@ impl Refusal {
             message: message.into(),
             retry_after: None,
             metadata: Vec::new(),
+            about: None,
         }
+    }
+
+    /// The refusal of a call about the signature with this SecretId and nonce.
+    pub fn about(mut self, secret_id: &str, random: u32) -> Refusal {
+        self.about = Some((secret_id.to_owned(), random));
+        self
     }
 
     /// `INVALID_REQUEST`: a request field is out of range.
@@ -104,10 +118,17 @@ impl From<Refusal> for Status {
         if let Some(after) = r.retry_after {
             details.set_retry_info(Some(after));
         }
-        Status::with_error_details(
+        let mut status = Status::with_error_details(
             grpc_code(r.reason),
             format!("{}: {}", r.reason, r.message),
             details,
-        )
+        );
+        // A SecretId is `A-Z a-z 0-9 _ -` only: always a valid metadata value.
+        if let Some((secret_id, random)) = r.about
+            && let Ok(value) = format!("{secret_id}:{random}").parse()
+        {
+            status.metadata_mut().insert(ABOUT_HEADER, value);
+        }
+        status
     }
 }

@@ -354,20 +354,55 @@ async fn a_refusal_logs_one_line_with_the_calls_fields() {
         .consume_signature(consume("req-first"))
         .await
         .unwrap();
+    let replay = client
+        .consume_signature(consume("req-replay"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&replay), Reason::SignatureAlreadyUsed);
+    // The nonce reaches the log line in a private header that the server takes off first.
+    let metadata = replay.metadata().clone().into_headers();
+    assert!(
+        !metadata.contains_key(vod_signer::refusal::ABOUT_HEADER),
+        "{metadata:?}"
+    );
+    // A forgery's refusal names the nonce it claimed too.
+    let forged = forge(
+        SECRET_ID,
+        "not-the-key",
+        now(),
+        now() + 600,
+        7,
+        &Default::default(),
+    );
+    let mut forgery = with_token(
+        ConsumeSignatureRequest {
+            signature: forged,
+            ..Default::default()
+        },
+        OPS_TOKEN,
+    );
+    forgery
+        .metadata_mut()
+        .insert("x-request-id", "req-forged".parse().unwrap());
     assert_eq!(
-        refused(client.consume_signature(consume("req-replay")).await),
-        Reason::SignatureAlreadyUsed
+        refused(client.consume_signature(forgery).await),
+        Reason::SignatureMismatch
     );
 
     // The line is written before the answer; the pipe may deliver it a little later.
     let refused_lines = || log_lines(&server, "refused");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while refused_lines().is_empty() {
-        assert!(Instant::now() < deadline, "no refused line was logged");
+    while refused_lines().len() < 2 {
+        assert!(Instant::now() < deadline, "no refused lines were logged");
         std::thread::sleep(Duration::from_millis(20));
     }
     let lines = refused_lines();
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let forged_line = &lines[1];
+    assert_eq!(forged_line["reason"], "SIGNATURE_MISMATCH");
+    assert_eq!(forged_line["secret_id"], SECRET_ID);
+    assert_eq!(forged_line["random"], 7);
+    assert_eq!(forged_line["request_id"], "req-forged");
     let line = &lines[0];
     assert_eq!(line["level"], "INFO");
     assert_eq!(line["reason"], "SIGNATURE_ALREADY_USED");

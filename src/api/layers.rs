@@ -2,14 +2,14 @@
 //! `SignatureService` (WatchEvents included). In order:
 //!
 //! 1. a debug-level `call` span per RPC (the RPC, the caller's `x-request-id`, later the
-//!    caller, SecretId and nonce; the same fields go to the call's `refused` line through
-//!    `service::call_log`) and the in-flight gauge; with traces on, the span is also an
+//!    caller, SecretId and nonce) and the in-flight gauge; with traces on, the span is also an
 //!    OpenTelemetry server span, child of the caller's `traceparent`;
 //! 2. [`check_caller`]: the caller policy (bearer token or client certificate);
 //! 3. [`Admission`]: at most `--max-concurrent-calls` at once; more are shed at once;
 //! 4. the service itself;
 //! 5. [`typed_size`]: tonic's own refusal of an oversize request, typed like every other;
-//! 6. the `refused` (or debug `ok`) log line (repeats folded, see `refusal_log`), and the
+//! 6. the `refused` (or debug `ok`) log line (repeats folded, see `refusal_log`), with the
+//!    signature the refusal is about (its private header, taken off the answer), and the
 //!    answer counted by RPC and result with its latency.
 //!
 //! One layer rather than one per step: each layer boxes the call's future and re-reads the
@@ -33,12 +33,12 @@ use tracing::{Instrument as _, debug};
 use opentelemetry::trace::Status as SpanStatus;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::refusal_log::CallLog;
 use crate::auth::{Credentials, SharedPolicy};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::rpc::Rpc;
-use crate::service::call_log::{self, CallLog};
 
 use super::refusal_log::RefusalLog;
 
@@ -56,6 +56,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 // as a header name on each lookup.
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static ABOUT: http::HeaderName = http::HeaderName::from_static(crate::refusal::ABOUT_HEADER);
 
 /// Which RPC of `SignatureService` a request calls; `None` for other services.
 fn rpc_of<B>(request: &http::Request<B>) -> Option<Rpc> {
@@ -293,7 +294,7 @@ where
         let outcomes = self.steps.outcomes.clone();
         let inflight = outcomes.metrics.inflight();
         let traces = self.steps.traces;
-        // Debug-level (see `service::call_log`): at info only a refusal logs, with its fields.
+        // Debug-level: at info only a refusal logs, with its fields (`refusal_log`).
         let span = if traces {
             server_span(rpc, request.headers())
         } else {
@@ -318,16 +319,20 @@ where
             let permit = self.steps.admission.admit()?;
             Ok::<_, Refusal>((inner.call(request), permit))
         });
-        let (scoped, local) = if call_log::notes_signature(rpc) {
-            (Some(log), None)
-        } else {
-            (None, Some(log))
-        };
         let call = async move {
-            let response = match answer {
+            let mut response = match answer {
                 Ok((future, _permit)) => future.await.map(typed_size),
                 Err(refusal) => Ok(refused(refusal)),
             };
+            // The signature a refusal is about travels in a private header: taken off here.
+            if let Ok(response) = &mut response
+                && let Some(about) = response.headers_mut().remove(&ABOUT)
+                && let Some((secret_id, random)) =
+                    about.to_str().ok().and_then(|a| a.rsplit_once(':'))
+            {
+                log.secret_id = Some(secret_id.to_owned());
+                log.random = random.parse().ok();
+            }
             drop(inflight);
             let outcome = response.as_ref().map(|r| outcome_of(r.headers()));
             if traces && let Ok(outcome) = &outcome {
@@ -341,14 +346,7 @@ where
                 Ok(Outcome::Refused { label, message, .. }) => {
                     let detail = message.split_once(": ").map_or(&*message, |(_, d)| d);
                     let now = Instant::now();
-                    let refused =
-                        |log: &CallLog| outcomes.refusals.refused(rpc, label, log, detail, now);
-                    match &local {
-                        Some(log) => refused(log),
-                        None => {
-                            call_log::with(refused);
-                        }
-                    }
+                    outcomes.refusals.refused(rpc, label, &log, detail, now);
                     label
                 }
                 Err(_) => "error",
@@ -356,10 +354,7 @@ where
             outcomes.metrics.request(rpc, label, started.elapsed());
             response
         };
-        match scoped {
-            Some(log) => Box::pin(call_log::scope(log, call.instrument(span))),
-            None => Box::pin(call.instrument(span)),
-        }
+        Box::pin(call.instrument(span))
     }
 }
 

@@ -13,7 +13,19 @@ use tracing::{debug, info};
 use crate::fold::LogFold;
 use crate::reason::Reason;
 use crate::rpc::Rpc;
-use crate::service::call_log::CallLog;
+
+/// What a call's `refused` line says about the call besides the refusal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallLog {
+    /// The caller's `x-request-id` metadata, bounded and printable.
+    pub request_id: Option<String>,
+    /// The caller's name under the caller policy.
+    pub caller: Option<String>,
+    /// The SecretId of the signature the call is about (from the refusal itself).
+    pub secret_id: Option<String>,
+    /// Its nonce.
+    pub random: Option<u32>,
+}
 
 /// The reasons whose refusals are folded: they repeat for every call while they last.
 const FOLDED: [Reason; 3] = [

@@ -9,14 +9,14 @@
 
 use tracing::{debug, warn};
 
-use super::{Signer, record_of};
+use super::{Signer, about, record_of};
 use crate::audit::{Event, EventKind};
 use crate::clock::rfc3339;
 use crate::notify::Outcome;
 use crate::notify::body::{self, NEW_FILE_UPLOAD, UPLOAD_ABANDONED, UploadFacts};
 use crate::reason::Reason;
 use crate::refusal::Refusal;
-use crate::signature::{self, Claims};
+use crate::signature::{self, Claims, Parsed};
 use crate::store::{
     CompleteOutcome, DueUpload, Outgoing, Record, RecordKey, RecordState, Store, StoreError, Sweep,
     Upload, UploadContext,
@@ -99,6 +99,15 @@ impl<S: Store> Signer<S> {
         check_len("media_url", &req.media_url, MAX_MEDIA_URL_LEN)?;
         check_len("media_type", &req.media_type, MAX_MEDIA_TYPE_LEN)?;
         let parsed = self.authenticate(&req.signature)?;
+        about(&parsed, self.complete_parsed(&parsed, req).await)
+    }
+
+    /// CompleteUpload once the signature is authentic.
+    async fn complete_parsed(
+        &self,
+        parsed: &Parsed,
+        req: CompleteRequest,
+    ) -> Result<CompletedUpload, Refusal> {
         let claims = &parsed.claims;
         if let Some(max) = claims.policy.max_file_size
             && req.file_size > max
@@ -130,7 +139,7 @@ impl<S: Store> Signer<S> {
         let now = self.clock.now();
         let (at, late, repeat, consumed_at, subject) = match self
             .store
-            .complete(record_of(&parsed, &fp), now, &upload)
+            .complete(record_of(parsed, &fp), now, &upload)
             .await?
         {
             CompleteOutcome::Completed {
@@ -180,7 +189,7 @@ impl<S: Store> Signer<S> {
             });
         }
         Ok(CompletedUpload {
-            claims: parsed.claims,
+            claims: parsed.claims.clone(),
             completed_at: at,
             late,
         })

@@ -103,7 +103,8 @@ impl<S: Store> Signer<S> {
                 if let Some(digest) = &subject {
                     Box::pin(self.admit(digest, &req.subject, &signed.claims, record_ttl)).await?;
                 }
-                super::call_log::note_issued(secret_id, signed.claims.random);
+                // On the span only: nothing can refuse the call any more.
+                super::note_on_span(secret_id, signed.claims.random);
                 debug!(subject = %req.subject, "issued");
                 self.publish(EventKind::Issued, Some(&signed.claims), &req.subject, "");
                 return Ok(Issued {

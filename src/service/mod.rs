@@ -5,7 +5,6 @@
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
 //! injected [`Clock`], so tests move time instead of sleeping.
 
-pub mod call_log;
 mod completion;
 mod issue;
 mod notifications;
@@ -239,12 +238,17 @@ impl<S: Store> Signer<S> {
         });
     }
 
-    /// Parses and authenticates a signature; its nonce joins the call's log as soon as it is
-    /// known, so even a forgery's refusal is logged with the nonce it claimed.
+    /// Parses and authenticates a signature. Its nonce goes on the call's span and on the
+    /// refusal as soon as it is known, so even a forgery's refusal is logged with the nonce
+    /// it claimed.
     fn authenticate(&self, signature: &str) -> Result<Parsed, Refusal> {
         let parsed = signature::parse(signature)?;
-        call_log::note_signature(&parsed.claims.secret_id, parsed.claims.random);
-        self.keys.load().verify(&parsed)?;
+        let claims = &parsed.claims;
+        note_on_span(&claims.secret_id, claims.random);
+        self.keys
+            .load()
+            .verify(&parsed)
+            .map_err(|e| Refusal::from(e).about(&claims.secret_id, claims.random))?;
         Ok(parsed)
     }
 
@@ -278,6 +282,18 @@ impl From<StoreError> for Refusal {
             reason => Refusal::new(reason, format!("{e}; nothing was accepted, retry later")),
         }
     }
+}
+
+/// The signature a call is about, on its span (debug logs and traces).
+fn note_on_span(secret_id: &str, random: u32) {
+    let span = tracing::Span::current();
+    span.record("secret_id", secret_id);
+    span.record("random", random);
+}
+
+/// Marks a refusal of a call about `parsed`'s signature (its log line names the nonce).
+fn about<T>(parsed: &Parsed, result: Result<T, Refusal>) -> Result<T, Refusal> {
+    result.map_err(|r| r.about(&parsed.claims.secret_id, parsed.claims.random))
 }
 
 /// The record of a parsed signature.

@@ -2,8 +2,8 @@
 //! (The upload's end, CompleteUpload, is in `completion.rs`.)
 
 use super::{
-    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, Signer, Verified, record_of,
-    refusal_for,
+    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, Signer, Verified, about,
+    record_of, refusal_for,
 };
 use crate::audit::EventKind;
 use crate::reason::Reason;
@@ -20,15 +20,23 @@ impl<S: Store> Signer<S> {
     /// expired one is `EXPIRED` without asking the store.
     pub async fn verify(&self, signature: &str) -> Result<Verified, Refusal> {
         let parsed = self.authenticate(signature)?;
-        let state = match signature::check_time(&parsed.claims, self.clock.now(), self.leeway()) {
-            Err(SignatureError::Expired { .. }) => SignatureState::Expired,
-            Err(e) => return Err(e.into()),
-            Ok(()) => self
-                .store
-                .status(record_of(&parsed, &fingerprint_of(&parsed)))
-                .await?
-                .into(),
-        };
+        let state = about(
+            &parsed,
+            async {
+                Ok(
+                    match signature::check_time(&parsed.claims, self.clock.now(), self.leeway()) {
+                        Err(SignatureError::Expired { .. }) => SignatureState::Expired,
+                        Err(e) => return Err(e.into()),
+                        Ok(()) => self
+                            .store
+                            .status(record_of(&parsed, &fingerprint_of(&parsed)))
+                            .await?
+                            .into(),
+                    },
+                )
+            }
+            .await,
+        )?;
         Ok(Verified {
             state,
             claims: parsed.claims,
@@ -61,6 +69,15 @@ impl<S: Store> Signer<S> {
             )));
         }
         let parsed = self.authenticate(&req.signature)?;
+        about(&parsed, self.consume_parsed(&parsed, req).await)
+    }
+
+    /// ConsumeSignature once the signature is authentic.
+    async fn consume_parsed(
+        &self,
+        parsed: &Parsed,
+        req: &ConsumeRequest,
+    ) -> Result<Consumed, Refusal> {
         signature::check_time(&parsed.claims, self.clock.now(), self.leeway())?;
         if let Some(max) = parsed.claims.policy.max_file_size {
             match req.file_size {
@@ -80,7 +97,7 @@ impl<S: Store> Signer<S> {
                 Some(_) => {}
             }
         }
-        let fp = fingerprint_of(&parsed);
+        let fp = fingerprint_of(parsed);
         let now = self.clock.now();
         let policy = &parsed.claims.policy;
         let awaiting = Awaiting {
@@ -94,13 +111,13 @@ impl<S: Store> Signer<S> {
         };
         match self
             .store
-            .consume(record_of(&parsed, &fp), now, &req.idempotency_key, awaiting)
+            .consume(record_of(parsed, &fp), now, &req.idempotency_key, awaiting)
             .await?
         {
             ConsumeOutcome::Consumed { at } => {
                 self.publish(EventKind::Consumed, Some(&parsed.claims), "", "");
                 Ok(Consumed {
-                    claims: parsed.claims,
+                    claims: parsed.claims.clone(),
                     consumed_at: at,
                 })
             }
@@ -115,11 +132,14 @@ impl<S: Store> Signer<S> {
         let now = self.clock.now();
         let previous = match signature::check_time(&parsed.claims, now, self.leeway()) {
             Err(SignatureError::Expired { .. }) => SignatureState::Expired,
-            _ => self
-                .store
-                .revoke(record_of(&parsed, &fingerprint_of(&parsed)), now)
-                .await?
-                .into(),
+            _ => about(
+                &parsed,
+                self.store
+                    .revoke(record_of(&parsed, &fingerprint_of(&parsed)), now)
+                    .await
+                    .map_err(Refusal::from),
+            )?
+            .into(),
         };
         if previous == SignatureState::Issued {
             self.publish(EventKind::Revoked, Some(&parsed.claims), "", "");
