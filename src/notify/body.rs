@@ -8,7 +8,7 @@
 //! "Late"}`. `SourceInfo.SourceContext` carries the signature's `sourceContext`, as Tencent's
 //! does.
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::clock::rfc3339;
 use crate::store::Upload;
@@ -49,26 +49,121 @@ pub fn webhook_id(facts: &UploadFacts<'_>, event_type: &str) -> String {
     format!("msg_{}", crate::digest::sha256_hex(seed.as_bytes(), 16))
 }
 
-fn media_basic_info(facts: &UploadFacts<'_>, upload: Option<&Upload>, at: i64) -> Value {
-    let empty = Upload::default();
-    let upload = upload.unwrap_or(&empty);
-    json!({
-        "Name": "",
-        "Description": "",
-        "CreateTime": rfc3339(at),
-        "UpdateTime": rfc3339(at),
-        "ExpireTime": "9999-12-31T23:59:59Z",
-        "ClassId": facts.class_id,
-        "ClassName": "",
-        "ClassPath": "",
-        "CoverUrl": "",
-        "Type": upload.media_type,
-        "MediaUrl": upload.media_url,
-        "TagSet": [],
-        "StorageRegion": facts.storage_region,
-        "SourceInfo": {"SourceType": "Upload", "SourceContext": facts.source_context},
-        "Vid": upload.file_id,
-    })
+// The event as Tencent names its fields, written straight from borrowed values (no JSON
+// tree built first): the body is made on every completion.
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Envelope<'a> {
+    event_type: &'a str,
+    file_upload_event: FileUploadEvent<'a>,
+    vod_signer: VodSigner<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct FileUploadEvent<'a> {
+    file_id: &'a str,
+    media_basic_info: MediaBasicInfo<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta_data: Option<MetaData>,
+    procedure_task_id: &'a str,
+    review_audio_video_task_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MediaBasicInfo<'a> {
+    name: &'a str,
+    description: &'a str,
+    create_time: &'a str,
+    update_time: &'a str,
+    expire_time: &'a str,
+    class_id: u64,
+    class_name: &'a str,
+    class_path: &'a str,
+    cover_url: &'a str,
+    #[serde(rename = "Type")]
+    media_type: &'a str,
+    media_url: &'a str,
+    tag_set: [&'a str; 0],
+    storage_region: &'a str,
+    source_info: SourceInfo<'a>,
+    vid: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SourceInfo<'a> {
+    source_type: &'a str,
+    source_context: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MetaData {
+    size: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct VodSigner<'a> {
+    subject: &'a str,
+    secret_id: &'a str,
+    random: u32,
+    consumed_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    abandoned_at: Option<&'a str>,
+    late: bool,
+}
+
+fn envelope<'a>(
+    facts: &UploadFacts<'a>,
+    event_type: &'a str,
+    upload: &'a Upload,
+    at: &'a str,
+    consumed_at: &'a str,
+) -> Envelope<'a> {
+    Envelope {
+        event_type,
+        file_upload_event: FileUploadEvent {
+            file_id: &upload.file_id,
+            media_basic_info: MediaBasicInfo {
+                name: "",
+                description: "",
+                create_time: at,
+                update_time: at,
+                expire_time: "9999-12-31T23:59:59Z",
+                class_id: facts.class_id,
+                class_name: "",
+                class_path: "",
+                cover_url: "",
+                media_type: &upload.media_type,
+                media_url: &upload.media_url,
+                tag_set: [],
+                storage_region: facts.storage_region,
+                source_info: SourceInfo {
+                    source_type: "Upload",
+                    source_context: facts.source_context,
+                },
+                vid: &upload.file_id,
+            },
+            meta_data: None,
+            procedure_task_id: "",
+            review_audio_video_task_id: "",
+        },
+        vod_signer: VodSigner {
+            subject: facts.subject,
+            secret_id: facts.secret_id,
+            random: facts.random,
+            consumed_at,
+            completed_at: None,
+            abandoned_at: None,
+            late: false,
+        },
+    }
 }
 
 /// The body of a completed upload's notification.
@@ -78,51 +173,29 @@ pub fn new_file_upload(
     completed_at: i64,
     late: bool,
 ) -> String {
-    json!({
-        "EventType": NEW_FILE_UPLOAD,
-        "FileUploadEvent": {
-            "FileId": upload.file_id,
-            "MediaBasicInfo": media_basic_info(facts, Some(upload), completed_at),
-            "MetaData": {"Size": upload.file_size},
-            "ProcedureTaskId": "",
-            "ReviewAudioVideoTaskId": "",
-        },
-        "VodSigner": {
-            "Subject": facts.subject,
-            "SecretId": facts.secret_id,
-            "Random": facts.random,
-            "ConsumedAt": rfc3339(facts.consumed_at),
-            "CompletedAt": rfc3339(completed_at),
-            "Late": late,
-        },
-    })
-    .to_string()
+    let (at, consumed) = (rfc3339(completed_at), rfc3339(facts.consumed_at));
+    let mut body = envelope(facts, NEW_FILE_UPLOAD, upload, &at, &consumed);
+    body.file_upload_event.meta_data = Some(MetaData {
+        size: upload.file_size,
+    });
+    body.vod_signer.completed_at = Some(&at);
+    body.vod_signer.late = late;
+    serde_json::to_string(&body).expect("a body of strings and numbers serializes")
 }
 
 /// The body of an abandoned upload's notification: the same envelope, no file.
 pub fn upload_abandoned(facts: &UploadFacts<'_>, abandoned_at: i64) -> String {
-    json!({
-        "EventType": UPLOAD_ABANDONED,
-        "FileUploadEvent": {
-            "FileId": "",
-            "MediaBasicInfo": media_basic_info(facts, None, abandoned_at),
-            "ProcedureTaskId": "",
-            "ReviewAudioVideoTaskId": "",
-        },
-        "VodSigner": {
-            "Subject": facts.subject,
-            "SecretId": facts.secret_id,
-            "Random": facts.random,
-            "ConsumedAt": rfc3339(facts.consumed_at),
-            "AbandonedAt": rfc3339(abandoned_at),
-            "Late": false,
-        },
-    })
-    .to_string()
+    let (at, consumed) = (rfc3339(abandoned_at), rfc3339(facts.consumed_at));
+    let none = Upload::default();
+    let mut body = envelope(facts, UPLOAD_ABANDONED, &none, &at, &consumed);
+    body.vod_signer.abandoned_at = Some(&at);
+    serde_json::to_string(&body).expect("a body of strings and numbers serializes")
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     fn facts() -> UploadFacts<'static> {

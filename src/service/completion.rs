@@ -161,7 +161,14 @@ impl<S: Store> Signer<S> {
             }
             CompleteOutcome::Refused(state) => return Err(completion_refusal(state)),
         };
-        let name = self.subject_of(&subject).await?;
+        // The subject is looked up only for the notification (an extra read); events name
+        // the subject at issue only, as every other event of the signature.
+        let delivery = self.settings.lifecycle.delivery.is_on();
+        let name = if delivery {
+            self.subject_of(&subject).await?
+        } else {
+            String::new()
+        };
         let facts = UploadFacts {
             secret_id: &claims.secret_id,
             random: claims.random,
@@ -172,16 +179,16 @@ impl<S: Store> Signer<S> {
             class_id: claims.policy.class_id.unwrap_or(0),
             consumed_at,
         };
-        let body = body::new_file_upload(&facts, &upload, at, late);
+        let body = || body::new_file_upload(&facts, &upload, at, late);
         // The first completion queues always (a late one finds its upload gone from the
         // awaiting index); a repeat only if the first one's outbox step never happened.
-        self.queue(&facts, NEW_FILE_UPLOAD, &body, !repeat).await?;
+        self.queue(&facts, NEW_FILE_UPLOAD, body, !repeat).await?;
         if !repeat {
             self.events.publish(Event {
                 kind: EventKind::Completed,
                 secret_id: claims.secret_id.clone(),
                 random: claims.random,
-                subject: name.clone(),
+                subject: String::new(),
                 source_context: facts.source_context.to_owned(),
                 reason: String::new(),
                 file_id: upload.file_id,
@@ -205,15 +212,21 @@ impl<S: Store> Signer<S> {
 
     /// The outbox step of an upload's notification; answers whether its upload was still
     /// in the awaiting index (this step took it out).
+    /// `body` makes the notification's body: only when notifications are on (with them off
+    /// the step only drops the upload from the awaiting index).
     async fn queue(
         &self,
         facts: &UploadFacts<'_>,
         event_type: &str,
-        body: &str,
+        body: impl FnOnce() -> String,
         always: bool,
     ) -> Result<bool, StoreError> {
         let delivery = self.settings.lifecycle.delivery.is_on();
-        let webhook_id = body::webhook_id(facts, event_type);
+        let (webhook_id, body) = if delivery {
+            (body::webhook_id(facts, event_type), body())
+        } else {
+            (String::new(), String::new())
+        };
         let taken = self
             .store
             .queue(
@@ -229,7 +242,7 @@ impl<S: Store> Signer<S> {
                     },
                     webhook_id: &webhook_id,
                     event_type,
-                    body,
+                    body: &body,
                 },
                 always,
                 delivery,
@@ -260,7 +273,7 @@ impl<S: Store> Signer<S> {
                 Sweep::NotYet { due: next } => self.store.settle(&due, Some(next)).await?,
                 Sweep::Nothing => self.store.settle(&due, None).await?,
                 Sweep::Abandoned { record } => {
-                    let (taken, subject) = self
+                    let taken = self
                         .queue_from_record(&due, &record, UPLOAD_ABANDONED)
                         .await?;
                     if taken {
@@ -270,7 +283,7 @@ impl<S: Store> Signer<S> {
                             kind: EventKind::Abandoned,
                             secret_id: due.secret_id.clone(),
                             random: due.random,
-                            subject,
+                            subject: String::new(),
                             source_context: due.source_context.clone(),
                             reason: String::new(),
                             file_id: String::new(),
@@ -282,7 +295,6 @@ impl<S: Store> Signer<S> {
                     if self
                         .queue_from_record(&due, &record, NEW_FILE_UPLOAD)
                         .await?
-                        .0
                     {
                         report.recovered += 1;
                         warn!(secret_id = %due.secret_id, random = due.random, "queued the notification of a completion whose own call did not (a crash in between)");
@@ -297,14 +309,18 @@ impl<S: Store> Signer<S> {
     }
 
     /// The outbox step for an upload the sweep found, with the body rebuilt from its record;
-    /// answers whether this step took the upload out of the awaiting index, and its subject.
+    /// answers whether this step took the upload out of the awaiting index.
     async fn queue_from_record(
         &self,
         due: &DueUpload,
         record: &Record,
         event_type: &str,
-    ) -> Result<(bool, String), StoreError> {
-        let name = self.subject_of(&record.subject).await?;
+    ) -> Result<bool, StoreError> {
+        let name = if self.settings.lifecycle.delivery.is_on() {
+            self.subject_of(&record.subject).await?
+        } else {
+            String::new()
+        };
         let facts = UploadFacts {
             secret_id: &due.secret_id,
             random: due.random,
@@ -315,14 +331,13 @@ impl<S: Store> Signer<S> {
             class_id: due.class_id,
             consumed_at: record.consumed_at,
         };
-        let body = match &record.upload {
+        let body = || match &record.upload {
             Some(upload) if event_type == NEW_FILE_UPLOAD => {
                 body::new_file_upload(&facts, upload, record.changed_at, record.late)
             }
             _ => body::upload_abandoned(&facts, record.changed_at),
         };
-        let taken = self.queue(&facts, event_type, &body, false).await?;
-        Ok((taken, name))
+        self.queue(&facts, event_type, body, false).await
     }
 
     /// The backlog, for the metrics: uploads awaiting completion, and the age of the oldest
