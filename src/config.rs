@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::notify::{Delivery, Lifecycle, PushTarget, Secrets};
+
+/// The longest validity a signature may have, seconds: the cap of `--max-ttl` and `--ttl`.
+const MAX_VALIDITY: u64 = crate::signature::MAX_VALIDITY_SECONDS as u64;
 use crate::redis::RedisConfig;
 use crate::server::ServerOptions;
 use crate::service::Settings;
@@ -31,7 +34,7 @@ pub struct Cli {
         global = true,
         env = "VOD_SIGNER_LOG_FORMAT",
         value_enum,
-        default_value = "text"
+        default_value_t = LogFormat::default()
     )]
     pub log_format: LogFormat,
     /// Log level or filter (`info`, `vod_signer=debug`, ...); `RUST_LOG` wins when set.
@@ -39,7 +42,7 @@ pub struct Cli {
         long,
         global = true,
         env = "VOD_SIGNER_LOG_LEVEL",
-        default_value = "info"
+        default_value = LOG_LEVEL
     )]
     pub log_level: String,
 }
@@ -55,10 +58,14 @@ pub enum Command {
     Inspect(InspectArgs),
 }
 
+/// Default of `--log-level`.
+pub const LOG_LEVEL: &str = "info";
+
 /// Log formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines (the default: a person reads a terminal; collectors set json).
+    #[default]
     Text,
     /// One JSON object per line.
     Json,
@@ -73,10 +80,14 @@ pub enum NotifyMode {
     Pull,
 }
 
+/// `--worker-threads` that means one per core (the default).
+pub const PER_CORE: usize = 0;
+
 /// Tokio runtime flavours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeFlavor {
     /// `current-thread` on 2 cores or fewer (measured faster there), `multi-thread` above.
+    #[default]
     Auto,
     /// One thread runs everything.
     CurrentThread,
@@ -99,13 +110,13 @@ pub struct KeyArgs {
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// gRPC listen address.
-    #[arg(long, env = "VOD_SIGNER_LISTEN", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "VOD_SIGNER_LISTEN", default_value = ServerOptions::LISTEN)]
     pub listen: SocketAddr,
     /// Prometheus metrics address (`/metrics`); `off` serves none.
     #[arg(
         long,
         env = "VOD_SIGNER_METRICS_LISTEN",
-        default_value = "0.0.0.0:9090"
+        default_value = ServerOptions::METRICS_LISTEN
     )]
     pub metrics_listen: String,
     /// The keys.
@@ -121,7 +132,7 @@ pub struct ServeArgs {
     pub default_ttl: u64,
     /// Largest TTL a request may ask for, seconds (at most 7776000, 90 days).
     #[arg(long, env = "VOD_SIGNER_MAX_TTL", default_value_t = Settings::default().max_ttl,
-          value_parser = clap::value_parser!(u64).range(1..=7_776_000))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_VALIDITY))]
     pub max_ttl: u64,
     /// Clock skew allowed at both ends of a signature's window, seconds.
     #[arg(long, env = "VOD_SIGNER_LEEWAY", default_value_t = Settings::default().leeway)]
@@ -148,7 +159,8 @@ pub struct ServeArgs {
     #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = ServerOptions::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,
     /// Re-read the keys directory (and the caller policy) this often, seconds; 0: only on SIGHUP.
-    #[arg(long, env = "VOD_SIGNER_KEYS_RELOAD_INTERVAL", default_value_t = 30)]
+    #[arg(long, env = "VOD_SIGNER_KEYS_RELOAD_INTERVAL",
+          default_value_t = crate::reload::Sources::INTERVAL.as_secs())]
     pub keys_reload_interval: u64,
     /// Plaintext port serving only gRPC health, for Kubernetes probes when the main port is TLS.
     #[arg(long, env = "VOD_SIGNER_HEALTH_LISTEN", value_name = "ADDR")]
@@ -187,7 +199,8 @@ pub struct ServeArgs {
     pub caller_policy: Option<PathBuf>,
     /// Replicas that must acknowledge an issue, consume or revoke (Redis WAIT) before it
     /// succeeds; without them the call answers STORE_UNAVAILABLE.
-    #[arg(long, env = "VOD_SIGNER_MIN_REPLICAS_ACK", default_value_t = 0)]
+    #[arg(long, env = "VOD_SIGNER_MIN_REPLICAS_ACK",
+          default_value_t = RedisConfig::default().min_replicas_ack)]
     pub min_replicas_ack: u32,
     /// Share of Redis' maxmemory kept free for consumes and revokes: IssueSignature is refused
     /// STORE_FULL once used_memory is within it (0.1: issuing stops at 90 %).
@@ -223,7 +236,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "VOD_SIGNER_MAX_OUTSTANDING_PER_SUBJECT",
-        default_value_t = 0,
+        default_value_t = Settings::default().max_outstanding_per_subject,
         value_name = "N"
     )]
     pub max_outstanding_per_subject: u32,
@@ -293,10 +306,10 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub notify_concurrency: u64,
     /// Tokio runtime flavour.
-    #[arg(long, env = "VOD_SIGNER_RUNTIME", value_enum, default_value = "auto")]
+    #[arg(long, env = "VOD_SIGNER_RUNTIME", value_enum, default_value_t = RuntimeFlavor::default())]
     pub runtime: RuntimeFlavor,
     /// Worker threads of the multi-thread runtime (0: one per core).
-    #[arg(long, env = "VOD_SIGNER_WORKER_THREADS", default_value_t = 0)]
+    #[arg(long, env = "VOD_SIGNER_WORKER_THREADS", default_value_t = PER_CORE)]
     pub worker_threads: usize,
 }
 
@@ -431,8 +444,8 @@ pub struct IssueArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     /// Validity of the signature, seconds (at most 7776000).
-    #[arg(long, env = "VOD_SIGNER_TTL", default_value_t = 3600,
-          value_parser = clap::value_parser!(u64).range(1..=7_776_000))]
+    #[arg(long, env = "VOD_SIGNER_TTL", default_value_t = Settings::default().default_ttl,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_VALIDITY))]
     pub ttl: u64,
     /// The optional parameters.
     #[command(flatten)]

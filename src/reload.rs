@@ -24,6 +24,12 @@ pub struct Sources {
     pub interval: Duration,
 }
 
+impl Sources {
+    /// Default of `--keys-reload-interval`: a Kubernetes Secret update reaches the pod's files
+    /// within about a minute, so half a minute more is in the same range.
+    pub const INTERVAL: Duration = Duration::from_secs(30);
+}
+
 /// Listens for SIGHUP; `None` (logged) where that is not possible.
 pub fn listen_for_hangup() -> Option<Hangup> {
     #[cfg(unix)]

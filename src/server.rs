@@ -64,6 +64,10 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// Default of `--listen`: every interface, the gRPC port.
+    pub const LISTEN: &str = "0.0.0.0:50051";
+    /// Default of `--metrics-listen`.
+    pub const METRICS_LISTEN: &str = "0.0.0.0:9090";
     /// Default of `--health-interval-ms`.
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     /// Default of `--drain-timeout`.

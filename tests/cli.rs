@@ -346,3 +346,89 @@ fn help_works_on_every_subcommand() {
         "{out}"
     );
 }
+
+/// `serve --help` shows the defaults the code uses: each is written once, next to what it
+/// configures, and clap reads it from there; a literal that drifted would show here.
+#[test]
+fn help_shows_the_defaults_of_the_code() {
+    use vod_signer::notify::Lifecycle;
+    use vod_signer::redis::RedisConfig;
+    use vod_signer::server::ServerOptions;
+    use vod_signer::service::Settings;
+
+    let help = success(run(vod_signer().args(["serve", "--help"])));
+    // Each flag's block of the long help, with its `[default: ...]` line.
+    let default_of = |flag: &str| -> Option<String> {
+        let start = help.find(&format!("--{flag} "))?;
+        let block = &help[start..];
+        let end = block[2..].find("\n      -").map_or(block.len(), |e| e + 2);
+        let block = &block[..end];
+        let d = block.find("[default: ")?;
+        Some(block[d + 10..].split(']').next()?.to_owned())
+    };
+    let settings = Settings::default();
+    let redis = RedisConfig::default();
+    let lifecycle = Lifecycle::default();
+    let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let expected: Vec<(&str, String)> = vec![
+        ("listen", ServerOptions::LISTEN.to_owned()),
+        ("metrics-listen", ServerOptions::METRICS_LISTEN.to_owned()),
+        ("default-ttl", settings.default_ttl.to_string()),
+        ("max-ttl", settings.max_ttl.to_string()),
+        ("leeway", settings.leeway.to_string()),
+        ("key-prefix", redis.key_prefix.clone()),
+        ("store-timeout-ms", redis.timeout.as_millis().to_string()),
+        (
+            "health-interval-ms",
+            ServerOptions::HEALTH_INTERVAL.as_millis().to_string(),
+        ),
+        (
+            "max-concurrent-calls",
+            ServerOptions::MAX_CONCURRENT_CALLS.to_string(),
+        ),
+        (
+            "drain-timeout",
+            ServerOptions::DRAIN_TIMEOUT.as_secs().to_string(),
+        ),
+        (
+            "keys-reload-interval",
+            vod_signer::reload::Sources::INTERVAL.as_secs().to_string(),
+        ),
+        (
+            "tls-reload-interval",
+            ServerOptions::TLS_RELOAD_INTERVAL.as_secs().to_string(),
+        ),
+        ("min-replicas-ack", redis.min_replicas_ack.to_string()),
+        ("redis-memory-reserve", redis.memory_reserve.to_string()),
+        (
+            "events-maxlen",
+            vod_signer::audit::DEFAULT_MAXLEN.to_string(),
+        ),
+        (
+            "max-outstanding-per-subject",
+            settings.max_outstanding_per_subject.to_string(),
+        ),
+        ("completion-window", human(lifecycle.completion_window)),
+        ("notify-max-age", human(lifecycle.max_age)),
+        ("notify-timeout", human(Lifecycle::ATTEMPT_TIMEOUT)),
+        ("notify-concurrency", Lifecycle::CONCURRENCY.to_string()),
+        ("runtime", "auto".to_owned()),
+        ("worker-threads", vod_signer::config::PER_CORE.to_string()),
+        ("log-format", "text".to_owned()),
+        ("log-level", vod_signer::config::LOG_LEVEL.to_owned()),
+    ];
+    for (flag, want) in expected {
+        assert_eq!(
+            default_of(flag).as_deref(),
+            Some(want.as_str()),
+            "--{flag}\n{help}"
+        );
+    }
+    // And the largest TTL accepted is the codec's 90 days, for serve and for issue alike.
+    let over = (vod_signer::signature::MAX_VALIDITY_SECONDS + 1).to_string();
+    let refused = failure(run(vod_signer().args(["serve", "--max-ttl", &over])));
+    assert!(refused.contains("7776000"), "{refused}");
+    let keys = keys_dir();
+    let refused = failure(issue(keys.path(), &["--ttl", &over]));
+    assert!(refused.contains("7776000"), "{refused}");
+}
