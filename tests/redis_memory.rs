@@ -583,15 +583,15 @@ async fn repeated_refusals_are_logged_once_a_second_with_what_was_folded() {
     // Every refusal has its line (the lines are written before the answers; the pipe may
     // deliver them a little later).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while lines("INFO").len() + lines("DEBUG").len() < BURST {
+    while lines("WARN").len() + lines("DEBUG").len() < BURST {
         assert!(Instant::now() < deadline, "not every refusal was logged");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let loud = lines("INFO");
+    let loud = lines("WARN");
     let windows = (burst.as_secs_f64() / FOLD_WINDOW.as_secs_f64()).floor() as usize + 1;
     assert!(
         loud.len() <= windows,
-        "{} info lines for a burst of {BURST} in {burst:?}",
+        "{} warning lines for a burst of {BURST} in {burst:?}",
         loud.len()
     );
     let folded = |lines: &[serde_json::Value]| -> u64 {
@@ -610,17 +610,17 @@ async fn repeated_refusals_are_logged_once_a_second_with_what_was_folded() {
         Reason::StoreUnavailable
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while lines("INFO").len() == loud.len() {
+    while lines("WARN").len() == loud.len() {
         assert!(
             Instant::now() < deadline,
-            "the next refusal was not logged at info"
+            "the next refusal was not logged as a warning"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let loud = lines("INFO");
+    let loud = lines("WARN");
     assert_eq!(folded(&loud), BURST as u64 + 1, "{loud:?}");
     eprintln!(
-        "a burst of {BURST} STORE_UNAVAILABLE refusals in {burst:?}: {} info lines (then one \
+        "a burst of {BURST} STORE_UNAVAILABLE refusals in {burst:?}: {} warning lines (then one \
          more carrying folded={}), every refusal at debug",
         loud.len() - 1,
         loud.last().unwrap()["folded"]

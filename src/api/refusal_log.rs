@@ -1,14 +1,16 @@
 //! The `refused` log line of a call, without floods: a refusal that comes in bursts when
 //! something outside the call is wrong (`STORE_UNAVAILABLE`, `STORE_FULL`, `RATE_LIMITED`) is
 //! logged at info at most once a second per reason and RPC, with `folded`, the number of
-//! such refusals since the previous line that were not logged at info. Each refusal still
-//! gets its own line at debug, and the metrics count every one. Other refusals (a replay, a
-//! forgery: each one is news) keep one info line each.
+//! such refusals since the previous line that were not logged loud. Each refusal still gets
+//! its own line at debug, and the metrics count every one. Other refusals (a replay, a
+//! forgery: each one is news) keep one line each. A line is a warning when the service failed
+//! to serve (its store unavailable or full), information when the call was the caller's own
+//! doing.
 
 use std::time::Instant;
 
 use strum::IntoEnumIterator as _;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::fold::LogFold;
 use crate::reason::Reason;
@@ -33,6 +35,22 @@ const FOLDED: [Reason; 3] = [
     Reason::StoreFull,
     Reason::RateLimited,
 ];
+
+/// How loud a refusal's line is, by what it says about the service: the caller's own doing
+/// (a replay, a forgery, a bad request, a quota) is information; the service failing to
+/// serve (its store unavailable or full) is a warning an operator should see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Info,
+    Warn,
+}
+
+fn level_of(reason: &str) -> Level {
+    match Reason::from_token(reason) {
+        Some(Reason::StoreUnavailable | Reason::StoreFull) | None => Level::Warn,
+        Some(_) => Level::Info,
+    }
+}
 
 /// The folds of the `refused` lines, one per RPC and folded reason.
 #[derive(Debug)]
@@ -87,10 +105,10 @@ impl RefusalLog {
                 )
             };
         }
-        if loud {
-            line!(info);
-        } else {
-            line!(debug);
+        match (loud, level_of(reason)) {
+            (false, _) => line!(debug),
+            (true, Level::Warn) => line!(warn),
+            (true, Level::Info) => line!(info),
         }
     }
 }
@@ -98,6 +116,22 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_failing_warns_the_caller_failing_informs() {
+        assert_eq!(level_of("STORE_UNAVAILABLE"), Level::Warn);
+        assert_eq!(level_of("STORE_FULL"), Level::Warn);
+        // An answer without a known reason (tonic's own error) is the service failing too.
+        assert_eq!(level_of("error"), Level::Warn);
+        for info in [
+            "SIGNATURE_ALREADY_USED",
+            "SIGNATURE_MISMATCH",
+            "RATE_LIMITED",
+            "INVALID_REQUEST",
+        ] {
+            assert_eq!(level_of(info), Level::Info, "{info}");
+        }
+    }
 
     #[test]
     fn only_the_repeating_reasons_fold_each_per_rpc() {
