@@ -16,10 +16,9 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 use tracing::{debug, info, warn};
 
 use super::RedisConfig;
-use super::connector::{
-    Link, MIN_REDIAL_GAP, Shared, background_timeout, dial, node_client, tcp_addr, tcp_settings,
-    tls_certs, wait_bound,
-};
+use super::connection::{Link, wait_bound};
+use super::connector::{MIN_REDIAL_GAP, Shared};
+use super::dial::{background_timeout, dial, node_client, tcp_addr, tcp_settings, tls_certs};
 
 /// How often the sentinels are asked where the master is and which replicas it has.
 const SENTINEL_POLL: Duration = Duration::from_secs(1);
