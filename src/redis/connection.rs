@@ -15,6 +15,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use super::error::Error;
+
 /// A connection of any deployment, usable by the redis crate's commands and scripts. It
 /// remembers which dial made it, so a failure reported on it after a redial is ignored.
 #[derive(Clone)]
@@ -44,7 +46,7 @@ pub(super) enum Link {
 /// A call waiting for its write to reach replicas: how many, and where to answer.
 struct Waiter {
     replicas: u32,
-    answer: oneshot::Sender<Result<i64, String>>,
+    answer: oneshot::Sender<Result<i64, Error>>,
 }
 
 /// How long a `WAIT` may wait for replicas: part of the call's store timeout, leaving room
@@ -104,27 +106,21 @@ impl Conn {
     /// Cluster: the `WAIT` goes to the master that owns `key`'s slot (over the connection the
     /// write used), not to every master: a shard that lost its replica must not stop the
     /// writes of every other shard.
-    pub async fn replicated(&self, replicas: u32, key: &str) -> Result<i64, String> {
+    pub async fn replicated(&self, replicas: u32, key: &str) -> Result<i64, Error> {
         if let Link::Cluster(cluster) = &self.link {
             let mut cmd = redis::cmd("WAIT");
             cmd.arg(replicas).arg(self.wait.as_millis() as u64);
             let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                 Route::with_key(key, SlotAddr::Master),
             ));
-            let acked = cluster
-                .clone()
-                .route_command(cmd, route)
-                .await
-                .map_err(|e| e.to_string())?;
-            return redis::from_redis_value::<i64>(acked).map_err(|e| e.to_string());
+            let acked = cluster.clone().route_command(cmd, route).await?;
+            return Ok(redis::from_redis_value::<i64>(acked)?);
         }
         let (answer, reply) = oneshot::channel();
         self.waits
             .send(Waiter { replicas, answer })
-            .map_err(|_| "the connection was closed".to_owned())?;
-        reply
-            .await
-            .map_err(|_| "the connection was closed".to_owned())?
+            .map_err(|_| Error::Closed)?;
+        reply.await.map_err(|_| Error::Closed)?
     }
 }
 
@@ -143,11 +139,11 @@ async fn group_commit(
         // The server answers by `wait`; the margin covers the round trip.
         let acked = match tokio::time::timeout(wait * 2, cmd.query_async::<i64>(&mut link)).await {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "WAIT did not answer within {} ms",
-                (wait * 2).as_millis()
-            )),
+            Ok(Err(e)) => Err(Error::Redis(e)),
+            Err(_) => Err(Error::Timeout {
+                what: "WAIT did not answer",
+                after: wait * 2,
+            }),
         };
         debug!(calls = batch.len(), replicas, took_us = started.elapsed().as_micros() as u64, acked = ?acked, "WAIT");
         for waiter in batch.drain(..) {

@@ -13,6 +13,7 @@ use redis::io::tcp::socket2::TcpKeepalive;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use super::RedisConfig;
+use super::error::Error;
 
 /// TCP settings of every socket to a Redis node: `TCP_NODELAY` (commands are small writes
 /// that must not wait for an ACK), keepalive probes that find a dead idle peer, and
@@ -42,7 +43,7 @@ pub(super) fn background_timeout(timeout: Duration) -> Duration {
 pub(super) async fn dial(
     client: &Client,
     timeout: Duration,
-) -> Result<MultiplexedConnection, String> {
+) -> Result<MultiplexedConnection, Error> {
     let patience = background_timeout(timeout);
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(patience))
@@ -54,8 +55,11 @@ pub(super) async fn dial(
     .await
     {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no connection within {} ms", patience.as_millis())),
+        Ok(Err(e)) => Err(Error::Redis(e)),
+        Err(_) => Err(Error::Timeout {
+            what: "no connection",
+            after: patience,
+        }),
     }
 }
 
@@ -77,7 +81,7 @@ pub(super) fn tls_certs(config: &RedisConfig) -> Option<redis::TlsCertificates> 
 }
 
 /// A client for one node, credentials and TLS material from the configuration.
-pub(super) fn node_client(info: ConnectionInfo, config: &RedisConfig) -> Result<Client, String> {
+pub(super) fn node_client(info: ConnectionInfo, config: &RedisConfig) -> Result<Client, Error> {
     let mut settings = info.redis_settings().clone();
     if let Some(user) = &config.username {
         settings = settings.set_username(user);
@@ -89,18 +93,22 @@ pub(super) fn node_client(info: ConnectionInfo, config: &RedisConfig) -> Result<
         .set_redis_settings(settings)
         .set_tcp_settings(tcp_settings());
     match tls_certs(config) {
-        None => Client::open(info).map_err(|e| format!("bad Redis settings: {e}")),
-        Some(certs) => {
-            Client::build_with_tls(info, certs).map_err(|e| format!("bad Redis TLS settings: {e}"))
-        }
+        None => Client::open(info).map_err(|source| Error::Settings {
+            what: "Redis",
+            source,
+        }),
+        Some(certs) => Client::build_with_tls(info, certs).map_err(|source| Error::Settings {
+            what: "Redis TLS",
+            source,
+        }),
     }
 }
 
 /// A client for one server from its URL.
-pub(super) fn single_client(url: &str, config: &RedisConfig) -> Result<Client, String> {
+pub(super) fn single_client(url: &str, config: &RedisConfig) -> Result<Client, Error> {
     let info = url
         .into_connection_info()
-        .map_err(|e| format!("bad Redis URL: {}", e.to_string().replace(url, "<url>")))?;
+        .map_err(|e| Error::BadUrl(e.to_string().replace(url, "<url>")))?;
     node_client(info, config)
 }
 
@@ -109,7 +117,7 @@ pub(super) fn single_client(url: &str, config: &RedisConfig) -> Result<Client, S
 pub(super) fn cluster_client(
     nodes: Vec<String>,
     config: &RedisConfig,
-) -> Result<ClusterClient, String> {
+) -> Result<ClusterClient, Error> {
     let mut builder = ClusterClientBuilder::new(nodes)
         .connection_timeout(config.timeout)
         .response_timeout(config.timeout)
@@ -124,9 +132,10 @@ pub(super) fn cluster_client(
     if let Some(certs) = tls_certs(config) {
         builder = builder.certs(certs);
     }
-    builder
-        .build()
-        .map_err(|e| format!("bad Redis Cluster settings: {e}"))
+    builder.build().map_err(|source| Error::Settings {
+        what: "Redis Cluster",
+        source,
+    })
 }
 
 /// The address of a node at `host:port`, over TLS or not.

@@ -11,6 +11,7 @@ use redis::Value;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 
 use super::connection::{Conn, Link};
+use super::error::Error;
 
 /// The only policy under which Redis never evicts a key.
 const NOEVICTION: &str = "noeviction";
@@ -161,48 +162,40 @@ pub(super) fn assess(
     a
 }
 
+/// One master's `INFO` text, or why it did not answer.
+pub(super) type Reply = Result<String, Error>;
+
 /// Reads every master's `INFO` (default sections): `(node, reply)`, node empty for a single
 /// connection. `Err` when no master could be asked.
-pub(super) async fn read_masters(
-    conn: &Conn,
-) -> Result<Vec<(String, Result<String, String>)>, String> {
+pub(super) async fn read_masters(conn: &Conn) -> Result<Vec<(String, Reply)>, Error> {
     let info = redis::cmd("INFO");
     match conn.link() {
         Link::Node(node) => {
-            let text = info
-                .query_async::<String>(&mut node.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+            let text = info.query_async::<String>(&mut node.clone()).await?;
             Ok(vec![(String::new(), Ok(text))])
         }
         Link::Cluster(cluster) => {
             let every_master = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-            let reply = cluster
-                .clone()
-                .route_command(info, every_master)
-                .await
-                .map_err(|e| e.to_string())?;
+            let reply = cluster.clone().route_command(info, every_master).await?;
             let Value::Map(nodes) = reply else {
-                return Err(format!("unexpected INFO reply {reply:?}"));
+                return Err(Error::UnexpectedReply {
+                    command: "INFO",
+                    reply: format!("{reply:?}"),
+                });
             };
             Ok(nodes
                 .into_iter()
                 .map(|(node, text)| {
                     let node = redis::from_redis_value::<String>(node).unwrap_or_default();
                     let text = match text {
-                        Value::ServerError(e) => Err(e.to_string()),
-                        text => redis::from_redis_value::<String>(text).map_err(|e| e.to_string()),
+                        Value::ServerError(e) => Err(Error::Redis(e.into())),
+                        text => redis::from_redis_value::<String>(text).map_err(Error::from),
                     };
                     (node, text)
                 })
                 .collect())
         }
     }
-}
-
-/// Whether an error means `INFO` will never be answered (not a passing failure).
-pub(super) fn is_refused(e: &str) -> bool {
-    e.contains("NOPERM") || e.contains("unknown command")
 }
 
 #[cfg(test)]

@@ -16,13 +16,14 @@ use super::RedisConfig;
 use super::connection::{Link, wait_bound};
 use super::connector::Shared;
 use super::dial::{cluster_client, dial, single_client};
+use super::error::Error;
 
 /// Starts the keeper of one server at `url`.
 pub(super) fn start_single(
     url: &str,
     config: &RedisConfig,
     shared: Arc<Shared>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let client = single_client(url, config)?;
     tokio::spawn(keep_single(client, shared, config.timeout));
     Ok(())
@@ -33,7 +34,7 @@ pub(super) fn start_cluster(
     nodes: Vec<String>,
     config: &RedisConfig,
     shared: Arc<Shared>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let client = cluster_client(nodes, config)?;
     tokio::spawn(keep_cluster(client, shared, config.timeout));
     Ok(())

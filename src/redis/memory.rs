@@ -19,7 +19,8 @@ use tracing::{debug, error, info, warn};
 use super::RedisConfig;
 use super::connector::Connector;
 use super::dial::background_timeout;
-use super::info::{Assessment, NodeInfo, assess, is_refused, read_masters};
+use super::error::Error;
+use super::info::{Assessment, NodeInfo, assess, read_masters};
 
 /// How often `INFO` is read (and at once after every new connection).
 pub const MEMORY_POLL: Duration = Duration::from_secs(1);
@@ -243,7 +244,7 @@ impl RedisMemory {
 
     /// `INFO` cannot be read at all (denied to this user, or renamed away): nothing can be
     /// checked, so nothing is held back, and that is said once.
-    fn unreadable(&self, e: &str) {
+    fn unreadable(&self, e: &Error) {
         if !self.settled.swap(true, Ordering::Relaxed) {
             error!(
                 "cannot read Redis INFO ({e}): maxmemory-policy, memory use and resets are not \
@@ -273,8 +274,8 @@ async fn keep_watching(memory: Weak<RedisMemory>, connector: Connector, patience
                         match reply.map(|t| NodeInfo::parse(&t)) {
                             Ok(Some(info)) => now.push((node, info)),
                             Ok(None) => debug!(node, "INFO without run_id; skipped"),
-                            Err(e) if is_refused(&e) => watch.unreadable(&e),
-                            Err(e) => debug!(node, error = e, "INFO failed on a master"),
+                            Err(e) if e.is_refused() => watch.unreadable(&e),
+                            Err(e) => debug!(node, error = %e, "INFO failed on a master"),
                         }
                     }
                     if !now.is_empty() {
@@ -293,8 +294,8 @@ async fn keep_watching(memory: Weak<RedisMemory>, connector: Connector, patience
                         }
                     }
                 }
-                Ok(Err(e)) if is_refused(&e) => watch.unreadable(&e),
-                Ok(Err(e)) => debug!(error = e, "INFO failed"),
+                Ok(Err(e)) if e.is_refused() => watch.unreadable(&e),
+                Ok(Err(e)) => debug!(error = %e, "INFO failed"),
                 Err(_) => debug!("INFO did not answer within {} ms", patience.as_millis()),
             }
         }

@@ -7,6 +7,7 @@
 pub mod connection;
 pub mod connector;
 mod dial;
+mod error;
 pub mod info;
 mod keeper;
 pub mod memory;
@@ -17,15 +18,16 @@ use std::time::Duration;
 
 pub use self::connection::Conn;
 pub use self::connector::{Connector, Failure};
+pub use self::error::Error;
 pub use self::memory::{IssueGate, MemoryStatus, RedisMemory};
 pub use self::url::{Topology, UrlError};
 
 impl Connector {
     /// Sets up the connection for `config` and starts the keeper task of its deployment;
     /// never waits for Redis (it may not be up yet).
-    pub fn start(config: &RedisConfig) -> Result<Connector, String> {
+    pub fn start(config: &RedisConfig) -> Result<Connector, Error> {
         let (connector, shared) = Connector::unconnected();
-        match Topology::parse(&config.url).map_err(|e| e.to_string())? {
+        match Topology::parse(&config.url)? {
             Topology::Single(url) => keeper::start_single(&url, config, shared)?,
             Topology::Cluster(nodes) => keeper::start_cluster(nodes, config, shared)?,
             Topology::Sentinel {
