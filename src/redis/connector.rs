@@ -12,7 +12,8 @@
 //! [`Connector::failed`]), and the keeper task of the deployment redials after
 //! [`REDIAL_AFTER_TIMEOUTS`] timeouts in a row or a failed health `PING`. This file holds
 //! what the callers and the keepers share; the keepers themselves live apart, one per
-//! deployment.
+//! deployment. They run only while a [`Connector`] does: a store that is dropped (a test, a
+//! reconfiguration) must not leave tasks dialling a Redis nobody uses.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -42,6 +43,9 @@ pub(super) const MIN_REDIAL_GAP: Duration = Duration::from_millis(500);
 
 /// The state every clone of a [`Connector`] shares.
 pub(super) struct Shared {
+    /// Fails its `changed` once every [`Connector`] is dropped (nothing is ever sent): the
+    /// background tasks' cue to end.
+    owner: tokio::sync::watch::Receiver<()>,
     current: ArcSwapOption<Conn>,
     /// Wakes the keeper task: redial (and, for Sentinel, ask where the master is) now.
     pub(super) redial: tokio::sync::Notify,
@@ -57,16 +61,22 @@ pub(super) struct Shared {
 }
 
 /// Keeps a connection to Redis up: what the store's calls use. A keeper task per deployment
-/// dials, and redials when told the connection stopped answering.
+/// dials, and redials when told the connection stopped answering, for as long as a clone of
+/// the connector lives.
 #[derive(Clone)]
 pub struct Connector {
     shared: Arc<Shared>,
+    /// Dropped with the last clone, which ends the background tasks (see
+    /// [`Shared::spawn_while_owned`]). The tasks hold [`Shared`], never this.
+    _owner: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl Connector {
     /// A connector with no connection yet, and its shared state for a keeper task.
     pub(super) fn unconnected() -> (Connector, Arc<Shared>) {
+        let (owner, owned) = tokio::sync::watch::channel(());
         let shared = Arc::new(Shared {
+            owner: owned,
             current: ArcSwapOption::empty(),
             redial: tokio::sync::Notify::new(),
             timeouts: AtomicU32::new(0),
@@ -77,6 +87,7 @@ impl Connector {
         (
             Connector {
                 shared: shared.clone(),
+                _owner: Arc::new(owner),
             },
             shared,
         )
@@ -107,7 +118,12 @@ impl Connector {
 
     /// Changes each time a new connection is installed (a first dial, a redial, a failover).
     pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared.generations.subscribe()
+        self.shared.installs()
+    }
+
+    /// The state its background tasks hold (which does not keep them running).
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// A call on `conn` answered: it is alive.
@@ -148,6 +164,24 @@ impl Connector {
 }
 
 impl Shared {
+    /// Spawns `task` to run until it ends or every [`Connector`] is dropped, whichever comes
+    /// first: what each keeper and the memory watch run in, so none outlives its owner.
+    /// Dropped at an await point, a task loses only work whose result nobody would read.
+    pub(super) fn spawn_while_owned(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut owner = self.owner.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = owner.changed() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    /// Changes each time a new connection is installed.
+    pub(super) fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generations.subscribe()
+    }
+
     /// The connection installed last; `None` before the first.
     pub(super) fn current(&self) -> Option<Conn> {
         self.current.load().as_deref().cloned()

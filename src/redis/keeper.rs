@@ -25,7 +25,8 @@ pub(super) fn start_single(
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
     let client = single_client(url, config)?;
-    tokio::spawn(keep_single(client, shared, config.timeout));
+    let keeper = keep_single(client, shared.clone(), config.timeout);
+    shared.spawn_while_owned(keeper);
     Ok(())
 }
 
@@ -36,7 +37,8 @@ pub(super) fn start_cluster(
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
     let client = cluster_client(nodes, config)?;
-    tokio::spawn(keep_cluster(client, shared, config.timeout));
+    let keeper = keep_cluster(client, shared.clone(), config.timeout);
+    shared.spawn_while_owned(keeper);
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::RedisConfig;
-use super::connector::Connector;
+use super::connector::{Connector, Shared};
 use super::dial::background_timeout;
 use super::error::Error;
 use super::info::{Assessment, NodeInfo, assess, read_masters};
@@ -90,9 +90,11 @@ impl RedisMemory {
             reserve: config.memory_reserve,
             allow_evicting: config.allow_evicting,
         });
-        tokio::spawn(keep_watching(
+        // Ends with the connector (at once) or with this watch (within a poll).
+        let shared = connector.shared();
+        shared.spawn_while_owned(keep_watching(
             Arc::downgrade(&memory),
-            connector.clone(),
+            shared.clone(),
             background_timeout(config.timeout),
         ));
         memory
@@ -259,14 +261,16 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-async fn keep_watching(memory: Weak<RedisMemory>, connector: Connector, patience: Duration) {
-    let mut installs = connector.installs();
+/// Reads `INFO` every [`MEMORY_POLL`] and after each new connection, until the watch is
+/// dropped. Holds the watch only while it updates it, so the store's drop ends it.
+async fn keep_watching(memory: Weak<RedisMemory>, shared: Arc<Shared>, patience: Duration) {
+    let mut installs = shared.installs();
     let mut known: HashMap<String, NodeInfo> = HashMap::new();
     loop {
         let Some(watch) = memory.upgrade() else {
             return;
         };
-        if let Some(conn) = connector.get() {
+        if let Some(conn) = shared.current() {
             match tokio::time::timeout(patience, read_masters(&conn)).await {
                 Ok(Ok(replies)) => {
                     let mut now = Vec::new();

@@ -55,7 +55,8 @@ pub(super) fn start_sentinel(
         tls,
         config: config.clone(),
     };
-    tokio::spawn(keep_sentinel_master(group, shared));
+    let keeper = keep_sentinel_master(group, shared.clone());
+    shared.spawn_while_owned(keeper);
     Ok(())
 }
 
