@@ -1,8 +1,9 @@
 //! Reaching Redis: the URL forms of its three deployments ([`url`]), building clients and
 //! dialling (`dial`), a connection with `WAIT` as a group commit ([`connection`]), kept up
 //! by a connector ([`connector`]) whose keeper tasks redial (`keeper`, and `sentinel` for a
-//! Sentinel master), and the memory watch ([`memory`], reading [`info`]). Used one way by the
-//! record store, the quota store and the audit stream; knows nothing of signatures.
+//! Sentinel master), the memory watch ([`memory`], reading [`info`]), and why any of it failed
+//! ([`Error`]). Used one way by the record store, the quota store and the audit stream; knows
+//! nothing of signatures.
 
 pub mod connection;
 pub mod connector;
