@@ -1,26 +1,36 @@
-//! Reaching Redis: the URL forms of its three deployments ([`url`]), following a Sentinel
-//! master ([`sentinel`]), and a connection that heals itself ([`connector`]). Used one way by
-//! the record store, the quota store and the audit stream; knows nothing of signatures.
+//! Reaching Redis: the URL forms of its three deployments ([`url`]), building clients and
+//! dialling (`dial`), a connection with `WAIT` as a group commit ([`connection`]), kept up
+//! by a connector ([`connector`]) whose keeper tasks redial (`keeper`, and `sentinel` for a
+//! Sentinel master), the memory watch ([`memory`], reading [`info`]), and why any of it failed
+//! ([`Error`]). Used one way by the record store, the quota store and the audit stream; knows
+//! nothing of signatures.
 
+pub mod connection;
 pub mod connector;
+mod dial;
+mod error;
+pub mod info;
+mod keeper;
 pub mod memory;
 mod sentinel;
 pub mod url;
 
 use std::time::Duration;
 
-pub use self::connector::{Conn, Connector, Failure};
+pub use self::connection::Conn;
+pub use self::connector::{Connector, Failure};
+pub use self::error::Error;
 pub use self::memory::{IssueGate, MemoryStatus, RedisMemory};
 pub use self::url::{Topology, UrlError};
 
 impl Connector {
     /// Sets up the connection for `config` and starts the keeper task of its deployment;
     /// never waits for Redis (it may not be up yet).
-    pub fn start(config: &RedisConfig) -> Result<Connector, String> {
+    pub fn start(config: &RedisConfig) -> Result<Connector, Error> {
         let (connector, shared) = Connector::unconnected();
-        match Topology::parse(&config.url).map_err(|e| e.to_string())? {
-            Topology::Single(url) => connector::start_single(&url, config, shared)?,
-            Topology::Cluster(nodes) => connector::start_cluster(nodes, config, shared)?,
+        match Topology::parse(&config.url)? {
+            Topology::Single(url) => keeper::start_single(&url, config, shared)?,
+            Topology::Cluster(nodes) => keeper::start_cluster(nodes, config, shared)?,
             Topology::Sentinel {
                 sentinels,
                 master,

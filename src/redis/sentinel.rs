@@ -16,10 +16,10 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 use tracing::{debug, info, warn};
 
 use super::RedisConfig;
-use super::connector::{
-    Link, MIN_REDIAL_GAP, Shared, background_timeout, dial, node_client, tcp_addr, tcp_settings,
-    tls_certs, wait_bound,
-};
+use super::connection::{Link, wait_bound};
+use super::connector::{MIN_REDIAL_GAP, Shared};
+use super::dial::{background_timeout, dial, node_client, tcp_addr, tcp_settings, tls_certs};
+use super::error::Error;
 
 /// How often the sentinels are asked where the master is and which replicas it has.
 const SENTINEL_POLL: Duration = Duration::from_secs(1);
@@ -32,7 +32,7 @@ pub(super) fn start_sentinel(
     tls: bool,
     config: &RedisConfig,
     shared: Arc<Shared>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let clients = sentinels
         .into_iter()
         .map(|(host, port)| {
@@ -44,7 +44,10 @@ pub(super) fn start_sentinel(
             }
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad sentinel settings: {e}"))?;
+        .map_err(|source| Error::Settings {
+            what: "sentinel",
+            source,
+        })?;
     let group = SentinelGroup {
         sentinels: clients.into_iter().map(|c| (c, None)).collect(),
         name,
@@ -52,7 +55,8 @@ pub(super) fn start_sentinel(
         tls,
         config: config.clone(),
     };
-    tokio::spawn(keep_sentinel_master(group, shared));
+    let keeper = keep_sentinel_master(group, shared.clone());
+    shared.spawn_while_owned(keeper);
     Ok(())
 }
 
@@ -92,7 +96,7 @@ impl SentinelGroup {
         None
     }
 
-    async fn ask_one(&mut self, i: usize, timeout: Duration) -> Result<SentinelView, String> {
+    async fn ask_one(&mut self, i: usize, timeout: Duration) -> Result<SentinelView, Error> {
         let (client, open) = &mut self.sentinels[i];
         let conn = match open {
             Some(conn) => conn,
@@ -103,8 +107,7 @@ impl SentinelGroup {
                 open.insert(
                     client
                         .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map_err(|e| e.to_string())?,
+                        .await?,
                 )
             }
         };
@@ -118,9 +121,11 @@ impl SentinelGroup {
         let (master, replicas): (Option<(String, u16)>, Vec<ReplicaFields>) =
             tokio::time::timeout(timeout, pipe.query_async(conn))
                 .await
-                .map_err(|_| "no answer in time".to_owned())?
-                .map_err(|e| e.to_string())?;
-        let master = master.ok_or_else(|| format!("it knows no master {:?}", self.name))?;
+                .map_err(|_| Error::Timeout {
+                    what: "no answer",
+                    after: timeout,
+                })??;
+        let master = master.ok_or_else(|| Error::UnknownMaster(self.name.clone()))?;
         let master_name = format!("{}:{}", master.0, master.1);
         let promotable = replicas
             .iter()
@@ -129,9 +134,8 @@ impl SentinelGroup {
         Ok(SentinelView { master, promotable })
     }
 
-    fn master_client(&self, (host, port): (String, u16)) -> Result<Client, String> {
-        let info = tcp_addr(host, port, self.tls).into_connection_info();
-        let info = info.map_err(|e| e.to_string())?;
+    fn master_client(&self, (host, port): (String, u16)) -> Result<Client, Error> {
+        let info = tcp_addr(host, port, self.tls).into_connection_info()?;
         let settings = info.redis_settings().clone().set_db(self.db);
         node_client(info.set_redis_settings(settings), &self.config)
     }

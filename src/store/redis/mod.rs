@@ -47,7 +47,7 @@ pub struct RedisStore {
 impl RedisStore {
     /// A store for `config`; connects in the background, so Redis need not be up yet.
     pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
-        let connector = Connector::start(config)?;
+        let connector = Connector::start(config).map_err(|e| e.to_string())?;
         Ok(RedisStore {
             memory: RedisMemory::watch(&connector, config),
             connector,
@@ -184,7 +184,7 @@ impl RedisStore {
             Ok(Ok(acked)) => acked,
             failed => {
                 let e = match failed {
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => e.to_string(),
                     _ => format!("no answer within {} ms", self.timeout.as_millis()),
                 };
                 self.connector.failed(conn, Failure::Timeout);

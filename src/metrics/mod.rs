@@ -1,10 +1,14 @@
-//! Prometheus metrics (SPEC section 6 names) and the `/metrics` HTTP endpoint.
+//! Prometheus metrics (SPEC section 6 names): the registry and what records into it
+//! ([`Metrics`]), what other layers report through their observer traits (`observers`), and
+//! the `/metrics` HTTP endpoint ([`serve_metrics`]).
 //!
 //! Labels are bounded: `rpc` (one per RPC), `result` (`ok` or a reason token), `op` (store
-//! operations), `cause` (why a store call failed). Nothing taken from a request (secret id, subject) ever becomes a label.
+//! operations), `cause` (why a store call failed). Nothing taken from a request (secret id,
+//! subject) ever becomes a label.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod endpoint;
+mod observers;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,15 +20,17 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use strum::IntoEnumIterator as _;
 
+pub use self::endpoint::serve_metrics;
+use self::observers::TRACE_SPANS_DROPPED;
+pub use self::observers::{SPANS_EXPORT_FAILED, SPANS_QUEUE_FULL, trace_spans_dropped};
+use crate::notify::Outcome;
+use crate::redis::MemoryStatus;
+use crate::rpc::Rpc;
+use crate::store::StoreOp;
+
 /// The git revision the binary was built from (build.rs), or "unknown": the `revision` label
 /// of `vodsigner_build_info`.
 pub const REVISION: &str = env!("VOD_SIGNER_REVISION");
-use tokio::net::TcpListener;
-
-use crate::notify::{LifecycleObserver, Outcome};
-use crate::redis::MemoryStatus;
-use crate::rpc::Rpc;
-use crate::store::{StoreError, StoreObserver, StoreOp};
 
 /// Buckets of RPC latency, seconds: 100 µs to ~3 s.
 const REQUEST_BUCKETS: [f64; 16] = [
@@ -67,35 +73,6 @@ struct ResultLabel {
 struct VersionLabel {
     version: &'static str,
     revision: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DropLabel {
-    reason: &'static str,
-}
-
-/// Spans the trace exporter lost, process-wide like the tracer itself (every [`Metrics`]
-/// exposes the same counter).
-static TRACE_SPANS_DROPPED: std::sync::LazyLock<Family<DropLabel, Counter>> =
-    std::sync::LazyLock::new(|| {
-        let family = Family::<DropLabel, Counter>::default();
-        for reason in [SPANS_QUEUE_FULL, SPANS_EXPORT_FAILED] {
-            let _ = family.get_or_create(&DropLabel { reason });
-        }
-        family
-    });
-
-/// `reason` of a span dropped because the export queue was full.
-pub const SPANS_QUEUE_FULL: &str = "queue_full";
-/// `reason` of a span dropped because the collector did not accept its batch in time.
-pub const SPANS_EXPORT_FAILED: &str = "export_failed";
-
-/// Counts `spans` spans the trace exporter dropped, for `reason` ([`SPANS_QUEUE_FULL`] or
-/// [`SPANS_EXPORT_FAILED`]).
-pub fn trace_spans_dropped(reason: &'static str, spans: u64) {
-    TRACE_SPANS_DROPPED
-        .get_or_create(&DropLabel { reason })
-        .inc_by(spans);
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -358,36 +335,6 @@ impl Metrics {
     }
 }
 
-impl LifecycleObserver for Metrics {
-    fn notifications(&self, outcome: Outcome, n: u64) {
-        self.notifications[outcome as usize].inc_by(n);
-    }
-
-    fn abandoned(&self, n: u64) {
-        self.abandoned.inc_by(n);
-    }
-
-    fn backlog(&self, awaiting: u64, oldest_seconds: f64) {
-        self.awaiting_completion
-            .set(awaiting.min(i64::MAX as u64) as i64);
-        self.notification_oldest.set(oldest_seconds);
-    }
-}
-
-impl StoreObserver for Metrics {
-    fn observe(&self, op: StoreOp, elapsed: Duration, error: Option<&StoreError>) {
-        self.store_latency[op as usize].observe(elapsed.as_secs_f64());
-        if let Some(e) = error {
-            self.store_errors
-                .get_or_create(&ErrorLabels {
-                    op: op.name(),
-                    cause: e.cause.name(),
-                })
-                .inc();
-        }
-    }
-}
-
 /// Decrements the in-flight gauge when dropped.
 pub struct InflightGuard(Gauge);
 
@@ -395,35 +342,4 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::http::header::CONTENT_TYPE;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-            }
-        }),
-    );
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    if let Some(addr) = local {
-        tracing::info!(addr = %addr, "serving metrics");
-    }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
