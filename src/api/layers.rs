@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::http::{self, HeaderMap};
@@ -182,6 +182,10 @@ pub fn check_caller<B>(
     }
 }
 
+/// The `RetryInfo` delay of a shed call: long enough for a full replica to answer what it
+/// holds (calls take well under a millisecond of CPU), short next to a caller's deadline.
+pub const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// Admits at most `limit` calls at once and sheds the rest at once with `RATE_LIMITED`: a
 /// fast refusal the client can retry beats a queue that times everyone out.
 #[derive(Clone)]
@@ -202,13 +206,19 @@ impl Admission {
     /// A slot for one call, held until it answers; a refusal when none is free.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         self.slots.clone().try_acquire_owned().map_err(|_| {
-            Refusal::new(
-                Reason::RateLimited,
-                format!(
-                    "the server is already handling its limit of {} calls; retry with backoff",
-                    self.limit
-                ),
-            )
+            // RetryInfo, like a quota's: the clients wait at least this long (plus their own
+            // jitter) instead of coming straight back to a replica that is full.
+            Refusal {
+                retry_after: Some(SHED_RETRY_AFTER),
+                ..Refusal::new(
+                    Reason::RateLimited,
+                    format!(
+                        "the server is already handling its limit of {} calls; retry with backoff",
+                        self.limit
+                    ),
+                )
+            }
+            .with_metadata("quota", "concurrency")
         })
     }
 }
