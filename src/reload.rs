@@ -10,6 +10,7 @@ use tracing::{debug, error, info, warn};
 use crate::auth::{CallerPolicy, SharedPolicy};
 use crate::keys::{KeyRing, SharedKeys};
 use crate::metrics::Metrics;
+use crate::report::Chain;
 
 /// What is re-read.
 #[derive(Clone, Debug)]
@@ -163,7 +164,10 @@ pub async fn reload_keys_and_policy(
         if let Some(path) = &caller_policy {
             match CallerPolicy::load(path) {
                 Ok(p) => policy.store(Some(Arc::new(p))),
-                Err(e) => error!("caller policy reload failed ({e}); keeping the previous policy"),
+                Err(e) => error!(
+                    "caller policy reload failed ({}); keeping the previous policy",
+                    Chain(&e)
+                ),
             }
         }
         debug!(by_signal, "keys reload done");

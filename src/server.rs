@@ -22,7 +22,7 @@ use crate::notify::Delivery;
 use crate::proto::signature_service_server::SignatureServiceServer;
 use crate::service::Signer;
 use crate::store::{MemoryStore, Store};
-use crate::tls::{ReloadingAcceptor, TlsFiles};
+use crate::tls::{ReloadingAcceptor, TlsError, TlsFiles};
 
 /// The gRPC name of the signature service, as health checks name it.
 pub const SERVICE_NAME: &str =
@@ -93,6 +93,25 @@ impl Default for ServerOptions {
             traces: false,
         }
     }
+}
+
+/// Why the server could not start serving, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `--health-listen`'s port could not be bound.
+    #[error("cannot listen for health probes on {addr}")]
+    HealthListen {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS files of the gRPC port are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The gRPC transport failed while serving.
+    #[error("the gRPC transport failed")]
+    Transport(#[source] tonic::transport::Error),
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -248,7 +267,7 @@ pub async fn serve<S: Store>(
     signer: Signer<S>,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let signer = Arc::new(signer);
     let (stop_background, background_stop) = tokio::sync::watch::channel(false);
@@ -282,7 +301,7 @@ pub async fn serve<S: Store>(
     if let Some(addr) = options.health_listen {
         let probe_listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen for health probes on {addr}: {e}"))?;
+            .map_err(|source| ServeError::HealthListen { addr, source })?;
         info!(addr = %probe_listener.local_addr().unwrap_or(addr), "serving plaintext health probes");
         let probes = tonic::transport::Server::builder()
             .add_service(health.clone())
@@ -337,7 +356,7 @@ pub async fn serve<S: Store>(
         result = &mut server => {
             watcher.abort();
             let _ = stop_background.send(true);
-            return result.map_err(|e| e.to_string());
+            return result.map_err(ServeError::Transport);
         }
         () = shutdown => {}
     }
@@ -348,7 +367,7 @@ pub async fn serve<S: Store>(
     let drained = match tokio::time::timeout(options.drain_timeout, server).await {
         Ok(result) => {
             info!("drained: exiting");
-            result.map_err(|e| e.to_string())
+            result.map_err(ServeError::Transport)
         }
         Err(_) => {
             warn!(
