@@ -56,7 +56,7 @@ pub type Hangup = tokio::signal::unix::Signal;
 pub type Hangup = std::convert::Infallible;
 
 /// Re-reads the keys directory and the caller policy on SIGHUP and every
-/// `--keys-reload-interval`.
+/// `--keys-reload-interval`, until `stop` resolves.
 ///
 /// Keys ([`KeyRing::reload_dir`]): what the directory holds now is what verifies, so a removed
 /// key stops verifying at the next reload, always. Files that are not usable keys are skipped
@@ -71,7 +71,9 @@ pub async fn reload_keys_and_policy(
     policy: SharedPolicy,
     metrics: Arc<Metrics>,
     #[cfg_attr(not(unix), allow(unused_mut))] mut hangup: Option<Hangup>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(stop);
     let Sources {
         keys_dir: dir,
         active_key,
@@ -104,6 +106,7 @@ pub async fn reload_keys_and_policy(
         let by_signal = tokio::select! {
             () = timer => false,
             () = hup => true,
+            () = &mut stop => return,
         };
         let old = keys.load_full();
         match KeyRing::reload_dir(&dir, active_key.as_deref(), &old) {

@@ -23,6 +23,7 @@ use crate::report::Chain;
 use crate::server::ServeError;
 use crate::server::{ServerOptions, serve, shutdown_signal};
 use crate::service::{Settings, Signer};
+use crate::shutdown::Shutdown;
 use crate::signature::SecretKey;
 use crate::store::RedisStoreError;
 use crate::store::{MemoryStore, RedisStore, Store};
@@ -207,6 +208,9 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
     let settings = settings(&args)?;
     let policy = caller_policy(&args)?;
     let options = server_options(&args, policy.clone());
+    let drain_timeout = options.drain_timeout;
+    // The composition root's own tasks; the server's are its own.
+    let tasks = Shutdown::new();
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -218,8 +222,9 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
             .await
             .map_err(|source| RunError::MetricsListen { addr, source })?;
         let metrics = options.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_metrics(metrics_listener, metrics, std::future::pending()).await {
+        let stop = tasks.requested();
+        tasks.spawn(async move {
+            if let Err(e) = serve_metrics(metrics_listener, metrics, stop).await {
                 error!("metrics endpoint failed: {}", Chain(&e));
             }
         });
@@ -233,12 +238,13 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
         };
         // Listened for now, before the server says it serves.
         let hangup = reload::listen_for_hangup();
-        tokio::spawn(reload::reload_keys_and_policy(
+        tasks.spawn(reload::reload_keys_and_policy(
             sources,
             keys.clone(),
             policy,
             options.metrics.clone(),
             hangup,
+            tasks.requested(),
         ));
     }
     let metrics = options.metrics.clone();
@@ -252,15 +258,13 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
                     format!("{}events", store.prefix()),
                     args.events_maxlen,
                     Duration::from_millis(args.store_timeout_ms),
+                    &tasks,
                 ))
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(store, keys, settings, events.clone(), metrics);
-            let drain = options.drain_timeout;
-            let served = serve(listener, signer, options, shutdown_signal()).await;
-            flush_events(&*events, drain).await;
-            served
+            let signer = assemble(store, keys, settings, events, metrics);
+            serve(listener, signer, options, shutdown_signal()).await
         }
         None => {
             warn!(
@@ -276,24 +280,22 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
                 Arc::new(MemoryStore::new()),
                 keys,
                 settings,
-                events.clone(),
+                events,
                 metrics,
             );
-            let drain = options.drain_timeout;
-            let served = serve(listener, signer, options, shutdown_signal()).await;
-            flush_events(&*events, drain).await;
-            served
+            serve(listener, signer, options, shutdown_signal()).await
         }
     };
-    Ok(served?)
-}
-
-/// After the drain: the events of the calls served are written before the process exits
-/// (bounded by `within`; past it they are lost, as when Redis is away).
-async fn flush_events(events: &dyn EventLog, within: Duration) {
-    if tokio::time::timeout(within, events.flush()).await.is_err() {
-        warn!("audit events still queued at exit were not written in time; dropped");
+    // After the drain: the audit writer writes the events of the calls served, the metrics
+    // endpoint and the reloads stop. Bounded as the drain is; past it, queued events are
+    // lost, as when Redis is away.
+    if !tasks.finish(drain_timeout).await {
+        warn!(
+            tasks = tasks.running(),
+            "tasks still running at the drain timeout (audit events not yet written are dropped): exiting"
+        );
     }
+    Ok(served?)
 }
 
 /// The Redis settings from the flags; secrets come from files or the environment.

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, error, info, warn};
 
 use crate::report::Chain;
+use crate::shutdown::Shutdown;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,19 +171,30 @@ impl TlsFiles {
 #[derive(Clone)]
 pub struct ReloadingAcceptor {
     current: Arc<ArcSwap<TlsAcceptor>>,
+    /// Its tasks (reloading, accepting, handshakes) end on it.
+    tasks: Shutdown,
 }
 
 impl ReloadingAcceptor {
     /// Loads `files` now (an error stops the start), then re-reads them every `interval` when
-    /// their modification times change. A failed reload keeps the previous configuration.
-    pub fn start(files: TlsFiles, interval: Duration) -> Result<ReloadingAcceptor, TlsError> {
+    /// their modification times change, until `tasks` shuts down. A failed reload keeps the
+    /// previous configuration.
+    pub fn start(
+        files: TlsFiles,
+        interval: Duration,
+        tasks: &Shutdown,
+    ) -> Result<ReloadingAcceptor, TlsError> {
         let config = files.load()?;
         let current = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(config))));
         let swap = current.clone();
-        tokio::spawn(async move {
+        let stop = tasks.clone();
+        tasks.spawn(async move {
             let mut stamp = files.stamp();
             loop {
-                tokio::time::sleep(interval).await;
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = stop.requested() => return,
+                }
                 let now = files.stamp();
                 if now == stamp {
                     continue;
@@ -200,19 +212,29 @@ impl ReloadingAcceptor {
                 }
             }
         });
-        Ok(ReloadingAcceptor { current })
+        Ok(ReloadingAcceptor {
+            current,
+            tasks: tasks.clone(),
+        })
     }
 
-    /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake.
+    /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake,
+    /// until the stream is dropped or shutdown.
     pub fn incoming(
         &self,
         listener: TcpListener,
     ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let current = self.current.clone();
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                    () = tasks.requested() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -228,10 +250,22 @@ impl ReloadingAcceptor {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = current.load_full();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let stop = tasks.requested();
+                tasks.spawn(async move {
+                    tokio::pin!(stop);
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let handshake = tokio::select! {
+                        handshake = handshake => handshake,
+                        () = &mut stop => return,
+                    };
+                    match handshake {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            // The server no longer taking connections (draining) must not
+                            // hold this task.
+                            tokio::select! {
+                                _ = tx.send(Ok(tls)) => {}
+                                () = &mut stop => {}
+                            }
                         }
                         Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// its own layer or of layers above; never one below.
 const LAYERS: &[&[&str]] = &[
     &[
-        "reason", "refusal", "rpc", "digest", "clock", "fold", "report",
+        "reason", "refusal", "rpc", "digest", "clock", "fold", "report", "shutdown",
     ],
     &["signature"],
     &["keys", "auth", "quota"],
