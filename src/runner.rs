@@ -10,23 +10,18 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::audit::{EventLog, LogEvents, NoEvents, RedisEvents};
-use crate::auth::PolicyFileError;
-use crate::auth::{CallerPolicy, SharedPolicy};
-use crate::config::ConfigError;
-use crate::config::{RuntimeFlavor, ServeArgs};
-use crate::keys::KeyError;
-use crate::keys::{KeyRing, SharedKeys};
+use crate::auth::{CallerPolicy, PolicyFileError, SharedPolicy};
+use crate::config::{ConfigError, RuntimeFlavor, ServeArgs};
+use crate::keys::{KeyError, KeyRing, SharedKeys};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::redis::RedisConfig;
 use crate::reload::{self, Sources};
 use crate::report::Chain;
-use crate::server::ServeError;
-use crate::server::{ServerOptions, serve, shutdown_signal};
+use crate::server::{ServeError, ServerOptions, serve, shutdown_signal};
 use crate::service::{Settings, Signer};
 use crate::shutdown::Shutdown;
 use crate::signature::SecretKey;
-use crate::store::RedisStoreError;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{MemoryStore, RedisStore, RedisStoreError, Store};
 use crate::tls::TlsFiles;
 
 /// Why `serve` did not start, or stopped other than on a signal.
