@@ -123,6 +123,67 @@ impl AuthError {
     }
 }
 
+/// Why a caller policy's text is not a valid policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Not TOML, or not the policy's shape (a field missing or unknown).
+    #[error("cannot parse it")]
+    Toml(#[source] toml::de::Error),
+    /// A caller that could call nothing.
+    #[error("caller {caller:?} has no roles")]
+    NoRoles {
+        /// The caller's name.
+        caller: String,
+    },
+    /// A caller nobody could ever be recognised as.
+    #[error("caller {caller:?} has neither san nor token_sha256")]
+    NoCredential {
+        /// The caller's name.
+        caller: String,
+    },
+    /// A token digest that is not a SHA-256 in hex.
+    #[error("caller {caller:?}: token_sha256 must be 64 hex digits")]
+    BadDigest {
+        /// The caller's name.
+        caller: String,
+    },
+    /// One token for two entries: which caller it names would be ambiguous.
+    #[error("caller {caller:?}: a token_sha256 is listed twice")]
+    DuplicateToken {
+        /// The caller's name (the second listing).
+        caller: String,
+    },
+    /// One SAN for two entries: which caller it names would be ambiguous.
+    #[error("caller {caller:?}: san {san:?} is listed twice")]
+    DuplicateSan {
+        /// The caller's name (the second listing).
+        caller: String,
+        /// The SAN.
+        san: String,
+    },
+}
+
+/// Why `--caller-policy` could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    /// The file could not be read.
+    #[error("caller policy {}: cannot read it", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid policy.
+    #[error("caller policy {} is not valid", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: PolicyError,
+    },
+}
+
 /// The loaded caller policy.
 #[derive(Clone, Debug)]
 pub struct CallerPolicy {
@@ -138,15 +199,20 @@ pub fn token_digest(token: &str) -> String {
 
 impl CallerPolicy {
     /// Reads and checks a policy file.
-    pub fn load(path: &Path) -> Result<CallerPolicy, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("caller policy {}: {e}", path.display()))?;
-        CallerPolicy::parse(&text).map_err(|e| format!("caller policy {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<CallerPolicy, PolicyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        CallerPolicy::parse(&text).map_err(|source| PolicyFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Parses and checks a policy.
-    pub fn parse(text: &str) -> Result<CallerPolicy, String> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<CallerPolicy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(PolicyError::Toml)?;
         let mut policy = CallerPolicy {
             callers: Vec::new(),
             by_token: HashMap::new(),
@@ -154,36 +220,28 @@ impl CallerPolicy {
         };
         for entry in file.caller {
             let index = policy.callers.len();
+            let caller = || entry.name.clone();
             if entry.roles.is_empty() {
-                return Err(format!("caller {:?} has no roles", entry.name));
+                return Err(PolicyError::NoRoles { caller: caller() });
             }
             if entry.san.is_empty() && entry.token_sha256.is_empty() {
-                return Err(format!(
-                    "caller {:?} has neither san nor token_sha256",
-                    entry.name
-                ));
+                return Err(PolicyError::NoCredential { caller: caller() });
             }
             for digest in &entry.token_sha256 {
                 let digest = digest.to_ascii_lowercase();
                 if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(format!(
-                        "caller {:?}: token_sha256 must be 64 hex digits",
-                        entry.name
-                    ));
+                    return Err(PolicyError::BadDigest { caller: caller() });
                 }
                 if policy.by_token.insert(digest, index).is_some() {
-                    return Err(format!(
-                        "caller {:?}: a token_sha256 is listed twice",
-                        entry.name
-                    ));
+                    return Err(PolicyError::DuplicateToken { caller: caller() });
                 }
             }
             for san in &entry.san {
                 if policy.by_san.insert(san.clone(), index).is_some() {
-                    return Err(format!(
-                        "caller {:?}: san {san:?} is listed twice",
-                        entry.name
-                    ));
+                    return Err(PolicyError::DuplicateSan {
+                        caller: caller(),
+                        san: san.clone(),
+                    });
                 }
             }
             policy.callers.push(Caller {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::notify::{Delivery, Lifecycle, PushTarget, Secrets};
+use crate::notify::{Delivery, Lifecycle, PushTarget, Secrets, SecretsError};
 
 /// The longest validity a signature may have, seconds: the cap of `--max-ttl` and `--ttl`.
 const MAX_VALIDITY: u64 = crate::signature::MAX_VALIDITY_SECONDS as u64;
@@ -315,7 +315,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The quotas the flags ask for.
-    pub fn quotas(&self) -> Result<Vec<crate::quota::Quota>, String> {
+    pub fn quotas(&self) -> Result<Vec<crate::quota::Quota>, ConfigError> {
         use crate::quota::{Quota, Scope};
         let flags = [
             (Scope::Subject, "subject", &self.quota_per_subject),
@@ -328,36 +328,44 @@ impl ServeArgs {
         ];
         flags
             .into_iter()
-            .filter_map(|(scope, name, text)| text.as_deref().map(|t| Quota::parse(scope, name, t)))
+            .filter_map(|(scope, name, text)| {
+                text.as_deref().map(|t| {
+                    Quota::parse(scope, name, t)
+                        .map_err(|source| ConfigError::Quota { name, source })
+                })
+            })
             .collect()
     }
 
     /// The upload lifecycle from the flags: the completion window and where notifications go.
-    pub fn lifecycle(&self) -> Result<Lifecycle, String> {
+    pub fn lifecycle(&self) -> Result<Lifecycle, ConfigError> {
         let window: std::time::Duration = self.completion_window.into();
         if window.as_secs() == 0 {
-            return Err("--completion-window must be at least 1s".into());
+            return Err(ConfigError::CompletionWindow);
         }
         let delivery = match (self.notify_mode, &self.notify_url) {
             (Some(NotifyMode::Pull), Some(_)) => {
-                return Err("--notify-url pushes and --notify-mode pull keeps notifications for PullEvents: give one of them"
-                    .into());
+                return Err(ConfigError::PullAndUrl);
             }
             (Some(NotifyMode::Pull), None) => Delivery::Pull,
             (Some(NotifyMode::Push), None) => {
-                return Err("--notify-mode push needs --notify-url".into());
+                return Err(ConfigError::PushWithoutUrl);
             }
             (_, Some(url)) => {
-                let url: hyper::Uri = url
-                    .parse()
-                    .map_err(|e| format!("--notify-url {url:?}: {e}"))?;
+                let url: hyper::Uri = url.parse().map_err(|source| ConfigError::NotifyUrl {
+                    url: url.clone(),
+                    source,
+                })?;
                 if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-                    return Err(format!("--notify-url {url}: an http:// or https:// URL"));
+                    return Err(ConfigError::NotifyUrlScheme {
+                        url: url.to_string(),
+                    });
                 }
-                let path = self.notify_secret_file.as_deref().ok_or(
-                    "--notify-url needs --notify-secret-file: every push is signed (Standard Webhooks)",
-                )?;
-                let secrets = Secrets::load(path).map_err(|e| e.to_string())?;
+                let path = self
+                    .notify_secret_file
+                    .as_deref()
+                    .ok_or(ConfigError::NoNotifySecret)?;
+                let secrets = Secrets::load(path).map_err(ConfigError::NotifySecret)?;
                 Delivery::Push(std::sync::Arc::new(PushTarget {
                     url,
                     secrets,
@@ -385,14 +393,71 @@ impl ServeArgs {
     }
 
     /// The metrics address, or None when `--metrics-listen off`.
-    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         match self.metrics_listen.trim() {
             "" | "off" => Ok(None),
-            addr => addr.parse().map(Some).map_err(|e| {
-                format!("--metrics-listen {addr:?}: {e} (an address like 0.0.0.0:9090, or off)")
-            }),
+            addr => addr
+                .parse()
+                .map(Some)
+                .map_err(|source| ConfigError::MetricsListen {
+                    addr: addr.to_owned(),
+                    source,
+                }),
         }
     }
+}
+
+/// Flags that are each well-formed but do not make a configuration together, or whose
+/// values are checked only once the service starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A `--quota-per-*` that is not `N/PERIOD`.
+    #[error("--quota-per-{name}")]
+    Quota {
+        /// The quota's name (`subject`, `subject-burst`, `secret-id`).
+        name: &'static str,
+        /// What is wrong with it.
+        source: crate::quota::QuotaError,
+    },
+    /// A zero `--completion-window`: every upload would be abandoned at once.
+    #[error("--completion-window must be at least 1s")]
+    CompletionWindow,
+    /// Both ways of delivering notifications at once.
+    #[error(
+        "--notify-url pushes and --notify-mode pull keeps notifications for PullEvents: give one of them"
+    )]
+    PullAndUrl,
+    /// Pushing without a place to push to.
+    #[error("--notify-mode push needs --notify-url")]
+    PushWithoutUrl,
+    /// A `--notify-url` that is not a URI.
+    #[error("--notify-url {url:?}")]
+    NotifyUrl {
+        /// The flag's value.
+        url: String,
+        /// Why it does not parse.
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// A `--notify-url` that is not an absolute http(s) URL.
+    #[error("--notify-url {url}: an http:// or https:// URL")]
+    NotifyUrlScheme {
+        /// The flag's value.
+        url: String,
+    },
+    /// Pushing unsigned is not offered.
+    #[error("--notify-url needs --notify-secret-file: every push is signed (Standard Webhooks)")]
+    NoNotifySecret,
+    /// `--notify-secret-file` cannot be used.
+    #[error("--notify-secret-file")]
+    NotifySecret(#[source] SecretsError),
+    /// A `--metrics-listen` that is neither an address nor `off`.
+    #[error("--metrics-listen {addr:?}: an address like 0.0.0.0:9090, or off")]
+    MetricsListen {
+        /// The flag's value.
+        addr: String,
+        /// Why it does not parse.
+        source: std::net::AddrParseError,
+    },
 }
 
 /// `--redis-memory-reserve`: a fraction from 0 (issue until Redis is full) to below 1.

@@ -6,7 +6,8 @@
 //! 1. Foundations: [`reason`] (the refusal reasons of SPEC section 3), [`refusal`] (a refused
 //!    call and how it travels as a gRPC status), [`rpc`] (the service's RPCs, as one enum),
 //!    [`digest`] (hex and SHA-256 fingerprints), [`clock`] (the injected time), [`fold`] (a
-//!    repeated log line folded to one a second).
+//!    repeated log line folded to one a second), [`report`] (an error told with its causes),
+//!    [`shutdown`] (the signal every background task obeys, and the wait for them all).
 //! 2. The codec: [`signature`]: sign, parse, verify, clock checks, URL encoding. Pure.
 //! 3. What the service holds: [`keys`] (the SecretKeys, reloadable), [`auth`] (the caller
 //!    policy), [`quota`] (GCRA arithmetic of the issuance quotas).
@@ -45,10 +46,12 @@ pub mod reason;
 pub mod redis;
 pub mod refusal;
 pub mod reload;
+pub mod report;
 pub mod rpc;
 pub mod runner;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod signature;
 pub mod store;
 pub mod telemetry;

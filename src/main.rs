@@ -1,5 +1,6 @@
 //! The `vod-signer` binary: parses the command line and hands over to the library.
 
+use std::error::Error;
 use std::process::ExitCode;
 
 /// mimalloc: a request allocates many small buffers, and glibc malloc showed up at 15% of
@@ -9,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser as _;
 use vod_signer::config::{Cli, Command};
+use vod_signer::report::Chain;
 use vod_signer::{cli, runner, telemetry};
 
 fn main() -> ExitCode {
@@ -21,21 +23,25 @@ fn main() -> ExitCode {
     };
     let _telemetry = match telemetry::init(args.log_format, &args.log_level, traces) {
         Ok(telemetry) => telemetry,
-        Err(e) => {
-            eprintln!("vod-signer: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return failed(&e),
     };
-    let result = match &args.command {
-        Command::Serve(serve) => runner::run((**serve).clone()),
-        Command::Issue(issue) => cli::issue(issue).map(|out| println!("{out}")),
-        Command::Inspect(inspect) => cli::inspect(inspect).map(|out| println!("{out}")),
+    let result: Result<(), Box<dyn Error>> = match &args.command {
+        Command::Serve(serve) => runner::run((**serve).clone()).map_err(Into::into),
+        Command::Issue(issue) => cli::issue(issue)
+            .map(|out| println!("{out}"))
+            .map_err(Into::into),
+        Command::Inspect(inspect) => cli::inspect(inspect)
+            .map(|out| println!("{out}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vod-signer: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed(&*e),
     }
+}
+
+/// The error with every cause behind it, on one line: the last thing the operator reads.
+fn failed(e: &(dyn Error + 'static)) -> ExitCode {
+    eprintln!("vod-signer: error: {}", Chain(e));
+    ExitCode::from(2)
 }

@@ -20,6 +20,43 @@ pub enum Scope {
     SecretId,
 }
 
+/// Why a quota's text (`N/PERIOD`) is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    /// No `/` between the count and the period.
+    #[error("quota {text:?}: expected N/PERIOD, e.g. 20/1h")]
+    Shape {
+        /// The text given.
+        text: String,
+    },
+    /// The part before `/` is not a whole number.
+    #[error("quota {text:?}: {count:?} is not a count")]
+    Count {
+        /// The text given.
+        text: String,
+        /// Its count part.
+        count: String,
+        /// Why it does not parse.
+        source: std::num::ParseIntError,
+    },
+    /// The part after `/` is not a duration.
+    #[error("quota {text:?}: bad period {period:?}; use 30s, 1m, 1h or 1d")]
+    Period {
+        /// The text given.
+        text: String,
+        /// Its period part.
+        period: String,
+        /// Why it does not parse.
+        source: humantime::DurationError,
+    },
+    /// A zero count, or a period under a second.
+    #[error("quota {text:?}: the count must be at least 1 and the period at least 1s")]
+    TooSmall {
+        /// The text given.
+        text: String,
+    },
+}
+
 /// One quota: `limit` issues per `period` and `scope`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quota {
@@ -35,21 +72,25 @@ pub struct Quota {
 
 impl Quota {
     /// Parses `N/PERIOD` (`20/1h`, `5/30s`, `1000/1d`).
-    pub fn parse(scope: Scope, name: &'static str, text: &str) -> Result<Quota, String> {
-        let (n, period) = text
-            .split_once('/')
-            .ok_or_else(|| format!("quota {text:?}: expected N/PERIOD, e.g. 20/1h"))?;
-        let limit: u32 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("quota {text:?}: {n:?} is not a count"))?;
-        let period = humantime::parse_duration(period.trim()).map_err(|e| {
-            format!("quota {text:?}: bad period {period:?} ({e}); use 30s, 1m, 1h or 1d")
+    pub fn parse(scope: Scope, name: &'static str, text: &str) -> Result<Quota, QuotaError> {
+        let (n, period) = text.split_once('/').ok_or_else(|| QuotaError::Shape {
+            text: text.to_owned(),
         })?;
+        let limit: u32 = n.trim().parse().map_err(|source| QuotaError::Count {
+            text: text.to_owned(),
+            count: n.to_owned(),
+            source,
+        })?;
+        let period =
+            humantime::parse_duration(period.trim()).map_err(|source| QuotaError::Period {
+                text: text.to_owned(),
+                period: period.to_owned(),
+                source,
+            })?;
         if limit == 0 || period < Duration::from_secs(1) {
-            return Err(format!(
-                "quota {text:?}: the count must be at least 1 and the period at least 1s"
-            ));
+            return Err(QuotaError::TooSmall {
+                text: text.to_owned(),
+            });
         }
         Ok(Quota {
             scope,

@@ -10,6 +10,7 @@ use tracing::{debug, error, info, warn};
 use crate::auth::{CallerPolicy, SharedPolicy};
 use crate::keys::{KeyRing, SharedKeys};
 use crate::metrics::Metrics;
+use crate::report::Chain;
 
 /// What is re-read.
 #[derive(Clone, Debug)]
@@ -55,7 +56,7 @@ pub type Hangup = tokio::signal::unix::Signal;
 pub type Hangup = std::convert::Infallible;
 
 /// Re-reads the keys directory and the caller policy on SIGHUP and every
-/// `--keys-reload-interval`.
+/// `--keys-reload-interval`, until `stop` resolves.
 ///
 /// Keys ([`KeyRing::reload_dir`]): what the directory holds now is what verifies, so a removed
 /// key stops verifying at the next reload, always. Files that are not usable keys are skipped
@@ -70,7 +71,9 @@ pub async fn reload_keys_and_policy(
     policy: SharedPolicy,
     metrics: Arc<Metrics>,
     #[cfg_attr(not(unix), allow(unused_mut))] mut hangup: Option<Hangup>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(stop);
     let Sources {
         keys_dir: dir,
         active_key,
@@ -103,6 +106,7 @@ pub async fn reload_keys_and_policy(
         let by_signal = tokio::select! {
             () = timer => false,
             () = hup => true,
+            () = &mut stop => return,
         };
         let old = keys.load_full();
         match KeyRing::reload_dir(&dir, active_key.as_deref(), &old) {
@@ -163,7 +167,10 @@ pub async fn reload_keys_and_policy(
         if let Some(path) = &caller_policy {
             match CallerPolicy::load(path) {
                 Ok(p) => policy.store(Some(Arc::new(p))),
-                Err(e) => error!("caller policy reload failed ({e}); keeping the previous policy"),
+                Err(e) => error!(
+                    "caller policy reload failed ({}); keeping the previous policy",
+                    Chain(&e)
+                ),
             }
         }
         debug!(by_signal, "keys reload done");

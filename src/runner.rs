@@ -10,21 +10,89 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::audit::{EventLog, LogEvents, NoEvents, RedisEvents};
-use crate::auth::{CallerPolicy, SharedPolicy};
-use crate::config::{RuntimeFlavor, ServeArgs};
-use crate::keys::{KeyRing, SharedKeys};
+use crate::auth::{CallerPolicy, PolicyFileError, SharedPolicy};
+use crate::config::{ConfigError, RuntimeFlavor, ServeArgs};
+use crate::keys::{KeyError, KeyRing, SharedKeys};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::redis::RedisConfig;
 use crate::reload::{self, Sources};
-use crate::server::{ServerOptions, serve, shutdown_signal};
+use crate::report::Chain;
+use crate::server::{ServeError, ServerOptions, serve, shutdown_signal};
 use crate::service::{Settings, Signer};
+use crate::shutdown::Shutdown;
 use crate::signature::SecretKey;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{MemoryStore, RedisStore, RedisStoreError, Store};
 use crate::tls::TlsFiles;
 
+/// Why `serve` did not start, or stopped other than on a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The tokio runtime could not be built.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+    /// Serving needs keys, from a directory or made up by `--dev`.
+    #[error("--keys-dir (or VOD_SIGNER_KEYS_DIR) is required, or --dev")]
+    NoKeysDir,
+    /// The keys directory is unusable.
+    #[error("cannot load keys")]
+    Keys(#[from] KeyError),
+    /// The default TTL is outside what the maximum allows.
+    #[error("--default-ttl {default_ttl} must be 1 to --max-ttl {max_ttl}")]
+    DefaultTtl {
+        /// `--default-ttl`.
+        default_ttl: u64,
+        /// `--max-ttl`.
+        max_ttl: u64,
+    },
+    /// Flags that do not make a configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `--caller-policy` is unusable.
+    #[error(transparent)]
+    Policy(#[from] PolicyFileError),
+    /// The gRPC port could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// `--listen`.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The metrics port could not be bound.
+    #[error("cannot listen for metrics on {addr}")]
+    MetricsListen {
+        /// `--metrics-listen`.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file named by a Redis flag could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// `--redis-password-file` is not text.
+    #[error("{} is not UTF-8", path.display())]
+    NotUtf8 {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where the bytes stop being UTF-8.
+        source: std::string::FromUtf8Error,
+    },
+    /// The Redis settings are unusable.
+    #[error(transparent)]
+    RedisStore(#[from] RedisStoreError),
+    /// The server failed to start or stopped on its own.
+    #[error("cannot serve")]
+    Serve(#[from] ServeError),
+}
+
 /// `vod-signer serve`: builds the runtime, the keys and the store, and serves until SIGTERM.
-pub fn run(args: ServeArgs) -> Result<(), String> {
-    let runtime = build_runtime(&args).map_err(|e| format!("cannot start the runtime: {e}"))?;
+pub fn run(args: ServeArgs) -> Result<(), RunError> {
+    let runtime = build_runtime(&args).map_err(RunError::Runtime)?;
     runtime.block_on(run_async(args))
 }
 
@@ -63,12 +131,12 @@ pub fn assemble<S: Store>(
 }
 
 /// The use cases' settings from the flags.
-fn settings(args: &ServeArgs) -> Result<Settings, String> {
+fn settings(args: &ServeArgs) -> Result<Settings, RunError> {
     if args.default_ttl == 0 || args.default_ttl > args.max_ttl {
-        return Err(format!(
-            "--default-ttl {} must be 1 to --max-ttl {}",
-            args.default_ttl, args.max_ttl
-        ));
+        return Err(RunError::DefaultTtl {
+            default_ttl: args.default_ttl,
+            max_ttl: args.max_ttl,
+        });
     }
     Ok(Settings {
         default_ttl: args.default_ttl,
@@ -82,7 +150,7 @@ fn settings(args: &ServeArgs) -> Result<Settings, String> {
 }
 
 /// The caller policy from `--caller-policy`; none lets every caller call everything.
-fn caller_policy(args: &ServeArgs) -> Result<SharedPolicy, String> {
+fn caller_policy(args: &ServeArgs) -> Result<SharedPolicy, RunError> {
     let policy = SharedPolicy::default();
     match &args.caller_policy {
         Some(path) => {
@@ -122,34 +190,37 @@ fn server_options(args: &ServeArgs, policy: SharedPolicy) -> ServerOptions {
     }
 }
 
-async fn run_async(args: ServeArgs) -> Result<(), String> {
+async fn run_async(args: ServeArgs) -> Result<(), RunError> {
     crate::tls::install_crypto_provider();
     let keys = if args.dev {
         dev_keys()
     } else {
-        let dir = args
-            .keys
-            .keys_dir
-            .as_deref()
-            .ok_or("--keys-dir (or VOD_SIGNER_KEYS_DIR) is required, or --dev")?;
-        KeyRing::load_dir(dir, args.keys.active_key.as_deref()).map_err(|e| e.to_string())?
+        let dir = args.keys.keys_dir.as_deref().ok_or(RunError::NoKeysDir)?;
+        KeyRing::load_dir(dir, args.keys.active_key.as_deref())?
     };
     info!(secret_ids = ?keys.secret_ids().collect::<Vec<_>>(), active = keys.active_id(), "keys loaded");
     let keys = keys.shared();
     let settings = settings(&args)?;
     let policy = caller_policy(&args)?;
     let options = server_options(&args, policy.clone());
+    let drain_timeout = options.drain_timeout;
+    // The composition root's own tasks; the server's are its own.
+    let tasks = Shutdown::new();
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|source| RunError::Listen {
+            addr: args.listen,
+            source,
+        })?;
     if let Some(addr) = args.metrics_addr()? {
         let metrics_listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+            .map_err(|source| RunError::MetricsListen { addr, source })?;
         let metrics = options.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve_metrics(metrics_listener, metrics, std::future::pending()).await {
-                error!("metrics endpoint failed: {e}");
+        let stop = tasks.requested();
+        tasks.spawn(async move {
+            if let Err(e) = serve_metrics(metrics_listener, metrics, stop).await {
+                error!("metrics endpoint failed: {}", Chain(&e));
             }
         });
     }
@@ -162,12 +233,13 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
         };
         // Listened for now, before the server says it serves.
         let hangup = reload::listen_for_hangup();
-        tokio::spawn(reload::reload_keys_and_policy(
+        tasks.spawn(reload::reload_keys_and_policy(
             sources,
             keys.clone(),
             policy,
             options.metrics.clone(),
             hangup,
+            tasks.requested(),
         ));
     }
     let metrics = options.metrics.clone();
@@ -181,15 +253,13 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
                     format!("{}events", store.prefix()),
                     args.events_maxlen,
                     Duration::from_millis(args.store_timeout_ms),
+                    &tasks,
                 ))
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(store, keys, settings, events.clone(), metrics);
-            let drain = options.drain_timeout;
-            let served = serve(listener, signer, options, shutdown_signal()).await;
-            flush_events(&*events, drain).await;
-            served
+            let signer = assemble(store, keys, settings, events, metrics);
+            serve(listener, signer, options, shutdown_signal()).await
         }
         None => {
             warn!(
@@ -205,30 +275,31 @@ async fn run_async(args: ServeArgs) -> Result<(), String> {
                 Arc::new(MemoryStore::new()),
                 keys,
                 settings,
-                events.clone(),
+                events,
                 metrics,
             );
-            let drain = options.drain_timeout;
-            let served = serve(listener, signer, options, shutdown_signal()).await;
-            flush_events(&*events, drain).await;
-            served
+            serve(listener, signer, options, shutdown_signal()).await
         }
     };
-    served.map_err(|e| format!("server failed: {e}"))
-}
-
-/// After the drain: the events of the calls served are written before the process exits
-/// (bounded by `within`; past it they are lost, as when Redis is away).
-async fn flush_events(events: &dyn EventLog, within: Duration) {
-    if tokio::time::timeout(within, events.flush()).await.is_err() {
-        warn!("audit events still queued at exit were not written in time; dropped");
+    // After the drain: the audit writer writes the events of the calls served, the metrics
+    // endpoint and the reloads stop. Bounded as the drain is; past it, queued events are
+    // lost, as when Redis is away.
+    if !tasks.finish(drain_timeout).await {
+        warn!(
+            tasks = tasks.running(),
+            "tasks still running at the drain timeout (audit events not yet written are dropped): exiting"
+        );
     }
+    Ok(served?)
 }
 
 /// The Redis settings from the flags; secrets come from files or the environment.
-fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, String> {
+fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, RunError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        std::fs::read(path).map_err(|source| RunError::Read {
+            path: path.to_owned(),
+            source,
+        })
     };
     // The password comes from a file, or the environment: never from a flag alone.
     let password = match (
@@ -237,8 +308,10 @@ fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, String> {
     ) {
         (Some(path), _) => {
             let bytes = read(path)?;
-            let text =
-                String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
+            let text = String::from_utf8(bytes).map_err(|source| RunError::NotUtf8 {
+                path: path.clone(),
+                source,
+            })?;
             Some(text.trim_end_matches(['\r', '\n']).to_owned())
         }
         (None, Ok(p)) if !p.is_empty() => Some(p),

@@ -21,8 +21,9 @@ use crate::metrics::Metrics;
 use crate::notify::Delivery;
 use crate::proto::signature_service_server::SignatureServiceServer;
 use crate::service::Signer;
+use crate::shutdown::Shutdown;
 use crate::store::{MemoryStore, Store};
-use crate::tls::{ReloadingAcceptor, TlsFiles};
+use crate::tls::{ReloadingAcceptor, TlsError, TlsFiles};
 
 /// The gRPC name of the signature service, as health checks name it.
 pub const SERVICE_NAME: &str =
@@ -95,6 +96,25 @@ impl Default for ServerOptions {
     }
 }
 
+/// Why the server could not start serving, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `--health-listen`'s port could not be bound.
+    #[error("cannot listen for health probes on {addr}")]
+    HealthListen {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS files of the gRPC port are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The gRPC transport failed while serving.
+    #[error("the gRPC transport failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -128,6 +148,22 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 /// Pings the store every `interval`; health is SERVING exactly while it answers and nothing
 /// makes it unsafe to use (a Redis that may evict records, see [`Store::unsafe_to_serve`]).
 async fn watch_store<S: Store>(
+    store: Arc<S>,
+    reporter: HealthReporter,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
+    // Stopped mid-round too (a ping bounded only by the store timeout): once told, it must
+    // not set health again.
+    tokio::select! {
+        biased;
+        () = stop.requested() => {}
+        () = watch_store_rounds(store, reporter, interval, metrics) => {}
+    }
+}
+
+async fn watch_store_rounds<S: Store>(
     store: Arc<S>,
     reporter: HealthReporter,
     interval: Duration,
@@ -181,20 +217,16 @@ fn replica_name() -> String {
     )
 }
 
-/// The upload lifecycle's background work until `stop` turns true: the abandonment sweep
-/// (one replica at a time, by lease) and the backlog gauges.
-async fn run_lifecycle<S: Store>(
-    signer: Arc<Signer<S>>,
-    owner: String,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// The upload lifecycle's background work until shutdown: the abandonment sweep (one
+/// replica at a time, by lease) and the backlog gauges.
+async fn run_lifecycle<S: Store>(signer: Arc<Signer<S>>, owner: String, stop: Shutdown) {
     let period = signer.settings().lifecycle.sweep_period();
     let mut failing = false;
     loop {
         // A period first: the store connects in the background as the server starts.
         tokio::select! {
             () = tokio::time::sleep(period) => {}
-            _ = stop.changed() => return,
+            () = stop.requested() => return,
         }
         let swept = signer.sweep_abandoned(&owner).await;
         let backlog = signer.backlog().await;
@@ -214,52 +246,65 @@ async fn run_lifecycle<S: Store>(
 
 /// Starts the upload lifecycle's background tasks: the sweep, and with `--notify-url` the
 /// pusher.
-fn start_lifecycle<S: Store>(
-    signer: &Arc<Signer<S>>,
-    metrics: &Arc<Metrics>,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_lifecycle<S: Store>(signer: &Arc<Signer<S>>, metrics: &Arc<Metrics>, tasks: &Shutdown) {
     let owner = replica_name();
-    let mut tasks = vec![tokio::spawn(run_lifecycle(
-        signer.clone(),
-        owner.clone(),
-        stop.clone(),
-    ))];
+    tasks.spawn(run_lifecycle(signer.clone(), owner.clone(), tasks.clone()));
     let lifecycle = &signer.settings().lifecycle;
     if let Delivery::Push(target) = &lifecycle.delivery {
-        let mut stop = stop.clone();
-        tasks.push(tokio::spawn(crate::notify::push::run(
+        tasks.spawn(crate::notify::push::run(
             signer.store().clone(),
             target.clone(),
             lifecycle.max_age,
             owner,
             metrics.clone(),
-            async move {
-                let _ = stop.changed().await;
-            },
-        )));
+            tasks.requested(),
+        ));
     }
-    tasks
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains calls in flight.
+/// Serves on `listener` until `shutdown` resolves, then drains calls in flight. Returns once
+/// every task it spawned has ended (or, past the drain timeout again, logs the ones that
+/// have not).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     signer: Signer<S>,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
+    let tasks = Shutdown::new();
+    let drain_timeout = options.drain_timeout;
+    let served = serve_until(listener, signer, options, shutdown, &tasks).await;
+    // The background work stops after the calls: a push in flight finishes (bounded by its
+    // timeout) and what is still queued waits in Redis for another replica.
+    if !tasks.finish(drain_timeout).await {
+        warn!(
+            tasks = tasks.running(),
+            "background tasks still running at the drain timeout: returning without them"
+        );
+    }
+    served
+}
+
+async fn serve_until<S: Store>(
+    listener: TcpListener,
+    signer: Signer<S>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+    tasks: &Shutdown,
+) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let signer = Arc::new(signer);
-    let (stop_background, background_stop) = tokio::sync::watch::channel(false);
-    let background = start_lifecycle(&signer, &options.metrics, &background_stop);
+    start_lifecycle(&signer, &options.metrics, tasks);
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
-    let watcher = tokio::spawn(watch_store(
+    // Told before the others: health must stay NOT_SERVING through the drain.
+    let health_watch = tasks.child();
+    let watcher = tasks.spawn(watch_store(
         signer.store().clone(),
         reporter.clone(),
         options.health_interval,
         options.metrics.clone(),
+        health_watch.clone(),
     ));
 
     let reflection = || {
@@ -282,12 +327,13 @@ pub async fn serve<S: Store>(
     if let Some(addr) = options.health_listen {
         let probe_listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen for health probes on {addr}: {e}"))?;
+            .map_err(|source| ServeError::HealthListen { addr, source })?;
         info!(addr = %probe_listener.local_addr().unwrap_or(addr), "serving plaintext health probes");
+        // Up through the drain, so probes see NOT_SERVING; down with the other tasks.
         let probes = tonic::transport::Server::builder()
             .add_service(health.clone())
-            .serve_with_incoming(nodelay(probe_listener));
-        tokio::spawn(async move {
+            .serve_with_incoming_shutdown(nodelay(probe_listener), tasks.requested());
+        tasks.spawn(async move {
             if let Err(e) = probes.await {
                 error!("health probe port failed: {e}");
             }
@@ -316,7 +362,8 @@ pub async fn serve<S: Store>(
         std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
     let server: Serving<'_> = match &options.tls {
         Some(files) => {
-            let acceptor = ReloadingAcceptor::start(files.clone(), options.tls_reload_interval)?;
+            let acceptor =
+                ReloadingAcceptor::start(files.clone(), options.tls_reload_interval, tasks)?;
             Box::pin(router.serve_with_incoming_shutdown(acceptor.incoming(listener), stop))
         }
         None => Box::pin(router.serve_with_incoming_shutdown(nodelay(listener), stop)),
@@ -335,20 +382,20 @@ pub async fn serve<S: Store>(
 
     tokio::select! {
         result = &mut server => {
-            watcher.abort();
-            let _ = stop_background.send(true);
-            return result.map_err(|e| e.to_string());
+            health_watch.request();
+            return result.map_err(ServeError::Transport);
         }
         () = shutdown => {}
     }
     // Probes see NOT_SERVING first, so Kubernetes stops routing here while calls drain.
-    watcher.abort();
+    health_watch.request();
+    let _ = watcher.await;
     set_health(&reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(());
-    let drained = match tokio::time::timeout(options.drain_timeout, server).await {
+    match tokio::time::timeout(options.drain_timeout, server).await {
         Ok(result) => {
             info!("drained: exiting");
-            result.map_err(|e| e.to_string())
+            result.map_err(ServeError::Transport)
         }
         Err(_) => {
             warn!(
@@ -357,23 +404,5 @@ pub async fn serve<S: Store>(
             );
             Ok(())
         }
-    };
-    // The background work stops after the calls: a push in flight finishes (bounded by its
-    // timeout) and what is still queued waits in Redis for another replica.
-    let _ = stop_background.send(true);
-    let stopped = futures_all(background);
-    if tokio::time::timeout(options.drain_timeout, stopped)
-        .await
-        .is_err()
-    {
-        warn!("background work still running at the drain timeout: exiting");
-    }
-    drained
-}
-
-/// Waits for every task.
-async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
     }
 }

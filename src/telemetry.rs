@@ -65,6 +65,28 @@ impl TraceSettings {
     }
 }
 
+/// Why traces cannot be exported (logging itself cannot fail).
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The exporter's own runtime could not be built.
+    #[error("cannot start the trace exporter")]
+    Runtime(#[source] std::io::Error),
+    /// The exporter thread could not be spawned.
+    #[error("cannot start the trace exporter thread")]
+    Thread(#[source] std::io::Error),
+    /// The collector endpoint is unusable.
+    #[error("--otlp-endpoint {endpoint:?}")]
+    Endpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// What the exporter said.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The exporter thread ended before saying whether it started.
+    #[error("the trace exporter thread stopped")]
+    Stopped,
+}
+
 /// Keeps the trace export running; dropping it sends what is queued (bounded by a second).
 #[must_use = "dropping the guard stops exporting traces"]
 pub struct Telemetry {
@@ -85,7 +107,7 @@ pub fn init(
     format: LogFormat,
     level: &str,
     traces: Option<TraceSettings>,
-) -> Result<Telemetry, String> {
+) -> Result<Telemetry, TelemetryError> {
     let Some(traces) = traces else {
         init_logging(format, level);
         return Ok(Telemetry { provider: None });
@@ -168,7 +190,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 /// The tracer provider: sampling by the SDK's defaults (parent-based, always on; the
 /// standard `OTEL_TRACES_SAMPLER` variables apply), spans to [`QueueProcessor`]. Public for
 /// other processes of the flow (the upload-flow example) that export the same way.
-pub fn tracer_provider(traces: &TraceSettings) -> Result<SdkTracerProvider, String> {
+pub fn tracer_provider(traces: &TraceSettings) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = Resource::builder()
         .with_service_name(traces.service_name.clone())
         .with_attribute(opentelemetry::KeyValue::new(
@@ -200,7 +222,7 @@ struct QueueProcessor {
 
 impl QueueProcessor {
     /// Starts the exporter thread; fails if the exporter cannot be built (a bad endpoint).
-    fn start(traces: &TraceSettings, resource: Resource) -> Result<QueueProcessor, String> {
+    fn start(traces: &TraceSettings, resource: Resource) -> Result<QueueProcessor, TelemetryError> {
         let (queue, spans) = mpsc::channel(traces.max_queue);
         let (built_tx, built_rx) = std::sync::mpsc::channel();
         let traces = traces.clone();
@@ -213,7 +235,7 @@ impl QueueProcessor {
                 {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        let _ = built_tx.send(Err(format!("cannot start the trace exporter: {e}")));
+                        let _ = built_tx.send(Err(TelemetryError::Runtime(e)));
                         return;
                     }
                 };
@@ -230,8 +252,10 @@ impl QueueProcessor {
                             exporter
                         }
                         Err(e) => {
-                            let _ = built_tx
-                                .send(Err(format!("--otlp-endpoint {:?}: {e}", traces.endpoint)));
+                            let _ = built_tx.send(Err(TelemetryError::Endpoint {
+                                endpoint: traces.endpoint.clone(),
+                                source: e,
+                            }));
                             return;
                         }
                     };
@@ -239,10 +263,8 @@ impl QueueProcessor {
                     export_loop(exporter, spans, &traces).await;
                 });
             })
-            .map_err(|e| format!("cannot start the trace exporter thread: {e}"))?;
-        built_rx
-            .recv()
-            .map_err(|_| "the trace exporter thread stopped".to_owned())??;
+            .map_err(TelemetryError::Thread)?;
+        built_rx.recv().map_err(|_| TelemetryError::Stopped)??;
         Ok(QueueProcessor {
             queue,
             thread: Mutex::new(Some(thread)),

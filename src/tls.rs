@@ -17,6 +17,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, error, info, warn};
 
+use crate::report::Chain;
+use crate::shutdown::Shutdown;
+
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,6 +32,65 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA bundle for client certificates; set, every client must present one it signed.
     pub client_ca: Option<PathBuf>,
+}
+
+/// Why the TLS files cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read or is not PEM.
+    #[error("TLS certificate {}", path.display())]
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("TLS certificate {}: no certificate in it", path.display())]
+    NoCert {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file cannot be read or holds no private key.
+    #[error("TLS key {}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The client CA bundle cannot be read or is not PEM.
+    #[error("TLS client CA {}", path.display())]
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The client CA bundle holds no certificate rustls can use.
+    #[error("TLS client CA {}: no usable CA certificate", path.display())]
+    NoClientCa {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The client CA bundle cannot verify client certificates.
+    #[error("TLS client CA {}", path.display())]
+    Verifier {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        source: tokio_rustls::rustls::server::VerifierBuilderError,
+    },
+    /// The certificate and the key do not make a usable pair.
+    #[error("TLS certificate {} and key {}", cert.display(), key.display())]
+    CertAndKey {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        source: tokio_rustls::rustls::Error,
+    },
 }
 
 /// Installs rustls' ring provider as the process default (the Redis client's TLS uses it too).
@@ -51,19 +113,23 @@ impl TlsFiles {
     }
 
     /// Reads the files into a rustls server configuration (HTTP/2 only, as gRPC needs).
-    pub fn load(&self) -> Result<ServerConfig, String> {
+    pub fn load(&self) -> Result<ServerConfig, TlsError> {
         install_crypto_provider();
         let certs = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("TLS certificate {}: {e}", self.cert.display()))?;
+            .map_err(|source| TlsError::Cert {
+                path: self.cert.clone(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(format!(
-                "TLS certificate {}: no certificate in it",
-                self.cert.display()
-            ));
+            return Err(TlsError::NoCert {
+                path: self.cert.clone(),
+            });
         }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("TLS key {}: {e}", self.key.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|source| TlsError::Key {
+            path: self.key.clone(),
+            source,
+        })?;
         let builder = ServerConfig::builder();
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
@@ -71,27 +137,31 @@ impl TlsFiles {
                 let mut roots = RootCertStore::empty();
                 let cas = CertificateDer::pem_file_iter(ca)
                     .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                    .map_err(|source| TlsError::ClientCa {
+                        path: ca.clone(),
+                        source,
+                    })?;
                 let (added, _) = roots.add_parsable_certificates(cas);
                 if added == 0 {
-                    return Err(format!(
-                        "TLS client CA {}: no usable CA certificate",
-                        ca.display()
-                    ));
+                    return Err(TlsError::NoClientCa { path: ca.clone() });
                 }
                 let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
                     .build()
-                    .map_err(|e| format!("TLS client CA {}: {e}", ca.display()))?;
+                    .map_err(|source| TlsError::Verifier {
+                        path: ca.clone(),
+                        source,
+                    })?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-            format!(
-                "TLS certificate {} and key {}: {e}",
-                self.cert.display(),
-                self.key.display()
-            )
-        })?;
+        let mut config =
+            builder
+                .with_single_cert(certs, key)
+                .map_err(|source| TlsError::CertAndKey {
+                    cert: self.cert.clone(),
+                    key: self.key.clone(),
+                    source,
+                })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
@@ -101,19 +171,30 @@ impl TlsFiles {
 #[derive(Clone)]
 pub struct ReloadingAcceptor {
     current: Arc<ArcSwap<TlsAcceptor>>,
+    /// Its tasks (reloading, accepting, handshakes) end on it.
+    tasks: Shutdown,
 }
 
 impl ReloadingAcceptor {
     /// Loads `files` now (an error stops the start), then re-reads them every `interval` when
-    /// their modification times change. A failed reload keeps the previous configuration.
-    pub fn start(files: TlsFiles, interval: Duration) -> Result<ReloadingAcceptor, String> {
+    /// their modification times change, until `tasks` shuts down. A failed reload keeps the
+    /// previous configuration.
+    pub fn start(
+        files: TlsFiles,
+        interval: Duration,
+        tasks: &Shutdown,
+    ) -> Result<ReloadingAcceptor, TlsError> {
         let config = files.load()?;
         let current = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(config))));
         let swap = current.clone();
-        tokio::spawn(async move {
+        let stop = tasks.clone();
+        tasks.spawn(async move {
             let mut stamp = files.stamp();
             loop {
-                tokio::time::sleep(interval).await;
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = stop.requested() => return,
+                }
                 let now = files.stamp();
                 if now == stamp {
                     continue;
@@ -125,24 +206,35 @@ impl ReloadingAcceptor {
                         info!("TLS certificate files changed: reloaded");
                     }
                     Err(e) => error!(
-                        "TLS certificate files changed but cannot be loaded ({e}); keeping the previous ones"
+                        "TLS certificate files changed but cannot be loaded ({}); keeping the previous ones",
+                        Chain(&e)
                     ),
                 }
             }
         });
-        Ok(ReloadingAcceptor { current })
+        Ok(ReloadingAcceptor {
+            current,
+            tasks: tasks.clone(),
+        })
     }
 
-    /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake.
+    /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake,
+    /// until the stream is dropped or shutdown.
     pub fn incoming(
         &self,
         listener: TcpListener,
     ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let current = self.current.clone();
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                    () = tasks.requested() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -158,10 +250,22 @@ impl ReloadingAcceptor {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = current.load_full();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let stop = tasks.requested();
+                tasks.spawn(async move {
+                    tokio::pin!(stop);
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let handshake = tokio::select! {
+                        handshake = handshake => handshake,
+                        () = &mut stop => return,
+                    };
+                    match handshake {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            // The server no longer taking connections (draining) must not
+                            // hold this task.
+                            tokio::select! {
+                                _ = tx.send(Ok(tls)) => {}
+                                () = &mut stop => {}
+                            }
                         }
                         Ok(Err(e)) => debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),

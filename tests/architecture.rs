@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 /// `src/lib.rs`'s layers, top (foundations) to bottom (edges). A module may use modules of
 /// its own layer or of layers above; never one below.
 const LAYERS: &[&[&str]] = &[
-    &["reason", "refusal", "rpc", "digest", "clock", "fold"],
+    &[
+        "reason", "refusal", "rpc", "digest", "clock", "fold", "report", "shutdown",
+    ],
     &["signature"],
     &["keys", "auth", "quota"],
     &["redis"],

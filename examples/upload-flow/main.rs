@@ -77,7 +77,7 @@ async fn main() {
     let _traces = match init_logs_and_traces() {
         Ok(provider) => provider,
         Err(e) => {
-            eprintln!("upload-flow: {e}");
+            eprintln!("upload-flow: {}", vod_signer::report::Chain(&e));
             std::process::exit(1);
         }
     };
@@ -91,7 +91,7 @@ async fn main() {
 /// gateway's request spans, exported the way vod-signer exports its own (service name
 /// `upload-flow`). A `--spawn`ed vod-signer inherits the variable, so the whole flow lands in
 /// one collector as one trace per upload.
-fn init_logs_and_traces() -> Result<Option<TracerGuard>, String> {
+fn init_logs_and_traces() -> Result<Option<TracerGuard>, vod_signer::telemetry::TelemetryError> {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;

@@ -5,6 +5,7 @@
 //! than slowing or failing calls. Watchers poll `XREAD` (not `XREAD BLOCK`, which would stall
 //! the shared multiplexed connection), so an event reaches them within about 200 ms.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tracing::warn;
 use super::{Event, EventFuture, EventLog, EventStream, WatchError};
 use crate::fold::LogFold;
 use crate::redis::Connector;
+use crate::shutdown::Shutdown;
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 256;
@@ -39,28 +41,39 @@ pub struct RedisEvents {
     timeout: Duration,
     queue: mpsc::Sender<Item>,
     dropped: Arc<AtomicU64>,
+    /// The writer's and the watchers' tasks end on it.
+    tasks: Shutdown,
 }
 
 impl RedisEvents {
     /// Starts the writer for stream `key`, capped at about `maxlen` entries, written through
-    /// `connector`; every Redis call is bounded by `timeout`.
-    pub fn start(connector: Connector, key: String, maxlen: u64, timeout: Duration) -> RedisEvents {
+    /// `connector`; every Redis call is bounded by `timeout`. On `tasks`' shutdown the writer
+    /// writes what it holds, then ends; events published after that are dropped (counted).
+    pub fn start(
+        connector: Connector,
+        key: String,
+        maxlen: u64,
+        timeout: Duration,
+        tasks: &Shutdown,
+    ) -> RedisEvents {
         let (queue, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write(
-            connector.clone(),
-            key.clone(),
-            maxlen as usize,
+        let writer = Writer {
+            connector: connector.clone(),
+            key: key.clone(),
+            maxlen: maxlen as usize,
             timeout,
-            rx,
-            dropped.clone(),
-        ));
+            dropped: dropped.clone(),
+            drops: LogFold::new(),
+        };
+        tasks.spawn(writer.run(rx, tasks.requested()));
         RedisEvents {
             connector,
             key,
             timeout,
             queue,
             dropped,
+            tasks: tasks.clone(),
         }
     }
 
@@ -131,57 +144,81 @@ fn event_of(entry: &StreamId) -> Option<Event> {
     })
 }
 
-async fn write(
+/// The writer task's state: where and how batches are written.
+struct Writer {
     connector: Connector,
     key: String,
     // Approximate (`MAXLEN ~`): Redis trims whole nodes, far cheaper than an exact cap.
     maxlen: usize,
     timeout: Duration,
-    mut rx: mpsc::Receiver<Item>,
     dropped: Arc<AtomicU64>,
-) {
-    let mut items = Vec::with_capacity(BATCH);
     // A full Redis refuses every batch (XADD grows memory): one warning a second, not one
     // per batch.
-    let drops = LogFold::new();
-    while rx.recv_many(&mut items, BATCH).await > 0 {
-        // Gather for one tick: one pipeline then carries the events of many calls. Sent as
-        // they came, each call's event was a Redis round trip of its own, which doubled
-        // Redis' CPU per call. The writer sleeps through the tick rather than waking for each
-        // event, then takes what arrived. A flush waits at most that tick.
-        if items.len() < BATCH && !items.iter().any(|i| matches!(i, Item::Flush(_))) {
-            tokio::time::sleep(TICK).await;
-            while items.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
+    drops: LogFold,
+}
+
+impl Writer {
+    /// Writes batches until every sender is gone, or until `stop`: then what is queued is
+    /// written (nothing already accepted is lost to the shutdown) and the task ends.
+    async fn run(self, mut rx: mpsc::Receiver<Item>, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut items = Vec::with_capacity(BATCH);
+        loop {
+            let received = tokio::select! {
+                received = rx.recv_many(&mut items, BATCH) => received,
+                () = &mut stop => break,
+            };
+            if received == 0 {
+                return;
+            }
+            // Gather for one tick: one pipeline then carries the events of many calls. Sent
+            // as they came, each call's event was a Redis round trip of its own, which
+            // doubled Redis' CPU per call. The writer sleeps through the tick rather than
+            // waking for each event, then takes what arrived. A flush waits at most that tick.
+            if items.len() < BATCH && !items.iter().any(|i| matches!(i, Item::Flush(_))) {
+                tokio::time::sleep(TICK).await;
+                while items.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
                 }
             }
+            self.write(&mut items).await;
         }
+        // Shutdown: no more events are taken; those already queued are written.
+        rx.close();
+        while rx.recv_many(&mut items, BATCH).await > 0 {
+            self.write(&mut items).await;
+        }
+    }
+
+    /// Writes `items`' events in one pipeline and answers their flushes; empties `items`.
+    async fn write(&self, items: &mut Vec<Item>) {
         let mut pipe = redis::Pipeline::with_capacity(items.len() + 1);
         let mut events = 0;
         let mut flushes = Vec::new();
         for item in items.drain(..) {
             match item {
                 Item::Event(e) => {
-                    add_xadd(&mut pipe, &key, &e);
+                    add_xadd(&mut pipe, &self.key, &e);
                     events += 1;
                 }
                 Item::Flush(done) => flushes.push(done),
             }
         }
         if events > 0 {
-            add_trim(&mut pipe, &key, maxlen);
-            let written = match connector.get() {
+            add_trim(&mut pipe, &self.key, self.maxlen);
+            let written = match self.connector.get() {
                 Some(mut conn) => matches!(
-                    tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await,
+                    tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn)).await,
                     Ok(Ok(()))
                 ),
                 None => false,
             };
             if !written {
-                let total = dropped.fetch_add(events, Ordering::Relaxed) + events;
-                if let Some(folded_batches) = drops.occurred(std::time::Instant::now()) {
+                let total = self.dropped.fetch_add(events, Ordering::Relaxed) + events;
+                if let Some(folded_batches) = self.drops.occurred(std::time::Instant::now()) {
                     warn!(
                         events,
                         dropped_total = total,
@@ -246,7 +283,8 @@ impl EventLog for RedisEvents {
             let (tx, rx) = mpsc::channel(256);
             let (connector, key, timeout) =
                 (self.connector.clone(), self.key.clone(), self.timeout);
-            tokio::spawn(async move {
+            let stop = self.tasks.requested();
+            let poll = async move {
                 let options = StreamReadOptions::default().count(BATCH);
                 loop {
                     if tx.is_closed() {
@@ -280,6 +318,13 @@ impl EventLog for RedisEvents {
                     if !full {
                         tokio::time::sleep(POLL).await;
                     }
+                }
+            };
+            // A watcher's stream ends with the shutdown (its call then ends too).
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    () = poll => {}
+                    () = stop => {}
                 }
             });
             Ok(Box::pin(ReceiverStream::new(rx)) as EventStream)

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{LifecycleObserver, Outcome, PushTarget};
+use crate::report::Chain;
 use crate::store::{Handle, Outbox, Queued};
 
 /// A held notification untouched this long is another pusher's to take.
@@ -50,10 +51,15 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// connections kept alive for the next attempt.
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn http_client(target: &PushTarget) -> Result<HttpClient, String> {
+/// The system's CA certificates could not be loaded, so no https:// receiver can be trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the system's CA certificates")]
+struct NoRoots(#[source] std::io::Error);
+
+fn http_client(target: &PushTarget) -> Result<HttpClient, NoRoots> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
-        .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?
+        .map_err(NoRoots)?
         .https_or_http()
         .enable_http1()
         .build();
@@ -154,7 +160,7 @@ pub async fn run<S: Outbox>(
     let client = match http_client(&target) {
         Ok(client) => client,
         Err(e) => {
-            warn!("cannot push notifications: {e}");
+            warn!("cannot push notifications: {}", Chain(&e));
             return;
         }
     };

@@ -29,7 +29,7 @@ pub use self::observe::{Observed, StoreObserver, StoreOp};
 pub use self::outbox::{Handle, Outbox, Outgoing, Queued, UploadContext};
 pub use self::record::{Record, encode_field};
 
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, RedisStoreError};
 pub use self::subjects::{Admission, ListCursor, Listed, SubjectEntry, Subjects, subject_digest};
 
 use std::future::Future;

@@ -32,6 +32,14 @@ pub(super) use super::{
 use crate::quota::Charge;
 use crate::redis::{Conn, Connector, Failure, IssueGate, RedisConfig, RedisMemory};
 
+/// Why a Redis store cannot be set up (Redis being down is not one: it connects later).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    /// The connection settings are unusable (a bad URL, TLS material rustls refuses).
+    #[error("cannot set up the Redis connection")]
+    Connector(#[source] crate::redis::Error),
+}
+
 /// Records in Redis, shared by all replicas.
 pub struct RedisStore {
     connector: Connector,
@@ -46,8 +54,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// A store for `config`; connects in the background, so Redis need not be up yet.
-    pub fn new(config: &RedisConfig) -> Result<RedisStore, String> {
-        let connector = Connector::start(config).map_err(|e| e.to_string())?;
+    pub fn new(config: &RedisConfig) -> Result<RedisStore, RedisStoreError> {
+        let connector = Connector::start(config).map_err(RedisStoreError::Connector)?;
         Ok(RedisStore {
             memory: RedisMemory::watch(&connector, config),
             connector,
