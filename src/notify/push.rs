@@ -12,7 +12,7 @@
 //! [`STEAL_AFTER`] without a sign of life (the pusher renews what it holds every
 //! [`KEEP_EVERY`]) another replica's pusher claims and delivers them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,7 +165,8 @@ pub async fn run<S: Outbox>(
         }
     };
     info!(url = %target.url, consumer = %consumer, "pushing upload notifications");
-    let mut held: HashMap<Handle, Held> = HashMap::new();
+    // Ordered by handle (queue order), so the oldest due are found by a scan, not a sort.
+    let mut held: BTreeMap<Handle, Held> = BTreeMap::new();
     let mut attempts: JoinSet<(Handle, Result<(), Failed>)> = JoinSet::new();
     let mut delivered: Vec<Handle> = Vec::new();
     let mut last_claim = Instant::now() - CLAIM_EVERY;
@@ -212,15 +213,13 @@ pub async fn run<S: Outbox>(
         }
         // Start what is due, oldest first, up to the concurrency.
         let now_ms = crate::clock::unix_now_ms();
-        let mut due: Vec<&mut Held> = held
-            .values_mut()
-            .filter(|h| !h.in_flight && h.next_at <= now)
-            .collect();
-        due.sort_by(|a, b| a.queued.handle.cmp(&b.queued.handle));
         let mut expired = Vec::new();
-        for h in due {
+        for h in held.values_mut() {
             if attempts.len() >= target.concurrency {
                 break;
+            }
+            if h.in_flight || h.next_at > now {
+                continue;
             }
             if now_ms.saturating_sub(h.queued.handle.queued_at_ms()) >= max_age.as_millis() as i64 {
                 expired.push(h.queued.clone());
