@@ -18,7 +18,7 @@ use crate::redis::RedisConfig;
 use crate::reload::{self, Sources};
 use crate::report::Chain;
 use crate::server::{ServeError, ServerOptions, serve, shutdown_signal};
-use crate::service::{Settings, Signer};
+use crate::service::{Settings, UseCases};
 use crate::shutdown::Shutdown;
 use crate::signature::SecretKey;
 use crate::store::{MemoryStore, RedisStore, RedisStoreError, Store};
@@ -123,9 +123,9 @@ pub fn assemble<S: Store>(
     settings: Settings,
     events: Arc<dyn EventLog>,
     metrics: Arc<Metrics>,
-) -> Signer<S> {
+) -> UseCases<S> {
     store.observe_with(metrics.clone());
-    Signer::new(store, keys, settings)
+    UseCases::new(store, keys, settings)
         .with_events(events)
         .with_lifecycle_observer(metrics)
 }
@@ -258,8 +258,8 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(store, keys, settings, events, metrics);
-            serve(listener, signer, options, shutdown_signal()).await
+            let use_cases = assemble(store, keys, settings, events, metrics);
+            serve(listener, use_cases, options, shutdown_signal()).await
         }
         None => {
             warn!(
@@ -271,14 +271,14 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(
+            let use_cases = assemble(
                 Arc::new(MemoryStore::new()),
                 keys,
                 settings,
                 events,
                 metrics,
             );
-            serve(listener, signer, options, shutdown_signal()).await
+            serve(listener, use_cases, options, shutdown_signal()).await
         }
     };
     // After the drain: the audit writer writes the events of the calls served, the metrics

@@ -1,7 +1,7 @@
 //! The use cases (SPEC section 3): issue, verify, consume, revoke, following the events, and a
 //! subject's signatures (list, revoke all, the outstanding cap).
 //!
-//! [`Signer`] wires the codec, the keys, the store and the audit log, and answers in domain
+//! [`UseCases`] wires the codec, the keys, the store and the audit log, and answers in domain
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
 //! injected [`Clock`], so tests move time instead of sleeping.
 
@@ -155,7 +155,7 @@ pub struct Consumed {
 }
 
 /// The use cases over a [`Store`].
-pub struct Signer<S> {
+pub struct UseCases<S> {
     store: Arc<S>,
     keys: SharedKeys,
     settings: Settings,
@@ -164,10 +164,10 @@ pub struct Signer<S> {
     lifecycle: Arc<dyn LifecycleObserver>,
 }
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     /// Use cases issuing with `keys` and recording in `store`; no events, the system clock.
-    pub fn new(store: Arc<S>, keys: SharedKeys, settings: Settings) -> Signer<S> {
-        Signer {
+    pub fn new(store: Arc<S>, keys: SharedKeys, settings: Settings) -> UseCases<S> {
+        UseCases {
             store,
             keys,
             settings,
@@ -178,7 +178,7 @@ impl<S: Store> Signer<S> {
     }
 
     /// Tells `observer` what happens to uploads and notifications.
-    pub fn with_lifecycle_observer(mut self, observer: Arc<dyn LifecycleObserver>) -> Signer<S> {
+    pub fn with_lifecycle_observer(mut self, observer: Arc<dyn LifecycleObserver>) -> UseCases<S> {
         self.lifecycle = observer;
         self
     }
@@ -189,13 +189,13 @@ impl<S: Store> Signer<S> {
     }
 
     /// Sends audit events to `events`.
-    pub fn with_events(mut self, events: Arc<dyn EventLog>) -> Signer<S> {
+    pub fn with_events(mut self, events: Arc<dyn EventLog>) -> UseCases<S> {
         self.events = events;
         self
     }
 
     /// Reads the time from `clock`.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Signer<S> {
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> UseCases<S> {
         self.clock = clock;
         self
     }

@@ -2,7 +2,7 @@
 //! (The upload's end, CompleteUpload, is in `completion.rs`.)
 
 use super::{
-    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, Signer, Verified, about,
+    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, UseCases, Verified, about,
     record_of, refusal_for,
 };
 use crate::audit::EventKind;
@@ -15,7 +15,7 @@ fn fingerprint_of(parsed: &Parsed) -> String {
     signature::fingerprint(&parsed.tag)
 }
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     /// VerifySignature: checks the signature and reports its state; changes nothing. An
     /// expired one is `EXPIRED` without asking the store.
     pub async fn verify(&self, signature: &str) -> Result<Verified, Refusal> {

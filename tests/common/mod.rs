@@ -415,7 +415,7 @@ impl TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = options.metrics.clone();
         let clock = ManualClock::new();
-        let signer = assemble(
+        let use_cases = assemble(
             store,
             key_ring().shared(),
             settings,
@@ -427,7 +427,7 @@ impl TestServer {
             let shutdown = async {
                 let _ = rx.await;
             };
-            serve(listener, signer, options, shutdown).await.unwrap();
+            serve(listener, use_cases, options, shutdown).await.unwrap();
         });
         let server = TestServer {
             addr,
