@@ -39,7 +39,7 @@ fn nodelay(listener: TcpListener) -> TcpIncoming {
 /// What the server needs besides the use cases. `Default` is the one place the defaults of
 /// these settings are written; the command line refers to them.
 #[derive(Clone)]
-pub struct ServerOptions {
+pub struct ServerSettings {
     /// How often the store is pinged for health.
     pub health_interval: Duration,
     /// How long calls in flight may take to finish after shutdown starts.
@@ -64,7 +64,7 @@ pub struct ServerOptions {
     pub traces: bool,
 }
 
-impl ServerOptions {
+impl ServerSettings {
     /// Default of `--listen`: every interface, the gRPC port.
     pub const LISTEN: &str = "0.0.0.0:50051";
     /// Default of `--metrics-listen`.
@@ -79,17 +79,17 @@ impl ServerOptions {
     pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 }
 
-impl Default for ServerOptions {
+impl Default for ServerSettings {
     fn default() -> Self {
-        ServerOptions {
-            health_interval: ServerOptions::HEALTH_INTERVAL,
-            drain_timeout: ServerOptions::DRAIN_TIMEOUT,
-            max_concurrent_calls: ServerOptions::MAX_CONCURRENT_CALLS,
+        ServerSettings {
+            health_interval: ServerSettings::HEALTH_INTERVAL,
+            drain_timeout: ServerSettings::DRAIN_TIMEOUT,
+            max_concurrent_calls: ServerSettings::MAX_CONCURRENT_CALLS,
             metrics: Arc::new(Metrics::new()),
             reflection: true,
             policy: SharedPolicy::default(),
             tls: None,
-            tls_reload_interval: ServerOptions::TLS_RELOAD_INTERVAL,
+            tls_reload_interval: ServerSettings::TLS_RELOAD_INTERVAL,
             health_listen: None,
             traces: false,
         }
@@ -276,7 +276,7 @@ fn start_lifecycle<S: Store>(
 pub async fn serve<S: Store>(
     listener: TcpListener,
     use_cases: UseCases<S>,
-    options: ServerOptions,
+    options: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let tasks = Shutdown::new();
@@ -296,7 +296,7 @@ pub async fn serve<S: Store>(
 async fn serve_until<S: Store>(
     listener: TcpListener,
     use_cases: UseCases<S>,
-    options: ServerOptions,
+    options: ServerSettings,
     shutdown: impl Future<Output = ()>,
     tasks: &Shutdown,
 ) -> Result<(), ServeError> {
