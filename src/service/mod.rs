@@ -4,12 +4,19 @@
 //! [`UseCases`] wires the codec, the keys, the store and the audit log, and answers in domain
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
 //! injected [`Clock`], so tests move time instead of sleeping.
+//!
+//! One file per use case, named for it: `issue.rs`, `verify.rs`, `consume.rs`, `revoke.rs`,
+//! `completion.rs` (CompleteUpload and the abandonment sweep), `notifications.rs` (pull and
+//! confirm), `subjects.rs` (a subject's signatures). What several of them share about a
+//! signature (authenticating it, its record, why a consume is refused) stays here.
 
 mod completion;
+mod consume;
 mod issue;
 mod notifications;
-mod redeem;
+mod revoke;
 mod subjects;
+mod verify;
 
 pub use self::completion::{CompleteRequest, CompletedUpload, SweepReport};
 pub use self::notifications::{MAX_PULL, MAX_PULL_WAIT, Notification};
@@ -294,6 +301,12 @@ fn note_on_span(secret_id: &str, random: u32) {
 /// Marks a refusal of a call about `parsed`'s signature (its log line names the nonce).
 fn about<T>(parsed: &Parsed, result: Result<T, Refusal>) -> Result<T, Refusal> {
     result.map_err(|r| r.about(&parsed.claims.secret_id, parsed.claims.random))
+}
+
+/// The fingerprint of `parsed`'s tag its record is checked against (tells two signatures
+/// with the same nonce apart).
+fn fingerprint_of(parsed: &Parsed) -> String {
+    signature::fingerprint(&parsed.tag)
 }
 
 /// The record of a parsed signature.
