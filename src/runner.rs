@@ -69,7 +69,7 @@ pub enum RunError {
     /// A file named by a Redis flag could not be read.
     #[error("cannot read {}", path.display())]
     Read {
-        /// The file.
+        /// Path of the file, as given to the flag.
         path: std::path::PathBuf,
         /// What the OS said.
         source: std::io::Error,
@@ -77,7 +77,7 @@ pub enum RunError {
     /// `--redis-password-file` is not text.
     #[error("{} is not UTF-8", path.display())]
     NotUtf8 {
-        /// The file.
+        /// Path of the file, as given to the flag.
         path: std::path::PathBuf,
         /// Where the bytes stop being UTF-8.
         source: std::string::FromUtf8Error,

@@ -102,7 +102,7 @@ pub enum ServeError {
     /// `--health-listen`'s port could not be bound.
     #[error("cannot listen for health probes on {addr}")]
     HealthListen {
-        /// The address.
+        /// The `--health-listen` address.
         addr: SocketAddr,
         /// What the OS said.
         source: std::io::Error,

@@ -50,7 +50,7 @@ pub enum Error {
     /// A reply of a shape the command never gives.
     #[error("unexpected {command} reply {reply}")]
     UnexpectedReply {
-        /// The command.
+        /// The Redis command that got the reply, by name.
         command: &'static str,
         /// The reply, as debug text.
         reply: String,

@@ -96,7 +96,7 @@ pub struct IssueRequest {
 pub struct Issued {
     /// The signature, Base64.
     pub signature: String,
-    /// What it says.
+    /// The claims signed into it: key, nonce, validity window, upload policy.
     pub claims: Claims,
 }
 
@@ -135,9 +135,9 @@ impl From<RecordState> for SignatureState {
 /// VerifySignature's answer.
 #[derive(Clone, Debug)]
 pub struct Verified {
-    /// Its state.
+    /// Where it is in its life; `Expired` comes from the clock, without asking the store.
     pub state: SignatureState,
-    /// What it says.
+    /// The claims it carries, authenticated (the HMAC matched).
     pub claims: Claims,
 }
 

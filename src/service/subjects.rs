@@ -25,7 +25,7 @@ const MAX_SCANNED_PAGES: usize = 10;
 /// ListSignatures' input.
 #[derive(Clone, Debug, Default)]
 pub struct ListRequest {
-    /// The end user.
+    /// The end user whose signatures are listed: the `subject` they were issued for.
     pub subject: String,
     /// States to list; empty: ISSUED.
     pub states: Vec<SignatureState>,
