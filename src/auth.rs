@@ -84,7 +84,7 @@ struct CallerEntry {
 pub struct Caller {
     /// Its name, for logs.
     pub name: String,
-    /// Its roles.
+    /// What it may call: the union of its roles' RPCs.
     pub roles: Vec<Role>,
 }
 
@@ -108,7 +108,7 @@ pub enum AuthError {
     PermissionDenied {
         /// The caller's name.
         caller: String,
-        /// The RPC.
+        /// Name of the RPC it may not call.
         rpc: &'static str,
     },
 }
@@ -158,7 +158,7 @@ pub enum PolicyError {
     DuplicateSan {
         /// The caller's name (the second listing).
         caller: String,
-        /// The SAN.
+        /// The client certificate subject alternative name listed twice.
         san: String,
     },
 }
@@ -169,7 +169,7 @@ pub enum PolicyFileError {
     /// The file could not be read.
     #[error("caller policy {}: cannot read it", path.display())]
     Read {
-        /// The file.
+        /// Path of the caller policy file.
         path: std::path::PathBuf,
         /// What the OS said.
         source: std::io::Error,

@@ -109,7 +109,7 @@ pub enum ClientError {
     /// No answer with a reason: transport failure, deadline, or an unexpected status.
     #[error("vod-signer call failed: {code:?}: {message}")]
     Failed {
-        /// The gRPC code.
+        /// The gRPC status code (`Unavailable` on a transport failure, `DeadlineExceeded`, ...).
         code: Code,
         /// What happened.
         message: String,

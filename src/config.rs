@@ -9,8 +9,8 @@ use crate::notify::{Delivery, Lifecycle, PushTarget, Secrets, SecretsError};
 
 /// The longest validity a signature may have, seconds: the cap of `--max-ttl` and `--ttl`.
 const MAX_VALIDITY: u64 = crate::signature::MAX_VALIDITY_SECONDS as u64;
-use crate::redis::RedisConfig;
-use crate::server::ServerOptions;
+use crate::redis::RedisSettings;
+use crate::server::ServerSettings;
 use crate::service::Settings;
 
 /// `--version`: the crate version and the git revision it was built from (build.rs).
@@ -110,13 +110,13 @@ pub struct KeyArgs {
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// gRPC listen address.
-    #[arg(long, env = "VOD_SIGNER_LISTEN", default_value = ServerOptions::LISTEN)]
+    #[arg(long, env = "VOD_SIGNER_LISTEN", default_value = ServerSettings::LISTEN)]
     pub listen: SocketAddr,
     /// Prometheus metrics address (`/metrics`); `off` serves none.
     #[arg(
         long,
         env = "VOD_SIGNER_METRICS_LISTEN",
-        default_value = ServerOptions::METRICS_LISTEN
+        default_value = ServerSettings::METRICS_LISTEN
     )]
     pub metrics_listen: String,
     /// The keys.
@@ -138,25 +138,25 @@ pub struct ServeArgs {
     #[arg(long, env = "VOD_SIGNER_LEEWAY", default_value_t = Settings::default().leeway)]
     pub leeway: u64,
     /// Prefix of every Redis key.
-    #[arg(long, env = "VOD_SIGNER_KEY_PREFIX", default_value_t = RedisConfig::default().key_prefix)]
+    #[arg(long, env = "VOD_SIGNER_KEY_PREFIX", default_value_t = RedisSettings::default().key_prefix)]
     pub key_prefix: String,
     /// Bound on every store call, milliseconds; past it the call fails closed.
     #[arg(long, env = "VOD_SIGNER_STORE_TIMEOUT_MS",
-          default_value_t = RedisConfig::default().timeout.as_millis() as u64,
+          default_value_t = RedisSettings::default().timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub store_timeout_ms: u64,
     /// How often the store's health is checked, milliseconds.
     #[arg(long, env = "VOD_SIGNER_HEALTH_INTERVAL_MS",
-          default_value_t = ServerOptions::HEALTH_INTERVAL.as_millis() as u64,
+          default_value_t = ServerSettings::HEALTH_INTERVAL.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub health_interval_ms: u64,
     /// Calls served at once; more are shed at once with RATE_LIMITED (RESOURCE_EXHAUSTED).
     #[arg(long, env = "VOD_SIGNER_MAX_CONCURRENT_CALLS",
-          default_value_t = ServerOptions::MAX_CONCURRENT_CALLS,
+          default_value_t = ServerSettings::MAX_CONCURRENT_CALLS,
           value_parser = clap::value_parser!(usize))]
     pub max_concurrent_calls: usize,
     /// On SIGTERM, how long calls in flight may take to finish, seconds.
-    #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = ServerOptions::DRAIN_TIMEOUT.as_secs())]
+    #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = ServerSettings::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,
     /// Re-read the keys directory (and the caller policy) this often, seconds; 0: only on SIGHUP.
     #[arg(long, env = "VOD_SIGNER_KEYS_RELOAD_INTERVAL",
@@ -191,7 +191,7 @@ pub struct ServeArgs {
     pub tls_client_ca: Option<PathBuf>,
     /// How often the TLS files are checked for changes, seconds.
     #[arg(long, env = "VOD_SIGNER_TLS_RELOAD_INTERVAL",
-          default_value_t = ServerOptions::TLS_RELOAD_INTERVAL.as_secs(),
+          default_value_t = ServerSettings::TLS_RELOAD_INTERVAL.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_reload_interval: u64,
     /// Caller policy (TOML): which caller may call which RPC. Without it, every caller may.
@@ -200,12 +200,12 @@ pub struct ServeArgs {
     /// Replicas that must acknowledge an issue, consume or revoke (Redis WAIT) before it
     /// succeeds; without them the call answers STORE_UNAVAILABLE.
     #[arg(long, env = "VOD_SIGNER_MIN_REPLICAS_ACK",
-          default_value_t = RedisConfig::default().min_replicas_ack)]
+          default_value_t = RedisSettings::default().min_replicas_ack)]
     pub min_replicas_ack: u32,
     /// Share of Redis' maxmemory kept free for consumes and revokes: IssueSignature is refused
     /// STORE_FULL once used_memory is within it (0.1: issuing stops at 90 %).
     #[arg(long, env = "VOD_SIGNER_REDIS_MEMORY_RESERVE", value_name = "FRACTION",
-          default_value_t = RedisConfig::default().memory_reserve, value_parser = reserve_fraction)]
+          default_value_t = RedisSettings::default().memory_reserve, value_parser = reserve_fraction)]
     pub redis_memory_reserve: f64,
     /// Run on a Redis whose maxmemory-policy may evict records (any but noeviction), with a
     /// warning; without it such a Redis makes health NOT_SERVING and refuses issuing.

@@ -31,7 +31,7 @@ pub enum KeyError {
     /// The directory could not be read.
     #[error("cannot read keys directory {dir}: {source}")]
     ReadDir {
-        /// The directory.
+        /// Path of the keys directory (`--keys-dir`).
         dir: PathBuf,
         /// What the OS said.
         source: std::io::Error,
@@ -39,7 +39,7 @@ pub enum KeyError {
     /// A key file could not be read.
     #[error("cannot read key file {path}: {source}")]
     ReadFile {
-        /// The file.
+        /// Path of the key file (its name is the SecretId).
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
@@ -49,13 +49,13 @@ pub enum KeyError {
         "key file {path}: the name is not a valid SecretId (1 to 128 characters of A-Z a-z 0-9 _ -)"
     )]
     BadSecretId {
-        /// The file.
+        /// Path of the key file whose name is refused.
         path: PathBuf,
     },
     /// A key file that is empty.
     #[error("key file {path} is empty")]
     EmptyKey {
-        /// The file.
+        /// Path of the key file (its name is the SecretId).
         path: PathBuf,
     },
     /// No key at all.
@@ -63,7 +63,7 @@ pub enum KeyError {
         "keys directory {dir} holds no key (one file per key: name = SecretId, content = SecretKey)"
     )]
     NoKeys {
-        /// The directory.
+        /// Path of the keys directory (`--keys-dir`).
         dir: PathBuf,
     },
     /// The active key is not in the directory.

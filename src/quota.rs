@@ -26,13 +26,13 @@ pub enum QuotaError {
     /// No `/` between the count and the period.
     #[error("quota {text:?}: expected N/PERIOD, e.g. 20/1h")]
     Shape {
-        /// The text given.
+        /// The quota as written on the command line.
         text: String,
     },
     /// The part before `/` is not a whole number.
     #[error("quota {text:?}: {count:?} is not a count")]
     Count {
-        /// The text given.
+        /// The quota as written on the command line.
         text: String,
         /// Its count part.
         count: String,
@@ -42,7 +42,7 @@ pub enum QuotaError {
     /// The part after `/` is not a duration.
     #[error("quota {text:?}: bad period {period:?}; use 30s, 1m, 1h or 1d")]
     Period {
-        /// The text given.
+        /// The quota as written on the command line.
         text: String,
         /// Its period part.
         period: String,
@@ -52,7 +52,7 @@ pub enum QuotaError {
     /// A zero count, or a period under a second.
     #[error("quota {text:?}: the count must be at least 1 and the period at least 1s")]
     TooSmall {
-        /// The text given.
+        /// The quota as written on the command line.
         text: String,
     },
 }
@@ -64,7 +64,7 @@ pub struct Quota {
     pub scope: Scope,
     /// How many per period.
     pub limit: u32,
-    /// The period.
+    /// Length of the window the limit applies to (the `1h` of `20/1h`).
     pub period: Duration,
     /// A short name for keys and messages (`subject`, `subject-burst`, `secret-id`).
     pub name: &'static str,

@@ -15,7 +15,7 @@ use crate::report::Chain;
 /// What is re-read.
 #[derive(Clone, Debug)]
 pub struct Sources {
-    /// The keys directory.
+    /// The keys directory (`--keys-dir`), re-read whole each time.
     pub keys_dir: PathBuf,
     /// `--active-key`, if given (else the directory's `.active`).
     pub active_key: Option<String>,

@@ -1,7 +1,7 @@
 //! The composition root of `vod-signer serve`: from the command line it builds the runtime,
 //! the keys, the caller policy, TLS, the backend (record store and audit log) and the server,
 //! and runs them until SIGTERM. Every default lives with what it configures (`Settings`,
-//! `ServerOptions`, `RedisConfig`); the command line refers to them.
+//! `ServerSettings`, `RedisSettings`); the command line refers to them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +14,11 @@ use crate::auth::{CallerPolicy, PolicyFileError, SharedPolicy};
 use crate::config::{ConfigError, RuntimeFlavor, ServeArgs};
 use crate::keys::{KeyError, KeyRing, SharedKeys};
 use crate::metrics::{Metrics, serve_metrics};
-use crate::redis::RedisConfig;
+use crate::redis::RedisSettings;
 use crate::reload::{self, Sources};
 use crate::report::Chain;
-use crate::server::{ServeError, ServerOptions, serve, shutdown_signal};
-use crate::service::{Settings, Signer};
+use crate::server::{ServeError, ServerSettings, serve, shutdown_signal};
+use crate::service::{Settings, UseCases};
 use crate::shutdown::Shutdown;
 use crate::signature::SecretKey;
 use crate::store::{MemoryStore, RedisStore, RedisStoreError, Store};
@@ -69,7 +69,7 @@ pub enum RunError {
     /// A file named by a Redis flag could not be read.
     #[error("cannot read {}", path.display())]
     Read {
-        /// The file.
+        /// Path of the file, as given to the flag.
         path: std::path::PathBuf,
         /// What the OS said.
         source: std::io::Error,
@@ -77,7 +77,7 @@ pub enum RunError {
     /// `--redis-password-file` is not text.
     #[error("{} is not UTF-8", path.display())]
     NotUtf8 {
-        /// The file.
+        /// Path of the file, as given to the flag.
         path: std::path::PathBuf,
         /// Where the bytes stop being UTF-8.
         source: std::string::FromUtf8Error,
@@ -123,9 +123,9 @@ pub fn assemble<S: Store>(
     settings: Settings,
     events: Arc<dyn EventLog>,
     metrics: Arc<Metrics>,
-) -> Signer<S> {
+) -> UseCases<S> {
     store.observe_with(metrics.clone());
-    Signer::new(store, keys, settings)
+    UseCases::new(store, keys, settings)
         .with_events(events)
         .with_lifecycle_observer(metrics)
 }
@@ -167,7 +167,7 @@ fn caller_policy(args: &ServeArgs) -> Result<SharedPolicy, RunError> {
 }
 
 /// The server's options from the flags.
-fn server_options(args: &ServeArgs, policy: SharedPolicy) -> ServerOptions {
+fn server_settings(args: &ServeArgs, policy: SharedPolicy) -> ServerSettings {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -176,7 +176,7 @@ fn server_options(args: &ServeArgs, policy: SharedPolicy) -> ServerOptions {
         }),
         _ => None,
     };
-    ServerOptions {
+    ServerSettings {
         health_interval: Duration::from_millis(args.health_interval_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         max_concurrent_calls: args.max_concurrent_calls,
@@ -202,7 +202,7 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
     let keys = keys.shared();
     let settings = settings(&args)?;
     let policy = caller_policy(&args)?;
-    let options = server_options(&args, policy.clone());
+    let options = server_settings(&args, policy.clone());
     let drain_timeout = options.drain_timeout;
     // The composition root's own tasks; the server's are its own.
     let tasks = Shutdown::new();
@@ -245,7 +245,7 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
     let metrics = options.metrics.clone();
     let served = match &args.redis_url {
         Some(url) => {
-            let store = Arc::new(RedisStore::new(&redis_config(&args, url)?)?);
+            let store = Arc::new(RedisStore::new(&redis_settings(&args, url)?)?);
             info!(store = "redis", "store configured");
             let events: Arc<dyn EventLog> = if args.events_maxlen > 0 {
                 Arc::new(RedisEvents::start(
@@ -258,8 +258,8 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(store, keys, settings, events, metrics);
-            serve(listener, signer, options, shutdown_signal()).await
+            let use_cases = assemble(store, keys, settings, events, metrics);
+            serve(listener, use_cases, options, shutdown_signal()).await
         }
         None => {
             warn!(
@@ -271,14 +271,14 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
             } else {
                 Arc::new(NoEvents)
             };
-            let signer = assemble(
+            let use_cases = assemble(
                 Arc::new(MemoryStore::new()),
                 keys,
                 settings,
                 events,
                 metrics,
             );
-            serve(listener, signer, options, shutdown_signal()).await
+            serve(listener, use_cases, options, shutdown_signal()).await
         }
     };
     // After the drain: the audit writer writes the events of the calls served, the metrics
@@ -294,7 +294,7 @@ async fn run_async(args: ServeArgs) -> Result<(), RunError> {
 }
 
 /// The Redis settings from the flags; secrets come from files or the environment.
-fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, RunError> {
+fn redis_settings(args: &ServeArgs, url: &str) -> Result<RedisSettings, RunError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|source| RunError::Read {
             path: path.to_owned(),
@@ -321,7 +321,7 @@ fn redis_config(args: &ServeArgs, url: &str) -> Result<RedisConfig, RunError> {
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
     };
-    Ok(RedisConfig {
+    Ok(RedisSettings {
         url: url.to_owned(),
         key_prefix: args.key_prefix.clone(),
         timeout: Duration::from_millis(args.store_timeout_ms),

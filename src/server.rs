@@ -20,7 +20,7 @@ use crate::auth::SharedPolicy;
 use crate::metrics::Metrics;
 use crate::notify::Delivery;
 use crate::proto::signature_service_server::SignatureServiceServer;
-use crate::service::Signer;
+use crate::service::UseCases;
 use crate::shutdown::Shutdown;
 use crate::store::{MemoryStore, Store};
 use crate::tls::{ReloadingAcceptor, TlsError, TlsFiles};
@@ -39,7 +39,7 @@ fn nodelay(listener: TcpListener) -> TcpIncoming {
 /// What the server needs besides the use cases. `Default` is the one place the defaults of
 /// these settings are written; the command line refers to them.
 #[derive(Clone)]
-pub struct ServerOptions {
+pub struct ServerSettings {
     /// How often the store is pinged for health.
     pub health_interval: Duration,
     /// How long calls in flight may take to finish after shutdown starts.
@@ -64,7 +64,7 @@ pub struct ServerOptions {
     pub traces: bool,
 }
 
-impl ServerOptions {
+impl ServerSettings {
     /// Default of `--listen`: every interface, the gRPC port.
     pub const LISTEN: &str = "0.0.0.0:50051";
     /// Default of `--metrics-listen`.
@@ -79,17 +79,17 @@ impl ServerOptions {
     pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 }
 
-impl Default for ServerOptions {
+impl Default for ServerSettings {
     fn default() -> Self {
-        ServerOptions {
-            health_interval: ServerOptions::HEALTH_INTERVAL,
-            drain_timeout: ServerOptions::DRAIN_TIMEOUT,
-            max_concurrent_calls: ServerOptions::MAX_CONCURRENT_CALLS,
+        ServerSettings {
+            health_interval: ServerSettings::HEALTH_INTERVAL,
+            drain_timeout: ServerSettings::DRAIN_TIMEOUT,
+            max_concurrent_calls: ServerSettings::MAX_CONCURRENT_CALLS,
             metrics: Arc::new(Metrics::new()),
             reflection: true,
             policy: SharedPolicy::default(),
             tls: None,
-            tls_reload_interval: ServerOptions::TLS_RELOAD_INTERVAL,
+            tls_reload_interval: ServerSettings::TLS_RELOAD_INTERVAL,
             health_listen: None,
             traces: false,
         }
@@ -102,7 +102,7 @@ pub enum ServeError {
     /// `--health-listen`'s port could not be bound.
     #[error("cannot listen for health probes on {addr}")]
     HealthListen {
-        /// The address.
+        /// The `--health-listen` address.
         addr: SocketAddr,
         /// What the OS said.
         source: std::io::Error,
@@ -219,8 +219,8 @@ fn replica_name() -> String {
 
 /// The upload lifecycle's background work until shutdown: the abandonment sweep (one
 /// replica at a time, by lease) and the backlog gauges.
-async fn run_lifecycle<S: Store>(signer: Arc<Signer<S>>, owner: String, stop: Shutdown) {
-    let period = signer.settings().lifecycle.sweep_period();
+async fn run_lifecycle<S: Store>(use_cases: Arc<UseCases<S>>, owner: String, stop: Shutdown) {
+    let period = use_cases.settings().lifecycle.sweep_period();
     let mut failing = false;
     loop {
         // A period first: the store connects in the background as the server starts.
@@ -228,8 +228,8 @@ async fn run_lifecycle<S: Store>(signer: Arc<Signer<S>>, owner: String, stop: Sh
             () = tokio::time::sleep(period) => {}
             () = stop.requested() => return,
         }
-        let swept = signer.sweep_abandoned(&owner).await;
-        let backlog = signer.backlog().await;
+        let swept = use_cases.sweep_abandoned(&owner).await;
+        let backlog = use_cases.backlog().await;
         match (swept, backlog) {
             (Ok(_), Ok(_)) if failing => {
                 failing = false;
@@ -246,13 +246,21 @@ async fn run_lifecycle<S: Store>(signer: Arc<Signer<S>>, owner: String, stop: Sh
 
 /// Starts the upload lifecycle's background tasks: the sweep, and with `--notify-url` the
 /// pusher.
-fn start_lifecycle<S: Store>(signer: &Arc<Signer<S>>, metrics: &Arc<Metrics>, tasks: &Shutdown) {
+fn start_lifecycle<S: Store>(
+    use_cases: &Arc<UseCases<S>>,
+    metrics: &Arc<Metrics>,
+    tasks: &Shutdown,
+) {
     let owner = replica_name();
-    tasks.spawn(run_lifecycle(signer.clone(), owner.clone(), tasks.clone()));
-    let lifecycle = &signer.settings().lifecycle;
+    tasks.spawn(run_lifecycle(
+        use_cases.clone(),
+        owner.clone(),
+        tasks.clone(),
+    ));
+    let lifecycle = &use_cases.settings().lifecycle;
     if let Delivery::Push(target) = &lifecycle.delivery {
         tasks.spawn(crate::notify::push::run(
-            signer.store().clone(),
+            use_cases.store().clone(),
             target.clone(),
             lifecycle.max_age,
             owner,
@@ -267,13 +275,13 @@ fn start_lifecycle<S: Store>(signer: &Arc<Signer<S>>, metrics: &Arc<Metrics>, ta
 /// have not).
 pub async fn serve<S: Store>(
     listener: TcpListener,
-    signer: Signer<S>,
-    options: ServerOptions,
+    use_cases: UseCases<S>,
+    options: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let tasks = Shutdown::new();
     let drain_timeout = options.drain_timeout;
-    let served = serve_until(listener, signer, options, shutdown, &tasks).await;
+    let served = serve_until(listener, use_cases, options, shutdown, &tasks).await;
     // The background work stops after the calls: a push in flight finishes (bounded by its
     // timeout) and what is still queued waits in Redis for another replica.
     if !tasks.finish(drain_timeout).await {
@@ -287,20 +295,20 @@ pub async fn serve<S: Store>(
 
 async fn serve_until<S: Store>(
     listener: TcpListener,
-    signer: Signer<S>,
-    options: ServerOptions,
+    use_cases: UseCases<S>,
+    options: ServerSettings,
     shutdown: impl Future<Output = ()>,
     tasks: &Shutdown,
 ) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    let signer = Arc::new(signer);
-    start_lifecycle(&signer, &options.metrics, tasks);
+    let use_cases = Arc::new(use_cases);
+    start_lifecycle(&use_cases, &options.metrics, tasks);
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     // Told before the others: health must stay NOT_SERVING through the drain.
     let health_watch = tasks.child();
     let watcher = tasks.spawn(watch_store(
-        signer.store().clone(),
+        use_cases.store().clone(),
         reporter.clone(),
         options.health_interval,
         options.metrics.clone(),
@@ -352,7 +360,7 @@ async fn serve_until<S: Store>(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(
-            SignatureServiceServer::new(SignatureApi::new(signer.clone()))
+            SignatureServiceServer::new(SignatureApi::new(use_cases.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     let stop = async {

@@ -77,7 +77,7 @@ pub enum TelemetryError {
     /// The collector endpoint is unusable.
     #[error("--otlp-endpoint {endpoint:?}")]
     Endpoint {
-        /// The endpoint given.
+        /// The `--otlp-endpoint` value as given.
         endpoint: String,
         /// What the exporter said.
         source: opentelemetry_otlp::ExporterBuildError,

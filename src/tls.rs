@@ -40,7 +40,7 @@ pub enum TlsError {
     /// The certificate file cannot be read or is not PEM.
     #[error("TLS certificate {}", path.display())]
     Cert {
-        /// The file.
+        /// Path of the certificate file (`--tls-cert`).
         path: PathBuf,
         /// Why it cannot be read.
         source: rustls_pki_types::pem::Error,
@@ -48,13 +48,13 @@ pub enum TlsError {
     /// The certificate file holds no certificate.
     #[error("TLS certificate {}: no certificate in it", path.display())]
     NoCert {
-        /// The file.
+        /// Path of the certificate file (`--tls-cert`).
         path: PathBuf,
     },
     /// The key file cannot be read or holds no private key.
     #[error("TLS key {}", path.display())]
     Key {
-        /// The file.
+        /// Path of the key file (`--tls-key`).
         path: PathBuf,
         /// Why it cannot be read.
         source: rustls_pki_types::pem::Error,
@@ -62,7 +62,7 @@ pub enum TlsError {
     /// The client CA bundle cannot be read or is not PEM.
     #[error("TLS client CA {}", path.display())]
     ClientCa {
-        /// The file.
+        /// Path of the client CA file (`--tls-client-ca`).
         path: PathBuf,
         /// Why it cannot be read.
         source: rustls_pki_types::pem::Error,
@@ -70,13 +70,13 @@ pub enum TlsError {
     /// The client CA bundle holds no certificate rustls can use.
     #[error("TLS client CA {}: no usable CA certificate", path.display())]
     NoClientCa {
-        /// The file.
+        /// Path of the client CA file (`--tls-client-ca`).
         path: PathBuf,
     },
     /// The client CA bundle cannot verify client certificates.
     #[error("TLS client CA {}", path.display())]
     Verifier {
-        /// The file.
+        /// Path of the client CA file (`--tls-client-ca`).
         path: PathBuf,
         /// What rustls said.
         source: tokio_rustls::rustls::server::VerifierBuilderError,

@@ -352,8 +352,8 @@ fn help_works_on_every_subcommand() {
 #[test]
 fn help_shows_the_defaults_of_the_code() {
     use vod_signer::notify::Lifecycle;
-    use vod_signer::redis::RedisConfig;
-    use vod_signer::server::ServerOptions;
+    use vod_signer::redis::RedisSettings;
+    use vod_signer::server::ServerSettings;
     use vod_signer::service::Settings;
 
     let help = success(run(vod_signer().args(["serve", "--help"])));
@@ -367,12 +367,12 @@ fn help_shows_the_defaults_of_the_code() {
         Some(block[d + 10..].split(']').next()?.to_owned())
     };
     let settings = Settings::default();
-    let redis = RedisConfig::default();
+    let redis = RedisSettings::default();
     let lifecycle = Lifecycle::default();
     let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
     let expected: Vec<(&str, String)> = vec![
-        ("listen", ServerOptions::LISTEN.to_owned()),
-        ("metrics-listen", ServerOptions::METRICS_LISTEN.to_owned()),
+        ("listen", ServerSettings::LISTEN.to_owned()),
+        ("metrics-listen", ServerSettings::METRICS_LISTEN.to_owned()),
         ("default-ttl", settings.default_ttl.to_string()),
         ("max-ttl", settings.max_ttl.to_string()),
         ("leeway", settings.leeway.to_string()),
@@ -380,15 +380,15 @@ fn help_shows_the_defaults_of_the_code() {
         ("store-timeout-ms", redis.timeout.as_millis().to_string()),
         (
             "health-interval-ms",
-            ServerOptions::HEALTH_INTERVAL.as_millis().to_string(),
+            ServerSettings::HEALTH_INTERVAL.as_millis().to_string(),
         ),
         (
             "max-concurrent-calls",
-            ServerOptions::MAX_CONCURRENT_CALLS.to_string(),
+            ServerSettings::MAX_CONCURRENT_CALLS.to_string(),
         ),
         (
             "drain-timeout",
-            ServerOptions::DRAIN_TIMEOUT.as_secs().to_string(),
+            ServerSettings::DRAIN_TIMEOUT.as_secs().to_string(),
         ),
         (
             "keys-reload-interval",
@@ -396,7 +396,7 @@ fn help_shows_the_defaults_of_the_code() {
         ),
         (
             "tls-reload-interval",
-            ServerOptions::TLS_RELOAD_INTERVAL.as_secs().to_string(),
+            ServerSettings::TLS_RELOAD_INTERVAL.as_secs().to_string(),
         ),
         ("min-replicas-ack", redis.min_replicas_ack.to_string()),
         ("redis-memory-reserve", redis.memory_reserve.to_string()),

@@ -15,7 +15,7 @@ use vod_signer::proto::{
     IssueSignatureRequest, RevokeSignatureRequest, SignatureState, VerifySignatureRequest,
 };
 use vod_signer::reason::Reason;
-use vod_signer::server::ServerOptions;
+use vod_signer::server::ServerSettings;
 use vod_signer::service::Settings;
 
 /// A Redis, a proxy in front of it, and a server that reaches Redis through the proxy.
@@ -24,7 +24,10 @@ async fn behind_proxy(settings: Settings) -> (TestServer, FaultProxy) {
 }
 
 /// [`behind_proxy`] with server `options`.
-async fn behind_proxy_with(settings: Settings, options: ServerOptions) -> (TestServer, FaultProxy) {
+async fn behind_proxy_with(
+    settings: Settings,
+    options: ServerSettings,
+) -> (TestServer, FaultProxy) {
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(redis.port).await;
     let store = Arc::new(redis_store(&proxy.url(), "vodsigner:"));
@@ -359,7 +362,7 @@ async fn connections_cut_during_a_burst_lose_no_consume_and_double_none() {
 async fn overload_is_shed_with_a_typed_refusal() {
     let (server, proxy) = behind_proxy_with(
         Settings::default(),
-        ServerOptions {
+        ServerSettings {
             max_concurrent_calls: 4,
             ..test_options()
         },

@@ -359,7 +359,7 @@ async fn a_shed_call_carries_retry_info() {
         "vodsigner:",
         Duration::from_secs(10),
     ));
-    let options = vod_signer::server::ServerOptions {
+    let options = vod_signer::server::ServerSettings {
         max_concurrent_calls: 1,
         ..test_options()
     };

@@ -33,7 +33,7 @@ fn alive_tasks() -> usize {
 /// checks that every task it started ended within [`ending_bound`].
 async fn a_dropped_store_leaves_no_task(url: String) {
     let before = alive_tasks();
-    let store = RedisStore::new(&vod_signer::redis::RedisConfig {
+    let store = RedisStore::new(&vod_signer::redis::RedisSettings {
         url,
         key_prefix: "tasks:".into(),
         timeout: TIMEOUT,

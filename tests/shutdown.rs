@@ -16,7 +16,7 @@ use vod_signer::audit::{EventLog, NoEvents, RedisEvents};
 use vod_signer::notify::{Delivery, Lifecycle, PushTarget, Secrets};
 use vod_signer::proto::IssueSignatureRequest;
 use vod_signer::runner::assemble;
-use vod_signer::server::{ServerOptions, serve};
+use vod_signer::server::{ServerSettings, serve};
 use vod_signer::service::Settings;
 use vod_signer::shutdown::Shutdown;
 use vod_signer::store::{MemoryStore, RedisStore, Store, StoreHealth as _};
@@ -48,7 +48,7 @@ async fn settles_to(expected: usize, what: &str) {
 async fn serve_then_stop<S: Store, T, F: Future<Output = T>>(
     store: Arc<S>,
     settings: Settings,
-    mut options: ServerOptions,
+    mut options: ServerSettings,
     events: Arc<dyn EventLog>,
     during: impl FnOnce(SocketAddr) -> F,
 ) -> T {
@@ -134,7 +134,7 @@ async fn tls_serve_returns_with_accept_and_handshake_tasks_ended() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, leaf.cert).unwrap();
     std::fs::write(&key, leaf.key).unwrap();
-    let options = ServerOptions {
+    let options = ServerSettings {
         tls: Some(TlsFiles {
             cert,
             key,

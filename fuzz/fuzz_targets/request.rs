@@ -14,13 +14,13 @@ use vod_signer::metrics::Metrics;
 use vod_signer::proto::{
     ConsumeSignatureRequest, IssueSignatureRequest, RevokeSignatureRequest, VerifySignatureRequest,
 };
-use vod_signer::service::{Settings, SharedPolicy, Signer};
+use vod_signer::service::{Settings, SharedPolicy, UseCases};
 use vod_signer::signature::SecretKey;
 use vod_signer::store::MemoryStore;
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
-    signer: Signer<MemoryStore>,
+    use_cases: UseCases<MemoryStore>,
 }
 
 fn harness() -> &'static Harness {
@@ -31,7 +31,7 @@ fn harness() -> &'static Harness {
             "AKIDfuzz",
         )
         .unwrap();
-        let signer = Signer::new(
+        let use_cases = UseCases::new(
             Arc::new(MemoryStore::new()),
             keys.shared(),
             SharedPolicy::default(),
@@ -42,7 +42,7 @@ fn harness() -> &'static Harness {
             .enable_all()
             .build()
             .unwrap();
-        Harness { runtime, signer }
+        Harness { runtime, use_cases }
     })
 }
 
@@ -55,23 +55,23 @@ fuzz_target!(|data: &[u8]| {
         let outcome = match selector % 4 {
             0 => match IssueSignatureRequest::decode(frame) {
                 // Issuing from arbitrary requests is allowed; it must only not panic.
-                Ok(req) => h.signer.issue(req).await.map(|_| ()),
+                Ok(req) => h.use_cases.issue(req).await.map(|_| ()),
                 Err(_) => return,
             },
             1 => match VerifySignatureRequest::decode(frame) {
-                Ok(req) => h.signer.verify(req).await.map(|_| ()),
+                Ok(req) => h.use_cases.verify(req).await.map(|_| ()),
                 Err(_) => return,
             },
             2 => match ConsumeSignatureRequest::decode(frame) {
                 Ok(req) => {
-                    let result = h.signer.consume(req).await;
+                    let result = h.use_cases.consume(req).await;
                     assert!(result.is_err(), "a signature nobody issued was consumed");
                     result.map(|_| ())
                 }
                 Err(_) => return,
             },
             _ => match RevokeSignatureRequest::decode(frame) {
-                Ok(req) => h.signer.revoke(req).await.map(|_| ()),
+                Ok(req) => h.use_cases.revoke(req).await.map(|_| ()),
                 Err(_) => return,
             },
         };

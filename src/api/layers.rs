@@ -12,8 +12,8 @@
 //!    signature the refusal is about (its private header, taken off the answer), and the
 //!    answer counted by RPC and result with its latency.
 //!
-//! One layer rather than one per step: each layer boxes the call's future and re-reads the
-//! RPC from the path, and on the per-call budget of issue 18 that showed. Requests to other
+//! One layer rather than one per step: each layer would box the call's future and re-read
+//! the RPC from the path, a cost paid on every call for nothing. Requests to other
 //! services (health, reflection) pass through untouched. The steps see HTTP requests and
 //! responses: a refusal's reason is the token its `grpc-message` starts with (the contract of
 //! SPEC section 3).

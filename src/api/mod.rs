@@ -21,21 +21,21 @@ use crate::audit::EventKind;
 use crate::proto;
 use crate::proto::signature_service_server::SignatureService;
 use crate::refusal::Refusal;
-use crate::service::Signer;
+use crate::service::UseCases;
 use crate::store::Store;
 
 pub use self::layers::MAX_REQUEST_BYTES;
 
 /// `SignatureService` over the use cases.
 pub struct SignatureApi<S> {
-    signer: Arc<Signer<S>>,
+    use_cases: Arc<UseCases<S>>,
 }
 
 impl<S: Store> SignatureApi<S> {
-    /// The gRPC service of `signer` (shared with the background work of the upload
+    /// The gRPC service of `use_cases` (shared with the background work of the upload
     /// lifecycle).
-    pub fn new(signer: Arc<Signer<S>>) -> SignatureApi<S> {
-        SignatureApi { signer }
+    pub fn new(use_cases: Arc<UseCases<S>>) -> SignatureApi<S> {
+        SignatureApi { use_cases }
     }
 }
 
@@ -66,7 +66,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
     ) -> Result<Response<EventProtoStream>, Status> {
         let req = request.into_inner();
         let kinds = kinds_from_proto(&req.kinds)?;
-        let events = self.signer.watch(&req.start_id, kinds).await?;
+        let events = self.use_cases.watch(&req.start_id, kinds).await?;
         let stream = events.map(|(id, e)| Ok(conversions::event_to_proto(id, e)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -75,7 +75,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         &self,
         request: Request<proto::IssueSignatureRequest>,
     ) -> Result<Response<proto::IssueSignatureResponse>, Status> {
-        let issued = self.signer.issue(request.into_inner().into()).await?;
+        let issued = self.use_cases.issue(request.into_inner().into()).await?;
         Ok(Response::new(issued.into()))
     }
 
@@ -83,7 +83,10 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         &self,
         request: Request<proto::VerifySignatureRequest>,
     ) -> Result<Response<proto::VerifySignatureResponse>, Status> {
-        let verified = self.signer.verify(&request.into_inner().signature).await?;
+        let verified = self
+            .use_cases
+            .verify(&request.into_inner().signature)
+            .await?;
         Ok(Response::new(verified.into()))
     }
 
@@ -91,7 +94,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         &self,
         request: Request<proto::ConsumeSignatureRequest>,
     ) -> Result<Response<proto::ConsumeSignatureResponse>, Status> {
-        let consumed = self.signer.consume(request.into_inner().into()).await?;
+        let consumed = self.use_cases.consume(request.into_inner().into()).await?;
         Ok(Response::new(consumed.into()))
     }
 
@@ -99,7 +102,10 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         &self,
         request: Request<proto::RevokeSignatureRequest>,
     ) -> Result<Response<proto::RevokeSignatureResponse>, Status> {
-        let previous = self.signer.revoke(&request.into_inner().signature).await?;
+        let previous = self
+            .use_cases
+            .revoke(&request.into_inner().signature)
+            .await?;
         Ok(Response::new(previous.into()))
     }
 
@@ -108,7 +114,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         request: Request<proto::ListSignaturesRequest>,
     ) -> Result<Response<proto::ListSignaturesResponse>, Status> {
         let req = request.into_inner().try_into()?;
-        let listing = self.signer.list_signatures(req).await?;
+        let listing = self.use_cases.list_signatures(req).await?;
         Ok(Response::new(listing.into()))
     }
 
@@ -117,7 +123,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         request: Request<proto::RevokeSubjectRequest>,
     ) -> Result<Response<proto::RevokeSubjectResponse>, Status> {
         let revoked = self
-            .signer
+            .use_cases
             .revoke_subject(&request.into_inner().subject)
             .await?;
         Ok(Response::new(proto::RevokeSubjectResponse { revoked }))
@@ -128,7 +134,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         request: Request<proto::CompleteUploadRequest>,
     ) -> Result<Response<proto::CompleteUploadResponse>, Status> {
         let completed = self
-            .signer
+            .use_cases
             .complete_upload(request.into_inner().into())
             .await?;
         Ok(Response::new(completed.into()))
@@ -139,7 +145,10 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         request: Request<proto::PullEventsRequest>,
     ) -> Result<Response<proto::PullEventsResponse>, Status> {
         let req = request.into_inner();
-        let notifications = self.signer.pull_events(req.max, req.wait_seconds).await?;
+        let notifications = self
+            .use_cases
+            .pull_events(req.max, req.wait_seconds)
+            .await?;
         Ok(Response::new(proto::PullEventsResponse {
             notifications: notifications.into_iter().map(Into::into).collect(),
         }))
@@ -150,7 +159,7 @@ impl<S: Store> SignatureService for SignatureApi<S> {
         request: Request<proto::ConfirmEventsRequest>,
     ) -> Result<Response<proto::ConfirmEventsResponse>, Status> {
         let confirmed = self
-            .signer
+            .use_cases
             .confirm_events(&request.into_inner().handles)
             .await?;
         Ok(Response::new(proto::ConfirmEventsResponse { confirmed }))

@@ -25,7 +25,7 @@ pub struct CallLog {
     pub caller: Option<String>,
     /// The SecretId of the signature the call is about (from the refusal itself).
     pub secret_id: Option<String>,
-    /// Its nonce.
+    /// That signature's nonce (`Random`), when the refusal names one.
     pub random: Option<u32>,
 }
 

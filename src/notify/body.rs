@@ -23,7 +23,7 @@ pub const UPLOAD_ABANDONED: &str = "UploadAbandoned";
 pub struct UploadFacts<'a> {
     /// The signature's SecretId.
     pub secret_id: &'a str,
-    /// Its nonce.
+    /// The signature's nonce (`Random`); with `secret_id`, it names the record.
     pub random: u32,
     /// Its issue time (`currentTimeStamp`), Unix seconds.
     pub issued_at: i64,

@@ -34,7 +34,7 @@ pub enum SecretsError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
+        /// Path of the file, as given.
         path: String,
         /// Why.
         source: std::io::Error,

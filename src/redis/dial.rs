@@ -12,7 +12,7 @@ use redis::io::tcp::TcpSettings;
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use super::RedisConfig;
+use super::RedisSettings;
 use super::error::Error;
 
 /// TCP settings of every socket to a Redis node: `TCP_NODELAY` (commands are small writes
@@ -64,7 +64,7 @@ pub(super) async fn dial(
 }
 
 /// The configuration's TLS material; `None` when it gives none (the system's trust store).
-pub(super) fn tls_certs(config: &RedisConfig) -> Option<redis::TlsCertificates> {
+pub(super) fn tls_certs(config: &RedisSettings) -> Option<redis::TlsCertificates> {
     if config.tls_ca.is_none() && config.tls_client.is_none() {
         return None;
     }
@@ -81,7 +81,7 @@ pub(super) fn tls_certs(config: &RedisConfig) -> Option<redis::TlsCertificates> 
 }
 
 /// A client for one node, credentials and TLS material from the configuration.
-pub(super) fn node_client(info: ConnectionInfo, config: &RedisConfig) -> Result<Client, Error> {
+pub(super) fn node_client(info: ConnectionInfo, config: &RedisSettings) -> Result<Client, Error> {
     let mut settings = info.redis_settings().clone();
     if let Some(user) = &config.username {
         settings = settings.set_username(user);
@@ -105,7 +105,7 @@ pub(super) fn node_client(info: ConnectionInfo, config: &RedisConfig) -> Result<
 }
 
 /// A client for one server from its URL.
-pub(super) fn single_client(url: &str, config: &RedisConfig) -> Result<Client, Error> {
+pub(super) fn single_client(url: &str, config: &RedisSettings) -> Result<Client, Error> {
     let info = url
         .into_connection_info()
         .map_err(|e| Error::BadUrl(e.to_string().replace(url, "<url>")))?;
@@ -116,7 +116,7 @@ pub(super) fn single_client(url: &str, config: &RedisConfig) -> Result<Client, E
 /// timeout, a couple of retries for MOVED/ASK and topology changes.
 pub(super) fn cluster_client(
     nodes: Vec<String>,
-    config: &RedisConfig,
+    config: &RedisSettings,
 ) -> Result<ClusterClient, Error> {
     let mut builder = ClusterClientBuilder::new(nodes)
         .connection_timeout(config.timeout)

@@ -50,7 +50,7 @@ pub enum Error {
     /// A reply of a shape the command never gives.
     #[error("unexpected {command} reply {reply}")]
     UnexpectedReply {
-        /// The command.
+        /// The Redis command that got the reply, by name.
         command: &'static str,
         /// The reply, as debug text.
         reply: String,
@@ -69,7 +69,7 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis::{Connector, RedisConfig};
+    use crate::redis::{Connector, RedisSettings};
 
     #[test]
     fn settings_keep_the_redis_cause_and_their_message() {
@@ -85,9 +85,9 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_refused_without_quoting_it() {
-        let config = RedisConfig {
+        let config = RedisSettings {
             url: "redis://user:s3cret@host:notaport".into(),
-            ..RedisConfig::default()
+            ..RedisSettings::default()
         };
         let Err(e) = Connector::start(&config) else {
             panic!("a URL without a valid port was accepted");
@@ -95,9 +95,9 @@ mod tests {
         assert!(matches!(e, Error::BadUrl(_)), "{e:?}");
         assert!(e.to_string().starts_with("bad Redis URL: "), "{e}");
         assert!(!e.to_string().contains("s3cret"), "{e}");
-        let unknown = RedisConfig {
+        let unknown = RedisSettings {
             url: "memcached://x".into(),
-            ..RedisConfig::default()
+            ..RedisSettings::default()
         };
         let Err(e) = Connector::start(&unknown) else {
             panic!("an unknown scheme was accepted");

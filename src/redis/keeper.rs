@@ -12,7 +12,7 @@ use redis::Client;
 use redis::cluster::ClusterClient;
 use tracing::{info, warn};
 
-use super::RedisConfig;
+use super::RedisSettings;
 use super::connection::{Link, wait_bound};
 use super::connector::Shared;
 use super::dial::{cluster_client, dial, single_client};
@@ -21,7 +21,7 @@ use super::error::Error;
 /// Starts the keeper of one server at `url`.
 pub(super) fn start_single(
     url: &str,
-    config: &RedisConfig,
+    config: &RedisSettings,
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
     let client = single_client(url, config)?;
@@ -33,7 +33,7 @@ pub(super) fn start_single(
 /// Starts the keeper of the cluster whose seed nodes are `nodes`.
 pub(super) fn start_cluster(
     nodes: Vec<String>,
-    config: &RedisConfig,
+    config: &RedisSettings,
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
     let client = cluster_client(nodes, config)?;

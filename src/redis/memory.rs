@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
-use super::RedisConfig;
+use super::RedisSettings;
 use super::connector::{Connector, Shared};
 use super::dial::background_timeout;
 use super::error::Error;
@@ -79,7 +79,7 @@ pub struct RedisMemory {
 impl RedisMemory {
     /// Starts watching the Redis that `connector` reaches, with the reserve and policy rules
     /// of `config`.
-    pub fn watch(connector: &Connector, config: &RedisConfig) -> Arc<RedisMemory> {
+    pub fn watch(connector: &Connector, config: &RedisSettings) -> Arc<RedisMemory> {
         let memory = Arc::new(RedisMemory {
             gate: AtomicU8::new(IssueGate::Open as u8),
             full: AtomicBool::new(false),

@@ -26,7 +26,7 @@ pub use self::url::{Topology, UrlError};
 impl Connector {
     /// Sets up the connection for `config` and starts the keeper task of its deployment;
     /// never waits for Redis (it may not be up yet).
-    pub fn start(config: &RedisConfig) -> Result<Connector, Error> {
+    pub fn start(config: &RedisSettings) -> Result<Connector, Error> {
         let (connector, shared) = Connector::unconnected();
         match Topology::parse(&config.url)? {
             Topology::Single(url) => keeper::start_single(&url, config, shared)?,
@@ -46,7 +46,7 @@ impl Connector {
 /// the defaults of `--key-prefix`, `--store-timeout-ms` and `--redis-memory-reserve` are
 /// written.
 #[derive(Clone)]
-pub struct RedisConfig {
+pub struct RedisSettings {
     /// `--redis-url`: `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://`.
     pub url: String,
     /// Prefix of every key (default `vodsigner:`).
@@ -72,9 +72,9 @@ pub struct RedisConfig {
     pub allow_evicting: bool,
 }
 
-impl Default for RedisConfig {
+impl Default for RedisSettings {
     fn default() -> Self {
-        RedisConfig {
+        RedisSettings {
             url: String::new(),
             key_prefix: "vodsigner:".into(),
             timeout: Duration::from_millis(250),
@@ -89,9 +89,9 @@ impl Default for RedisConfig {
     }
 }
 
-impl std::fmt::Debug for RedisConfig {
+impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
+        f.debug_struct("RedisSettings")
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("username", &self.username)

@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 use tracing::{debug, info, warn};
 
-use super::RedisConfig;
+use super::RedisSettings;
 use super::connection::{Link, wait_bound};
 use super::connector::{MIN_REDIAL_GAP, Shared};
 use super::dial::{background_timeout, dial, node_client, tcp_addr, tcp_settings, tls_certs};
@@ -30,7 +30,7 @@ pub(super) fn start_sentinel(
     name: String,
     db: i64,
     tls: bool,
-    config: &RedisConfig,
+    config: &RedisSettings,
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
     let clients = sentinels
@@ -67,7 +67,7 @@ struct SentinelGroup {
     name: String,
     db: i64,
     tls: bool,
-    config: RedisConfig,
+    config: RedisSettings,
 }
 
 /// What one sentinel says of the master.

@@ -9,7 +9,7 @@
 
 use tracing::{debug, warn};
 
-use super::{Signer, about, record_of};
+use super::{UseCases, about, record_of};
 use crate::audit::{Event, EventKind};
 use crate::clock::rfc3339;
 use crate::notify::Outcome;
@@ -77,7 +77,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Refusal> {
     Ok(())
 }
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     /// The completion window, seconds.
     pub(super) fn completion_window(&self) -> i64 {
         self.settings

@@ -2,7 +2,7 @@
 
 use tracing::debug;
 
-use super::{IssueRequest, Issued, MAX_NONCE_TRIES, MAX_SUBJECT_LEN, Signer};
+use super::{IssueRequest, Issued, MAX_NONCE_TRIES, MAX_SUBJECT_LEN, UseCases};
 use crate::audit::EventKind;
 use crate::quota::{self, Scope};
 use crate::reason::Reason;
@@ -12,7 +12,7 @@ use crate::store::{
     Admission, QuotaOutcome, RecordKey, RecordRef, Store, SubjectEntry, subject_digest,
 };
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     /// IssueSignature: records a fresh nonce, then returns the signature (only once the store
     /// acknowledged the record).
     pub async fn issue(&self, req: IssueRequest) -> Result<Issued, Refusal> {

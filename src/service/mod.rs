@@ -1,15 +1,22 @@
 //! The use cases (SPEC section 3): issue, verify, consume, revoke, following the events, and a
 //! subject's signatures (list, revoke all, the outstanding cap).
 //!
-//! [`Signer`] wires the codec, the keys, the store and the audit log, and answers in domain
+//! [`UseCases`] wires the codec, the keys, the store and the audit log, and answers in domain
 //! types or a [`Refusal`]; it knows no gRPC (the `api` module adapts it). Time comes from an
 //! injected [`Clock`], so tests move time instead of sleeping.
+//!
+//! One file per use case, named for it: `issue.rs`, `verify.rs`, `consume.rs`, `revoke.rs`,
+//! `completion.rs` (CompleteUpload and the abandonment sweep), `notifications.rs` (pull and
+//! confirm), `subjects.rs` (a subject's signatures). What several of them share about a
+//! signature (authenticating it, its record, why a consume is refused) stays here.
 
 mod completion;
+mod consume;
 mod issue;
 mod notifications;
-mod redeem;
+mod revoke;
 mod subjects;
+mod verify;
 
 pub use self::completion::{CompleteRequest, CompletedUpload, SweepReport};
 pub use self::notifications::{MAX_PULL, MAX_PULL_WAIT, Notification};
@@ -89,7 +96,7 @@ pub struct IssueRequest {
 pub struct Issued {
     /// The signature, Base64.
     pub signature: String,
-    /// What it says.
+    /// The claims signed into it: key, nonce, validity window, upload policy.
     pub claims: Claims,
 }
 
@@ -128,9 +135,9 @@ impl From<RecordState> for SignatureState {
 /// VerifySignature's answer.
 #[derive(Clone, Debug)]
 pub struct Verified {
-    /// Its state.
+    /// Where it is in its life; `Expired` comes from the clock, without asking the store.
     pub state: SignatureState,
-    /// What it says.
+    /// The claims it carries, authenticated (the HMAC matched).
     pub claims: Claims,
 }
 
@@ -155,7 +162,7 @@ pub struct Consumed {
 }
 
 /// The use cases over a [`Store`].
-pub struct Signer<S> {
+pub struct UseCases<S> {
     store: Arc<S>,
     keys: SharedKeys,
     settings: Settings,
@@ -164,10 +171,10 @@ pub struct Signer<S> {
     lifecycle: Arc<dyn LifecycleObserver>,
 }
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     /// Use cases issuing with `keys` and recording in `store`; no events, the system clock.
-    pub fn new(store: Arc<S>, keys: SharedKeys, settings: Settings) -> Signer<S> {
-        Signer {
+    pub fn new(store: Arc<S>, keys: SharedKeys, settings: Settings) -> UseCases<S> {
+        UseCases {
             store,
             keys,
             settings,
@@ -178,7 +185,7 @@ impl<S: Store> Signer<S> {
     }
 
     /// Tells `observer` what happens to uploads and notifications.
-    pub fn with_lifecycle_observer(mut self, observer: Arc<dyn LifecycleObserver>) -> Signer<S> {
+    pub fn with_lifecycle_observer(mut self, observer: Arc<dyn LifecycleObserver>) -> UseCases<S> {
         self.lifecycle = observer;
         self
     }
@@ -189,13 +196,13 @@ impl<S: Store> Signer<S> {
     }
 
     /// Sends audit events to `events`.
-    pub fn with_events(mut self, events: Arc<dyn EventLog>) -> Signer<S> {
+    pub fn with_events(mut self, events: Arc<dyn EventLog>) -> UseCases<S> {
         self.events = events;
         self
     }
 
     /// Reads the time from `clock`.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Signer<S> {
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> UseCases<S> {
         self.clock = clock;
         self
     }
@@ -294,6 +301,12 @@ fn note_on_span(secret_id: &str, random: u32) {
 /// Marks a refusal of a call about `parsed`'s signature (its log line names the nonce).
 fn about<T>(parsed: &Parsed, result: Result<T, Refusal>) -> Result<T, Refusal> {
     result.map_err(|r| r.about(&parsed.claims.secret_id, parsed.claims.random))
+}
+
+/// The fingerprint of `parsed`'s tag its record is checked against (tells two signatures
+/// with the same nonce apart).
+fn fingerprint_of(parsed: &Parsed) -> String {
+    signature::fingerprint(&parsed.tag)
 }
 
 /// The record of a parsed signature.

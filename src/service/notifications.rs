@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::Signer;
+use super::UseCases;
 use crate::notify::{Delivery, Outcome};
 use crate::refusal::Refusal;
 use crate::store::{Handle, Queued, Store};
@@ -37,7 +37,7 @@ pub struct Notification {
     pub created_at: i64,
 }
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     fn require_pull(&self) -> Result<(), Refusal> {
         match self.settings.lifecycle.delivery {
             Delivery::Pull => Ok(()),

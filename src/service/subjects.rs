@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{MAX_SUBJECT_LEN, SignatureState, Signer};
+use super::{MAX_SUBJECT_LEN, SignatureState, UseCases};
 use crate::audit::{Event, EventKind};
 use crate::reason::Reason;
 use crate::refusal::Refusal;
@@ -25,7 +25,7 @@ const MAX_SCANNED_PAGES: usize = 10;
 /// ListSignatures' input.
 #[derive(Clone, Debug, Default)]
 pub struct ListRequest {
-    /// The end user.
+    /// The end user whose signatures are listed: the `subject` they were issued for.
     pub subject: String,
     /// States to list; empty: ISSUED.
     pub states: Vec<SignatureState>,
@@ -122,7 +122,7 @@ fn check_subject(subject: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-impl<S: Store> Signer<S> {
+impl<S: Store> UseCases<S> {
     /// Entries with an `expireTime` below this are expired (state EXPIRED).
     fn expired_before(&self) -> i64 {
         self.clock.now().saturating_sub(self.leeway())

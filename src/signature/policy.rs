@@ -63,7 +63,7 @@ pub enum PolicyError {
         name: &'static str,
         /// Its length in bytes.
         len: usize,
-        /// The limit.
+        /// The longest allowed, in bytes.
         max: usize,
     },
 }

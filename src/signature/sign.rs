@@ -19,7 +19,7 @@ pub struct SignRequest<'a> {
     pub random: u32,
     /// Whether to add `oneTimeValid=1` (vod-signer's issuer always does).
     pub one_time_valid: bool,
-    /// The optional parameters.
+    /// The upload policy, signed as the optional parameters.
     pub policy: &'a UploadPolicy,
 }
 

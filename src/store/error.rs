@@ -28,7 +28,7 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
-    /// The label value.
+    /// Its `cause` label value on `vodsigner_store_errors`.
     pub fn name(self) -> &'static str {
         self.into()
     }

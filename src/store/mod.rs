@@ -137,7 +137,7 @@ pub struct Awaiting<'a> {
 pub struct DueUpload {
     /// Which record.
     pub secret_id: String,
-    /// Its nonce.
+    /// That record's nonce (`Random`).
     pub random: u32,
     /// The signature's `sourceContext`.
     pub source_context: String,

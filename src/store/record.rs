@@ -92,7 +92,7 @@ impl State {
 /// What the store keeps per signature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// Its state.
+    /// Where the signature is in its life, as stored.
     state: State,
     /// Fingerprint of the signature's tag.
     pub fingerprint: String,

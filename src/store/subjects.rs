@@ -69,7 +69,7 @@ pub struct ListCursor {
 /// An index entry with what its record says now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
-    /// The index entry.
+    /// What the subject index holds about the signature.
     pub entry: SubjectEntry,
     /// The record's state (`NotIssued`: the record is gone or belongs to another signature).
     pub state: RecordState,

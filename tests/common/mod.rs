@@ -22,10 +22,10 @@ use vod_signer::clock::ManualClock;
 use vod_signer::keys::KeyRing;
 use vod_signer::proto::signature_service_client::SignatureServiceClient;
 use vod_signer::reason::Reason;
-use vod_signer::redis::RedisConfig;
+use vod_signer::redis::RedisSettings;
 use vod_signer::refusal::grpc_code;
 use vod_signer::runner::assemble;
-use vod_signer::server::{ServerOptions, serve};
+use vod_signer::server::{ServerSettings, serve};
 use vod_signer::service::Settings;
 use vod_signer::signature::{self, SecretKey, SignRequest, UploadPolicy};
 use vod_signer::store::{MemoryStore, RedisStore, Store};
@@ -337,11 +337,11 @@ pub struct TestServer {
 }
 
 /// Fast health checks, so store-down tests finish quickly.
-pub fn test_options() -> ServerOptions {
-    ServerOptions {
+pub fn test_options() -> ServerSettings {
+    ServerSettings {
         health_interval: Duration::from_millis(100),
         drain_timeout: Duration::from_secs(5),
-        ..ServerOptions::default()
+        ..ServerSettings::default()
     }
 }
 
@@ -397,7 +397,7 @@ impl TestServer {
         store: Arc<S>,
         redis: Option<RedisServer>,
         settings: Settings,
-        options: ServerOptions,
+        options: ServerSettings,
     ) -> TestServer {
         TestServer::start_with_events(store, redis, settings, options, Arc::new(NoEvents)).await
     }
@@ -407,7 +407,7 @@ impl TestServer {
         store: Arc<S>,
         redis: Option<RedisServer>,
         settings: Settings,
-        options: ServerOptions,
+        options: ServerSettings,
         events: Arc<dyn vod_signer::audit::EventLog>,
     ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -415,7 +415,7 @@ impl TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let metrics = options.metrics.clone();
         let clock = ManualClock::new();
-        let signer = assemble(
+        let use_cases = assemble(
             store,
             key_ring().shared(),
             settings,
@@ -427,7 +427,7 @@ impl TestServer {
             let shutdown = async {
                 let _ = rx.await;
             };
-            serve(listener, signer, options, shutdown).await.unwrap();
+            serve(listener, use_cases, options, shutdown).await.unwrap();
         });
         let server = TestServer {
             addr,
@@ -485,7 +485,7 @@ pub fn redis_store(url: &str, prefix: &str) -> RedisStore {
 
 /// A Redis store whose calls may take up to `timeout`.
 pub fn redis_store_within(url: &str, prefix: &str, timeout: Duration) -> RedisStore {
-    RedisStore::new(&RedisConfig {
+    RedisStore::new(&RedisSettings {
         url: url.to_owned(),
         key_prefix: prefix.to_owned(),
         timeout,

@@ -97,7 +97,7 @@ pub struct Outgoing<'a> {
 /// is the handle PullEvents hands out.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Handle {
-    /// The shard.
+    /// Which of the [`SHARDS`] outbox shards holds it (by the signature's nonce).
     pub shard: u32,
     /// The id within the shard's outbox (`{ms}-{seq}`).
     pub id: String,

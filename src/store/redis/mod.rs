@@ -30,7 +30,7 @@ pub(super) use super::{
     outbox,
 };
 use crate::quota::Charge;
-use crate::redis::{Conn, Connector, Failure, IssueGate, RedisConfig, RedisMemory};
+use crate::redis::{Conn, Connector, Failure, IssueGate, RedisMemory, RedisSettings};
 
 /// Why a Redis store cannot be set up (Redis being down is not one: it connects later).
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// A store for `config`; connects in the background, so Redis need not be up yet.
-    pub fn new(config: &RedisConfig) -> Result<RedisStore, RedisStoreError> {
+    pub fn new(config: &RedisSettings) -> Result<RedisStore, RedisStoreError> {
         let connector = Connector::start(config).map_err(RedisStoreError::Connector)?;
         Ok(RedisStore {
             memory: RedisMemory::watch(&connector, config),

@@ -1,48 +1,18 @@
-//! What the upload gateway and operators do with a signature: verify, consume, revoke.
-//! (The upload's end, CompleteUpload, is in `completion.rs`.)
+//! ConsumeSignature: the upload gateway uses a signature up, atomically, and the upload
+//! starts waiting for its completion. (The upload's end, CompleteUpload, is in
+//! `completion.rs`.)
 
 use super::{
-    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, SignatureState, Signer, Verified, about,
-    record_of, refusal_for,
+    ConsumeRequest, Consumed, MAX_IDEMPOTENCY_KEY_LEN, UseCases, about, fingerprint_of, record_of,
+    refusal_for,
 };
 use crate::audit::EventKind;
 use crate::reason::Reason;
 use crate::refusal::Refusal;
-use crate::signature::{self, Parsed, SignatureError};
+use crate::signature::{self, Parsed};
 use crate::store::{Awaiting, ConsumeOutcome, Store, UploadContext};
 
-fn fingerprint_of(parsed: &Parsed) -> String {
-    signature::fingerprint(&parsed.tag)
-}
-
-impl<S: Store> Signer<S> {
-    /// VerifySignature: checks the signature and reports its state; changes nothing. An
-    /// expired one is `EXPIRED` without asking the store.
-    pub async fn verify(&self, signature: &str) -> Result<Verified, Refusal> {
-        let parsed = self.authenticate(signature)?;
-        let state = about(
-            &parsed,
-            async {
-                Ok(
-                    match signature::check_time(&parsed.claims, self.clock.now(), self.leeway()) {
-                        Err(SignatureError::Expired { .. }) => SignatureState::Expired,
-                        Err(e) => return Err(e.into()),
-                        Ok(()) => self
-                            .store
-                            .status(record_of(&parsed, &fingerprint_of(&parsed)))
-                            .await?
-                            .into(),
-                    },
-                )
-            }
-            .await,
-        )?;
-        Ok(Verified {
-            state,
-            claims: parsed.claims,
-        })
-    }
-
+impl<S: Store> UseCases<S> {
     /// ConsumeSignature: checks the signature and uses it up, atomically. Every refusal is an
     /// audit event too.
     pub async fn consume(&self, req: ConsumeRequest) -> Result<Consumed, Refusal> {
@@ -123,27 +93,5 @@ impl<S: Store> Signer<S> {
             }
             ConsumeOutcome::Refused(state) => Err(refusal_for(state)),
         }
-    }
-
-    /// RevokeSignature: makes an unused signature unusable; reports the state before. An
-    /// expired one is `EXPIRED` without touching the store (it can never pass again).
-    pub async fn revoke(&self, signature: &str) -> Result<SignatureState, Refusal> {
-        let parsed = self.authenticate(signature)?;
-        let now = self.clock.now();
-        let previous = match signature::check_time(&parsed.claims, now, self.leeway()) {
-            Err(SignatureError::Expired { .. }) => SignatureState::Expired,
-            _ => about(
-                &parsed,
-                self.store
-                    .revoke(record_of(&parsed, &fingerprint_of(&parsed)), now)
-                    .await
-                    .map_err(Refusal::from),
-            )?
-            .into(),
-        };
-        if previous == SignatureState::Issued {
-            self.publish(EventKind::Revoked, Some(&parsed.claims), "", "");
-        }
-        Ok(previous)
     }
 }
