@@ -10,11 +10,10 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use vod_signer::keys::KeyRing;
-use vod_signer::metrics::Metrics;
 use vod_signer::proto::{
     ConsumeSignatureRequest, IssueSignatureRequest, RevokeSignatureRequest, VerifySignatureRequest,
 };
-use vod_signer::service::{Settings, SharedPolicy, UseCases};
+use vod_signer::service::{Settings, UseCases};
 use vod_signer::signature::SecretKey;
 use vod_signer::store::MemoryStore;
 
@@ -34,9 +33,7 @@ fn harness() -> &'static Harness {
         let use_cases = UseCases::new(
             Arc::new(MemoryStore::new()),
             keys.shared(),
-            SharedPolicy::default(),
             Settings::default(),
-            Arc::new(Metrics::new()),
         );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -55,23 +52,23 @@ fuzz_target!(|data: &[u8]| {
         let outcome = match selector % 4 {
             0 => match IssueSignatureRequest::decode(frame) {
                 // Issuing from arbitrary requests is allowed; it must only not panic.
-                Ok(req) => h.use_cases.issue(req).await.map(|_| ()),
+                Ok(req) => h.use_cases.issue(req.into()).await.map(|_| ()),
                 Err(_) => return,
             },
             1 => match VerifySignatureRequest::decode(frame) {
-                Ok(req) => h.use_cases.verify(req).await.map(|_| ()),
+                Ok(req) => h.use_cases.verify(&req.signature).await.map(|_| ()),
                 Err(_) => return,
             },
             2 => match ConsumeSignatureRequest::decode(frame) {
                 Ok(req) => {
-                    let result = h.use_cases.consume(req).await;
+                    let result = h.use_cases.consume(req.into()).await;
                     assert!(result.is_err(), "a signature nobody issued was consumed");
                     result.map(|_| ())
                 }
                 Err(_) => return,
             },
             _ => match RevokeSignatureRequest::decode(frame) {
-                Ok(req) => h.use_cases.revoke(req).await.map(|_| ()),
+                Ok(req) => h.use_cases.revoke(&req.signature).await.map(|_| ()),
                 Err(_) => return,
             },
         };

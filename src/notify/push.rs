@@ -250,11 +250,16 @@ pub async fn run<S: Outbox>(
             }
         }
         // Wait for an attempt to end, the next due retry, a poll, or the stop.
-        let next_retry = held
-            .values()
-            .filter(|h| !h.in_flight)
-            .map(|h| h.next_at)
-            .min();
+        // At the concurrency, a due retry cannot start before an attempt ends (which wakes
+        // this loop): waking for it would spin.
+        let next_retry = if attempts.len() >= target.concurrency {
+            None
+        } else {
+            held.values()
+                .filter(|h| !h.in_flight)
+                .map(|h| h.next_at)
+                .min()
+        };
         let wake = if busy {
             Instant::now()
         } else {
