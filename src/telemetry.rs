@@ -10,6 +10,8 @@
 //! gone never touches the serving runtime) sends batches. A full queue or a batch the
 //! collector does not take in time drops spans, counted in `vodsigner_trace_spans_dropped_total`;
 //! a call never waits for the collector.
+//! Not the SDK's `BatchSpanProcessor`: it exports on the serving runtime (about 9 % more work on
+//! the calls' thread, measured) and drops spans without counting them (docs/observability.md).
 
 use std::sync::Mutex;
 use std::time::Duration;
