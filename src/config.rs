@@ -150,11 +150,22 @@ pub struct ServeArgs {
           default_value_t = ServerSettings::HEALTH_INTERVAL.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub health_interval_ms: u64,
-    /// Calls served at once; more are shed at once with RATE_LIMITED (RESOURCE_EXHAUSTED).
+    /// Calls served at once; more wait for a slot in arrival order (--max-queued-calls).
     #[arg(long, env = "VOD_SIGNER_MAX_CONCURRENT_CALLS",
           default_value_t = ServerSettings::MAX_CONCURRENT_CALLS,
           value_parser = clap::value_parser!(usize))]
     pub max_concurrent_calls: usize,
+    /// Calls that may wait for a slot; past that they are shed at once with RATE_LIMITED
+    /// (RESOURCE_EXHAUSTED); 0: no queue.
+    #[arg(long, env = "VOD_SIGNER_MAX_QUEUED_CALLS",
+          default_value_t = ServerSettings::MAX_QUEUED_CALLS,
+          value_parser = clap::value_parser!(usize))]
+    pub max_queued_calls: usize,
+    /// How long a call may wait for a slot before it is shed with RATE_LIMITED, milliseconds.
+    #[arg(long, env = "VOD_SIGNER_QUEUE_TIMEOUT_MS",
+          default_value_t = ServerSettings::QUEUE_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub queue_timeout_ms: u64,
     /// On SIGTERM, how long calls in flight may take to finish, seconds.
     #[arg(long, env = "VOD_SIGNER_DRAIN_TIMEOUT", default_value_t = ServerSettings::DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout: u64,

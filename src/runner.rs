@@ -180,6 +180,8 @@ fn server_settings(args: &ServeArgs, policy: SharedPolicy) -> ServerSettings {
         health_interval: Duration::from_millis(args.health_interval_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         max_concurrent_calls: args.max_concurrent_calls,
+        max_queued_calls: args.max_queued_calls,
+        queue_timeout: Duration::from_millis(args.queue_timeout_ms),
         metrics: Arc::new(Metrics::new()),
         reflection: !args.no_reflection,
         policy,

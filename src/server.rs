@@ -14,7 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
-use crate::api::layers::CallLayer;
+use crate::api::layers::{AdmissionLimits, CallLayer};
 use crate::api::{MAX_REQUEST_BYTES, SignatureApi};
 use crate::auth::SharedPolicy;
 use crate::metrics::Metrics;
@@ -44,8 +44,13 @@ pub struct ServerSettings {
     pub health_interval: Duration,
     /// How long calls in flight may take to finish after shutdown starts.
     pub drain_timeout: Duration,
-    /// Calls served at once; more are shed with `RATE_LIMITED` rather than queued.
+    /// Calls served at once; more wait for a slot (up to `max_queued_calls`, each at most
+    /// `queue_timeout`), the rest are shed with `RATE_LIMITED`.
     pub max_concurrent_calls: usize,
+    /// Calls that may wait for a slot; 0: shed every call over the limit at once.
+    pub max_queued_calls: usize,
+    /// How long a call may wait for a slot before it is shed.
+    pub queue_timeout: Duration,
     /// Where the service's metrics are recorded.
     pub metrics: Arc<Metrics>,
     /// Whether gRPC server reflection is served.
@@ -73,8 +78,14 @@ impl ServerSettings {
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     /// Default of `--drain-timeout`.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-    /// Default of `--max-concurrent-calls`.
-    pub const MAX_CONCURRENT_CALLS: usize = 1024;
+    /// Default of `--max-concurrent-calls`: enough for a replica's full throughput (Redis
+    /// pipelines the calls of a connection), few enough that an admitted call is not slowed
+    /// by the ones beside it (BENCHMARKS.md, "Overload").
+    pub const MAX_CONCURRENT_CALLS: usize = 64;
+    /// Default of `--max-queued-calls`.
+    pub const MAX_QUEUED_CALLS: usize = 16384;
+    /// Default of `--queue-timeout-ms`.
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
     /// Default of `--tls-reload-interval`.
     pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 }
@@ -85,6 +96,8 @@ impl Default for ServerSettings {
             health_interval: ServerSettings::HEALTH_INTERVAL,
             drain_timeout: ServerSettings::DRAIN_TIMEOUT,
             max_concurrent_calls: ServerSettings::MAX_CONCURRENT_CALLS,
+            max_queued_calls: ServerSettings::MAX_QUEUED_CALLS,
+            queue_timeout: ServerSettings::QUEUE_TIMEOUT,
             metrics: Arc::new(Metrics::new()),
             reflection: true,
             policy: SharedPolicy::default(),
@@ -351,7 +364,11 @@ async fn serve_until<S: Store>(
     let calls = CallLayer::new(
         options.metrics.clone(),
         options.policy.clone(),
-        options.max_concurrent_calls,
+        AdmissionLimits {
+            concurrent: options.max_concurrent_calls,
+            queued: options.max_queued_calls,
+            wait: options.queue_timeout,
+        },
     )
     .with_traces(options.traces);
     let router = tonic::transport::Server::builder()

@@ -364,6 +364,7 @@ async fn overload_is_shed_with_a_typed_refusal() {
         Settings::default(),
         ServerSettings {
             max_concurrent_calls: 4,
+            max_queued_calls: 0,
             ..test_options()
         },
     )

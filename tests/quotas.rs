@@ -348,7 +348,7 @@ fn the_quota_script_computes_what_quota_rs_does() {
     }
 }
 
-/// A replica at `--max-concurrent-calls` sheds the rest at once with `RATE_LIMITED`, a
+/// A replica at `--max-concurrent-calls` without a queue sheds the rest at once with `RATE_LIMITED`, a
 /// `RetryInfo` the clients back off on, and `quota=concurrency`; the admitted call still ends
 /// well (never `STORE_UNAVAILABLE` from the server's own load).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,6 +361,7 @@ async fn a_shed_call_carries_retry_info() {
     ));
     let options = vod_signer::server::ServerSettings {
         max_concurrent_calls: 1,
+        max_queued_calls: 0,
         ..test_options()
     };
     let server = TestServer::start_configured(store, None, Settings::default(), options).await;
@@ -398,4 +399,96 @@ async fn a_shed_call_carries_retry_info() {
     }
     assert!(ok >= 1 && shed >= 1, "{ok} answered, {shed} shed");
     drop(redis);
+}
+
+/// `n` IssueSignature calls at once while Redis holds every command for `pause`: how each
+/// ended (`Ok` or the refusal) and when, from the start.
+async fn calls_while_redis_pauses(
+    redis: &RedisServer,
+    options: vod_signer::server::ServerSettings,
+    n: usize,
+    pause: Duration,
+) -> Vec<(Result<(), tonic::Status>, Duration)> {
+    let store = std::sync::Arc::new(redis_store_within(
+        &redis.url(),
+        "vodsigner:",
+        Duration::from_secs(10),
+    ));
+    let server = TestServer::start_configured(store, None, Settings::default(), options).await;
+    let client = server.client().await;
+    client
+        .clone()
+        .issue_signature(for_subject(""))
+        .await
+        .unwrap();
+    let millis = pause.as_millis().to_string();
+    assert_eq!(
+        redis.cli(&["CLIENT", "PAUSE", &millis, "ALL"]).as_deref(),
+        Some("OK")
+    );
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let result = client.issue_signature(for_subject("")).await.map(drop);
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let mut ended = Vec::new();
+    for call in calls {
+        ended.push(call.await.unwrap());
+    }
+    ended
+}
+
+/// Over `--max-concurrent-calls`, calls wait for a slot in the queue and are then served:
+/// none is refused while the queue has room; past `--max-queued-calls` the rest are shed at
+/// once, with the shed's `RetryInfo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_limit_wait_for_a_slot_up_to_the_queue_bound() {
+    let redis = RedisServer::start();
+    let options = vod_signer::server::ServerSettings {
+        max_concurrent_calls: 1,
+        max_queued_calls: 2,
+        queue_timeout: Duration::from_secs(30),
+        ..test_options()
+    };
+    // One call holds the slot through the pause, two wait for it, five find the queue full.
+    let ended = calls_while_redis_pauses(&redis, options, 8, Duration::from_secs(2)).await;
+    let ok = ended.iter().filter(|(r, _)| r.is_ok()).count();
+    for (result, _) in &ended {
+        if let Err(status) = result {
+            assert_eq!(reason_of(status), Reason::RateLimited, "{status:?}");
+            let delay = status.get_details_retry_info().unwrap().retry_delay;
+            assert_eq!(delay, Some(vod_signer::api::layers::SHED_RETRY_AFTER));
+            assert_eq!(status.get_details_error_info().unwrap().metadata["quota"], "concurrency");
+        }
+    }
+    assert_eq!(ok, 3, "1 served and 2 queued should succeed: {ended:?}");
+}
+
+/// A call that waits for a slot longer than `--queue-timeout-ms` is shed, no sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_shed_when_its_wait_for_a_slot_runs_out() {
+    let redis = RedisServer::start();
+    let queue_timeout = Duration::from_millis(300);
+    let options = vod_signer::server::ServerSettings {
+        max_concurrent_calls: 1,
+        max_queued_calls: 16,
+        queue_timeout,
+        ..test_options()
+    };
+    // The pause outlasts the queue timeout by far: every waiting call runs out.
+    let ended = calls_while_redis_pauses(&redis, options, 6, Duration::from_secs(3)).await;
+    let mut shed = 0;
+    for (result, at) in &ended {
+        if let Err(status) = result {
+            assert_eq!(reason_of(status), Reason::RateLimited, "{status:?}");
+            assert!(*at >= queue_timeout, "shed after {at:?}, before the queue timeout");
+            shed += 1;
+        }
+    }
+    assert_eq!(shed, 5, "the one admitted call succeeds, the 5 waiting are shed: {ended:?}");
 }

@@ -5,7 +5,9 @@
 //!    caller, SecretId and nonce) and the in-flight gauge; with traces on, the span is also an
 //!    OpenTelemetry server span, child of the caller's `traceparent`;
 //! 2. [`check_caller`]: the caller policy (bearer token or client certificate);
-//! 3. [`Admission`]: at most `--max-concurrent-calls` at once; more are shed at once;
+//! 3. [`Admission`]: at most `--max-concurrent-calls` at once; up to `--max-queued-calls`
+//!    more wait for a slot in arrival order (at most `--queue-timeout-ms`); the rest are shed
+//!    at once;
 //! 4. the service itself;
 //! 5. [`typed_size`]: tonic's own refusal of an oversize request, typed like every other;
 //! 6. the `refused` (or debug `ok`) log line (repeats folded, see `refusal_log`), with the
@@ -21,6 +23,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -186,40 +189,90 @@ pub fn check_caller<B>(
 /// holds (calls take well under a millisecond of CPU), short next to a caller's deadline.
 pub const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
 
-/// Admits at most `limit` calls at once and sheds the rest at once with `RATE_LIMITED`: a
-/// fast refusal the client can retry beats a queue that times everyone out.
+/// How many calls a replica serves at once and how many may wait for a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    /// Calls served at once (`--max-concurrent-calls`).
+    pub concurrent: usize,
+    /// Calls that may wait for a slot beyond those (`--max-queued-calls`); 0: shed at once.
+    pub queued: usize,
+    /// How long a call may wait for a slot before it is shed (`--queue-timeout-ms`).
+    pub wait: Duration,
+}
+
+/// Admits at most `concurrent` calls at once; the next `queued` wait for a slot in arrival
+/// order, each at most `wait`; past either bound a call is shed with `RATE_LIMITED`.
+///
+/// Why a queue and not only shedding: a shed caller that comes straight back costs the
+/// replica a decode, a refusal and an answer for no work done, so under a closed-loop
+/// overload the CPU goes to refusing and goodput collapses (measured: 0.11x the capacity at
+/// 6 400 streams, BENCHMARKS.md). A waiting call costs a parked future. Why a small
+/// `concurrent`: calls past what Redis and the CPU serve in parallel only queue inside the
+/// server, where they hold a store deadline; waiting here they hold none.
 #[derive(Clone)]
 pub struct Admission {
     slots: Arc<Semaphore>,
-    limit: usize,
+    waiting: Arc<AtomicUsize>,
+    limits: AdmissionLimits,
+}
+
+/// One call's place in the queue, given back however the wait ends (the call's future may
+/// be dropped mid-wait when its caller goes away or its deadline passes).
+struct InQueue<'a>(&'a AtomicUsize);
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Admission {
-    /// At most `limit` calls at once.
-    pub fn new(limit: usize) -> Admission {
+    /// Admission within `limits`.
+    pub fn new(limits: AdmissionLimits) -> Admission {
+        let concurrent = limits.concurrent.max(1);
         Admission {
-            slots: Arc::new(Semaphore::new(limit.max(1))),
-            limit: limit.max(1),
+            slots: Arc::new(Semaphore::new(concurrent)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            limits: AdmissionLimits {
+                concurrent,
+                ..limits
+            },
         }
     }
 
-    /// A slot for one call, held until it answers; a refusal when none is free.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
-            // RetryInfo, like a quota's: the clients wait at least this long (plus their own
-            // jitter) instead of coming straight back to a replica that is full.
-            Refusal {
-                retry_after: Some(SHED_RETRY_AFTER),
-                ..Refusal::new(
-                    Reason::RateLimited,
-                    format!(
-                        "the server is already handling its limit of {} calls; retry with backoff",
-                        self.limit
-                    ),
-                )
-            }
-            .with_metadata("quota", "concurrency")
-        })
+    /// A slot for one call, held until it answers: at once when one is free, else after a
+    /// wait in the queue; a refusal when the queue is full or the wait ran out.
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        // The common case without a timer or a queue entry. (Tokio's semaphore is fair: while
+        // calls wait, a free slot goes to the first of them, never to a newcomer.)
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.limits.queued {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.shed());
+        }
+        let _in_queue = InQueue(&self.waiting);
+        match tokio::time::timeout(self.limits.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(self.shed()),
+        }
+    }
+
+    fn shed(&self) -> Refusal {
+        // RetryInfo, like a quota's: the clients wait at least this long (plus their own
+        // jitter) instead of coming straight back to a replica that is full.
+        Refusal {
+            retry_after: Some(SHED_RETRY_AFTER),
+            ..Refusal::new(
+                Reason::RateLimited,
+                format!(
+                    "the server is already handling its limit of {} calls and {} waiting; retry with backoff",
+                    self.limits.concurrent, self.limits.queued
+                ),
+            )
+        }
+        .with_metadata("quota", "concurrency")
     }
 }
 
@@ -240,15 +293,15 @@ struct Outcomes {
 
 impl CallLayer {
     /// Records into `metrics`, checks callers against `policy` (as it is at each call), and
-    /// admits at most `max_concurrent_calls` at once.
-    pub fn new(metrics: Arc<Metrics>, policy: SharedPolicy, max_concurrent_calls: usize) -> Self {
+    /// admits calls within `limits`.
+    pub fn new(metrics: Arc<Metrics>, policy: SharedPolicy, limits: AdmissionLimits) -> Self {
         CallLayer {
             outcomes: Arc::new(Outcomes {
                 metrics,
                 refusals: RefusalLog::new(),
             }),
             policy,
-            admission: Admission::new(max_concurrent_calls),
+            admission: Admission::new(limits),
             traces: false,
         }
     }
@@ -282,6 +335,7 @@ pub struct Calls<S> {
 
 impl<S, B, RB> Service<http::Request<B>> for Calls<S>
 where
+    B: Send + 'static,
     S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
@@ -324,15 +378,24 @@ where
         if let Some(id) = &log.request_id {
             span.record("request_id", id.as_str());
         }
-        let answer = span.in_scope(|| {
-            log.caller = check_caller(&self.steps.policy, rpc, &request)?;
-            let permit = self.steps.admission.admit()?;
-            Ok::<_, Refusal>((inner.call(request), permit))
-        });
+        let checked = span.in_scope(|| check_caller(&self.steps.policy, rpc, &request));
+        let admission = self.steps.admission.clone();
         let call = async move {
-            let mut response = match answer {
-                Ok((future, _permit)) => future.await.map(typed_size),
-                Err(refusal) => Ok(refused(refusal)),
+            let admitted = match checked {
+                Ok(caller) => {
+                    log.caller = caller;
+                    let permit = admission.admit().await;
+                    // The latency histogram times the call from its admission: the server's
+                    // time on it. The wait for a slot has its own.
+                    let waited = started.elapsed();
+                    outcomes.metrics.admission_wait(waited);
+                    permit.map(|permit| (permit, Instant::now()))
+                }
+                Err(refusal) => Err(refusal),
+            };
+            let (mut response, started) = match admitted {
+                Ok((_permit, at)) => (inner.call(request).await.map(typed_size), at),
+                Err(refusal) => (Ok(refused(refusal)), started),
             };
             // The signature a refusal is about travels in a private header: taken off here.
             if let Ok(response) = &mut response

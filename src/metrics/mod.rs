@@ -94,6 +94,7 @@ pub struct Metrics {
     /// looked up (hashed) on every call.
     store_latency: Vec<Histogram>,
     store_errors: Family<ErrorLabels, Counter>,
+    admission_wait: Histogram,
     inflight: Gauge,
     store_up: Gauge,
     store_records: Gauge,
@@ -137,7 +138,7 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         registry.register(
             "vodsigner_request_duration_seconds",
-            "RPC latency in seconds",
+            "RPC latency in seconds, from the call's admission (a slot of --max-concurrent-calls) to its answer; a shed call's until it was shed",
             request_duration.clone(),
         );
         let store_duration: HistogramFamily<OpLabel> =
@@ -153,10 +154,16 @@ impl Metrics {
             "Store calls that failed, by operation and cause (not_connected, timeout, connection, out_of_memory, replication, server, reply)",
             store_errors.clone(),
         );
+        let admission_wait = latency_histogram();
+        registry.register(
+            "vodsigner_admission_wait_seconds",
+            "How long each RPC waited for a slot of --max-concurrent-calls (0 when one was free)",
+            admission_wait.clone(),
+        );
         let inflight = Gauge::default();
         registry.register(
             "vodsigner_inflight_requests",
-            "RPCs being served now",
+            "RPCs in the server now, served or waiting for a slot",
             inflight.clone(),
         );
         let store_up = Gauge::default();
@@ -265,6 +272,7 @@ impl Metrics {
             by_rpc,
             store_latency,
             store_errors,
+            admission_wait,
             inflight,
             store_up,
             store_records,
@@ -289,6 +297,11 @@ impl Metrics {
     pub fn inflight(&self) -> InflightGuard {
         self.inflight.inc();
         InflightGuard(self.inflight.clone())
+    }
+
+    /// Records how long a call waited for a slot before it was admitted or shed.
+    pub fn admission_wait(&self, waited: Duration) {
+        self.admission_wait.observe(waited.as_secs_f64());
     }
 
     /// Records one answered RPC.
