@@ -463,7 +463,10 @@ async fn calls_over_the_limit_wait_for_a_slot_up_to_the_queue_bound() {
             assert_eq!(reason_of(status), Reason::RateLimited, "{status:?}");
             let delay = status.get_details_retry_info().unwrap().retry_delay;
             assert_eq!(delay, Some(vod_signer::api::layers::SHED_RETRY_AFTER));
-            assert_eq!(status.get_details_error_info().unwrap().metadata["quota"], "concurrency");
+            assert_eq!(
+                status.get_details_error_info().unwrap().metadata["quota"],
+                "concurrency"
+            );
         }
     }
     assert_eq!(ok, 3, "1 served and 2 queued should succeed: {ended:?}");
@@ -486,9 +489,15 @@ async fn a_call_is_shed_when_its_wait_for_a_slot_runs_out() {
     for (result, at) in &ended {
         if let Err(status) = result {
             assert_eq!(reason_of(status), Reason::RateLimited, "{status:?}");
-            assert!(*at >= queue_timeout, "shed after {at:?}, before the queue timeout");
+            assert!(
+                *at >= queue_timeout,
+                "shed after {at:?}, before the queue timeout"
+            );
             shed += 1;
         }
     }
-    assert_eq!(shed, 5, "the one admitted call succeeds, the 5 waiting are shed: {ended:?}");
+    assert_eq!(
+        shed, 5,
+        "the one admitted call succeeds, the 5 waiting are shed: {ended:?}"
+    );
 }
