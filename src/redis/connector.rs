@@ -55,6 +55,9 @@ pub(super) struct Shared {
     urgent: AtomicBool,
     /// Wakes the calls waiting for a connection (see [`Connector::ready`]).
     installed: tokio::sync::Notify,
+    /// A call waited its whole bound for a connection and none came: until one is installed,
+    /// calls are told at once (see [`Connector::ready`]).
+    starved: AtomicBool,
     /// The generation of the connection installed last, for what must look at every new
     /// connection at once (the memory watch: a reconnect may have reached another server).
     generations: tokio::sync::watch::Sender<u64>,
@@ -82,6 +85,7 @@ impl Connector {
             timeouts: AtomicU32::new(0),
             urgent: AtomicBool::new(false),
             installed: tokio::sync::Notify::new(),
+            starved: AtomicBool::new(false),
             generations: tokio::sync::watch::Sender::new(0),
         });
         (
@@ -99,11 +103,17 @@ impl Connector {
     }
 
     /// The connection to use now, waiting up to `within` for the first dial (a call that
-    /// arrives as the service starts need not fail for being early).
+    /// arrives as the service starts need not fail for being early). Once a call has waited
+    /// that long in vain, the next ones answer `None` at once until a connection is installed:
+    /// through an outage each call would otherwise hold its admission slot, and its caller,
+    /// for the whole bound, and the calls queued behind it would be shed as an overload.
     pub async fn ready(&self, within: Duration) -> Option<Conn> {
         // The common case, without touching the notifier's lock (shared by every call).
         if let Some(conn) = self.get() {
             return Some(conn);
+        }
+        if self.shared.starved.load(Ordering::Relaxed) {
+            return None;
         }
         let installed = self.shared.installed.notified();
         tokio::pin!(installed);
@@ -113,7 +123,11 @@ impl Connector {
             return Some(conn);
         }
         let _ = tokio::time::timeout(within, installed).await;
-        self.get()
+        let conn = self.get();
+        if conn.is_none() {
+            self.shared.starved.store(true, Ordering::Relaxed);
+        }
+        conn
     }
 
     /// Changes each time a new connection is installed (a first dial, a redial, a failover).
@@ -203,6 +217,7 @@ impl Shared {
         let conn = Conn::new(link, generation, promotable, wait);
         self.timeouts.store(0, Ordering::Relaxed);
         self.current.store(Some(Arc::new(conn)));
+        self.starved.store(false, Ordering::Relaxed);
         self.installed.notify_waiters();
         self.generations.send_replace(generation);
     }
