@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Admission, Key, ListCursor, Listed, MemoryStore, RecordKey, RecordState, StoreError, StoreOp,
+    AdmitOutcome, Admission, QuotaOutcome, Quotas, Key, ListCursor, Listed, MemoryStore, RecordKey, RecordState, StoreError, StoreOp,
     SubjectEntry, Subjects,
 };
 
@@ -47,7 +47,14 @@ impl MemoryStore {
 }
 
 impl Subjects for MemoryStore {
-    async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
+    async fn admit(&self, a: Admission<'_>) -> Result<AdmitOutcome, StoreError> {
+        // The quotas first, as Redis does in the same script (one process: nothing can come
+        // between that matters).
+        if !a.quotas.is_empty()
+            && let QuotaOutcome::Refused { name, retry_after } = self.charge_quotas(a.quotas).await?
+        {
+            return Ok(AdmitOutcome::RateLimited { name, retry_after });
+        }
         self.observed
             .run(StoreOp::Admit, || async move {
                 let instant = Instant::now();
@@ -72,7 +79,7 @@ impl Subjects for MemoryStore {
                     .outstanding
                     .retain(|_, expire| *expire >= a.expired_before);
                 if a.cap > 0 && index.outstanding.len() >= a.cap as usize {
-                    return Ok(false);
+                    return Ok(AdmitOutcome::Capped);
                 }
                 index.outstanding.insert(
                     (a.entry.secret_id.clone(), a.entry.random),
@@ -97,9 +104,18 @@ impl Subjects for MemoryStore {
                 index.forget_at = index
                     .forget_at
                     .max(instant + Duration::from_secs(a.ttl_seconds));
-                Ok(true)
+                Ok(AdmitOutcome::Admitted)
             })
             .await
+    }
+    async fn withdraw(&self, subject: &str, entry: &SubjectEntry) -> Result<(), StoreError> {
+        if let Some(index) = self.subjects().get_mut(subject) {
+            index
+                .outstanding
+                .remove(&(entry.secret_id.clone(), entry.random));
+            index.listing.remove(&(entry.issued_at, entry.member()));
+        }
+        Ok(())
     }
     async fn list_subject(
         &self,

@@ -24,7 +24,7 @@ mod subjects;
 use self::scripts::Scripts;
 
 pub(super) use super::{
-    Admission, Awaiting, CompleteOutcome, ConsumeOutcome, FailureCause, ListCursor, Listed,
+    AdmitOutcome, Admission, Awaiting, CompleteOutcome, ConsumeOutcome, FailureCause, ListCursor, Listed,
     Observed, QuotaOutcome, Quotas, Record, RecordKey, RecordRef, RecordState, Records, StoreError,
     StoreHealth, StoreObserver, StoreOp, SubjectEntry, Subjects, Sweep, Upload, idempotency_token,
     outbox,

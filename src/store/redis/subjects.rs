@@ -1,38 +1,31 @@
 //! A subject's index in Redis: two sorted sets and the subject's name under the subject's own
 //! hash tag (one Cluster slot), beside the records (other slots).
 
+/// Seconds a subject's index keys get beyond what the admission needs when their expiry is
+/// extended: one extension per subject in this long, instead of one per issue.
+const EXPIRY_ROOM: u64 = 600;
+
 use super::{
-    Admission, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore, StoreError, StoreOp,
+    AdmitOutcome, Admission, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore, StoreError, StoreOp,
     SubjectEntry, Subjects, scripted_status,
 };
 use crate::redis::Conn;
 
 impl RedisStore {
-    /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it,
-    /// and the subject's name is kept at least `keep_for` seconds (a consumed upload may
-    /// still complete, and its notification names the subject). The index lives in another
-    /// slot than the record, so this is a second step; when it fails, the entry stays until
-    /// its expiry (the cap is then stricter, never looser).
-    pub(super) async fn release(
-        &self,
-        conn: &mut Conn,
-        subject: &str,
-        key: &RecordKey<'_>,
-        keep_for: u64,
-    ) {
+    /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
+    /// One plain `ZREM` (never refused over `maxmemory`): the subject's name already lives as
+    /// long as a consumed upload may complete (the admission gave it that TTL). The index
+    /// lives in another slot than the record, so this is a second step; when it fails, the
+    /// entry stays until its expiry (the cap is then stricter, never looser).
+    pub(super) async fn release(&self, conn: &mut Conn, subject: &str, key: &RecordKey<'_>) {
         if subject.is_empty() {
             return;
         }
-        let mut call = self
-            .scripts
-            .release
-            .pick(&self.memory)
-            .key(self.subject_keys(subject).0);
-        call.key(self.subject_name_key(subject))
-            .arg(format!("{}:{}", key.secret_id, key.random))
-            .arg(keep_for);
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.subject_keys(subject).0)
+            .arg(format!("{}:{}", key.secret_id, key.random));
         if let Err(e) = self
-            .bounded(conn, async |c| call.invoke_async::<i64>(c).await)
+            .bounded(conn, async |c| zrem.query_async::<i64>(c).await)
             .await
         {
             tracing::warn!(error = %e, "could not update the subject index; the entry stays until it expires");
@@ -41,27 +34,75 @@ impl RedisStore {
 }
 
 impl Subjects for RedisStore {
-    async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
+    async fn admit(&self, a: Admission<'_>) -> Result<AdmitOutcome, StoreError> {
         self.observed
             .run(StoreOp::Admit, || async move {
                 let mut conn = self.conn().await?;
                 let (outstanding, listing) = self.subject_keys(a.subject);
                 let mut call = self.scripts.admit.key(outstanding);
-                call.key(listing)
-                    .key(self.subject_name_key(a.subject))
-                    .arg(a.entry.outstanding_member())
+                call.key(listing).key(self.subject_name_key(a.subject));
+                for q in a.quotas {
+                    call.key(format!("{}{}", self.prefix(), q.key));
+                }
+                let ttl = a.ttl_seconds.max(1);
+                call.arg(a.entry.outstanding_member())
                     .arg(a.entry.expire_time)
                     .arg(a.entry.member())
                     .arg(a.entry.issued_at)
                     .arg(a.expired_before)
                     .arg(a.cap)
-                    .arg(a.ttl_seconds.max(1))
+                    .arg(ttl)
+                    // Room to spare: the keys' expiry is extended once in this long, not on
+                    // every issue.
+                    .arg(ttl.saturating_add(EXPIRY_ROOM))
+                    .arg(u8::from(a.tidy))
                     .arg(a.issued_before)
-                    .arg(a.name);
-                let added: i64 = self
+                    .arg(a.name)
+                    .arg(
+                        ttl.saturating_add(EXPIRY_ROOM)
+                            .saturating_add(a.keep_seconds),
+                    );
+                for q in a.quotas {
+                    call.arg(q.interval_ms).arg(q.tolerance_ms);
+                }
+                let (index, wait_ms): (i64, u64) = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
                     .await?;
-                Ok(added == 1)
+                Ok(match index {
+                    0 => AdmitOutcome::Admitted,
+                    -1 => AdmitOutcome::Capped,
+                    i => {
+                        let q = usize::try_from(i - 1)
+                            .ok()
+                            .and_then(|i| a.quotas.get(i))
+                            .ok_or_else(|| {
+                                StoreError::reply(&[index.to_string(), wait_ms.to_string()])
+                            })?;
+                        AdmitOutcome::RateLimited {
+                            name: q.name,
+                            retry_after: std::time::Duration::from_millis(wait_ms),
+                        }
+                    }
+                })
+            })
+            .await
+    }
+    async fn withdraw(&self, subject: &str, entry: &SubjectEntry) -> Result<(), StoreError> {
+        self.observed
+            .run(StoreOp::Discard, || async move {
+                let mut conn = self.conn().await?;
+                let (outstanding, listing) = self.subject_keys(subject);
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREM")
+                    .arg(outstanding)
+                    .arg(entry.outstanding_member())
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(listing)
+                    .arg(entry.member())
+                    .ignore();
+                self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
+                    .await
             })
             .await
     }
@@ -141,7 +182,7 @@ impl Subjects for RedisStore {
                 let before = scripted_status(&reply)?;
                 if before == RecordState::Issued {
                     self.replicated(&conn, &key).await?;
-                    self.release(&mut conn, subject, &record, 0).await;
+                    self.release(&mut conn, subject, &record).await;
                 }
                 Ok(before)
             })
