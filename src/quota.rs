@@ -141,10 +141,7 @@ pub fn gcra(tat: u64, now_ms: u64, interval_ms: u64, tolerance_ms: u64) -> Resul
 /// signature index alike (`store::subject_digest`), is one Redis Cluster hash tag (one
 /// slot): the issue's admission charges the quotas and indexes the signature in one script.
 pub fn subject_tag(subject: &str) -> String {
-    format!(
-        "{{{}}}",
-        crate::digest::sha256_hex(subject.as_bytes(), 12)
-    )
+    format!("{{{}}}", crate::digest::sha256_hex(subject.as_bytes(), 12))
 }
 
 /// The quotas that apply to one issue, as the store charges them: (the per-subject ones,

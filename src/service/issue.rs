@@ -9,7 +9,8 @@ use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::signature::{self, SignRequest};
 use crate::store::{
-    AdmitOutcome, Admission, QuotaOutcome, TIDY_EVERY, RecordKey, RecordRef, Store, SubjectEntry, subject_digest,
+    Admission, AdmitOutcome, QuotaOutcome, RecordKey, RecordRef, Store, SubjectEntry, TIDY_EVERY,
+    subject_digest,
 };
 
 impl<S: Store> UseCases<S> {

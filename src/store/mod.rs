@@ -31,7 +31,7 @@ pub use self::record::{Record, encode_field};
 
 pub use self::redis::{RedisStore, RedisStoreError};
 pub use self::subjects::{
-    AdmitOutcome, Admission, ListCursor, Listed, SubjectEntry, Subjects, TIDY_EVERY, subject_digest,
+    Admission, AdmitOutcome, ListCursor, Listed, SubjectEntry, Subjects, TIDY_EVERY, subject_digest,
 };
 
 use std::future::Future;

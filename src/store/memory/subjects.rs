@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    AdmitOutcome, Admission, QuotaOutcome, Quotas, Key, ListCursor, Listed, MemoryStore, RecordKey, RecordState, StoreError, StoreOp,
-    SubjectEntry, Subjects,
+    Admission, AdmitOutcome, Key, ListCursor, Listed, MemoryStore, QuotaOutcome, Quotas, RecordKey,
+    RecordState, StoreError, StoreOp, SubjectEntry, Subjects,
 };
 
 /// One subject's index: the same two structures as in Redis.
@@ -51,7 +51,8 @@ impl Subjects for MemoryStore {
         // The quotas first, as Redis does in the same script (one process: nothing can come
         // between that matters).
         if !a.quotas.is_empty()
-            && let QuotaOutcome::Refused { name, retry_after } = self.charge_quotas(a.quotas).await?
+            && let QuotaOutcome::Refused { name, retry_after } =
+                self.charge_quotas(a.quotas).await?
         {
             return Ok(AdmitOutcome::RateLimited { name, retry_after });
         }

@@ -6,8 +6,8 @@
 const EXPIRY_ROOM: u64 = 600;
 
 use super::{
-    AdmitOutcome, Admission, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore, StoreError, StoreOp,
-    SubjectEntry, Subjects, scripted_status,
+    Admission, AdmitOutcome, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore,
+    StoreError, StoreOp, SubjectEntry, Subjects, scripted_status,
 };
 use crate::redis::Conn;
 
