@@ -188,19 +188,18 @@ impl<S: Store> UseCases<S> {
         let digest = subject_digest(&req.subject);
         let mut cursor = decode_token(&digest, &req.page_token)?;
         let expired_before = self.expired_before();
+        let keys = self.keys.load_full();
+        let ids: Vec<&str> = keys.secret_ids().collect();
         let mut signatures = Vec::new();
         for _ in 0..MAX_SCANNED_PAGES {
             let batch = self
                 .store
-                .list_subject(&digest, cursor.as_ref(), page_size, expired_before)
+                .list_subject(&digest, cursor.as_ref(), page_size, expired_before, &ids)
                 .await?;
             let exhausted = batch.len() < page_size;
             let last = batch.len();
             for (i, listed) in batch.into_iter().enumerate() {
-                cursor = Some(ListCursor {
-                    issued_at: listed.entry.issued_at,
-                    member: listed.entry.member(),
-                });
+                cursor = Some(listed.cursor.clone());
                 if let Some(s) = summary(listed).filter(|s| states.contains(&s.state)) {
                     signatures.push(s);
                     if signatures.len() == page_size {
@@ -239,20 +238,19 @@ impl<S: Store> UseCases<S> {
         check_subject(subject)?;
         let digest = subject_digest(subject);
         let expired_before = self.expired_before();
+        let keys = self.keys.load_full();
+        let ids: Vec<&str> = keys.secret_ids().collect();
         let page = MAX_PAGE_SIZE as usize;
         let mut cursor: Option<ListCursor> = None;
         let mut revoked = 0u32;
         loop {
             let batch = self
                 .store
-                .list_subject(&digest, cursor.as_ref(), page, expired_before)
+                .list_subject(&digest, cursor.as_ref(), page, expired_before, &ids)
                 .await?;
             let exhausted = batch.len() < page;
             if let Some(last) = batch.last() {
-                cursor = Some(ListCursor {
-                    issued_at: last.entry.issued_at,
-                    member: last.entry.member(),
-                });
+                cursor = Some(last.cursor.clone());
             }
             let issued: Vec<Listed> = batch
                 .into_iter()

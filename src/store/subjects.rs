@@ -7,8 +7,8 @@ use super::{RecordKey, RecordState, StoreError};
 use crate::quota::Charge;
 
 /// One signature's entry in its subject's index (ListSignatures, RevokeSubject and the
-/// outstanding cap). Redis keeps it as the member `{secretId}:{random}:{expireTime}:{sourceContext}`
-/// of the subject's listing index, scored by issue time.
+/// outstanding cap). Redis keeps it as the member `~{key tag}:{random}:{expireTime}:{sourceContext}`
+/// of the subject's listing index, scored by issue time (`redis/subjects.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubjectEntry {
     /// The signature's `secretId`.
@@ -72,8 +72,11 @@ pub struct ListCursor {
 pub struct Listed {
     /// What the subject index holds about the signature.
     pub entry: SubjectEntry,
-    /// The record's state (`NotIssued`: the record is gone or belongs to another signature).
+    /// The record's state (`NotIssued`: the record is gone or belongs to another signature,
+    /// or its key is no longer loaded).
     pub state: RecordState,
+    /// Where the listing goes on after this entry (the store's own form of it).
+    pub cursor: ListCursor,
 }
 
 /// How an issue for a subject is put in the subject's index.
@@ -154,13 +157,16 @@ pub trait Subjects: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Up to `count` unexpired entries of the subject's index after `after` (newest first),
-    /// each with its record's state. Fewer than `count`: the end of the index.
+    /// each with its record's state. Fewer than `count`: the end of the index. `secret_ids`
+    /// are the loaded keys' ids: a store may name a key in its index by a short tag and
+    /// find the id again among them.
     fn list_subject(
         &self,
         subject: &str,
         after: Option<&ListCursor>,
         count: usize,
         expired_before: i64,
+        secret_ids: &[&str],
     ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
     /// The same atomic step as [`super::Records::revoke`], for a record found by its subject (with

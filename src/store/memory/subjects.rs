@@ -124,6 +124,7 @@ impl Subjects for MemoryStore {
         after: Option<&ListCursor>,
         count: usize,
         expired_before: i64,
+        _secret_ids: &[&str],
     ) -> Result<Vec<Listed>, StoreError> {
         self.observed
             .run(StoreOp::List, || async move {
@@ -160,7 +161,15 @@ impl Subjects for MemoryStore {
                         let state = self.with_record(entry.key(), |r| {
                             r.map_or(RecordState::NotIssued, |r| r.state_in_subject(subject))
                         });
-                        Listed { entry, state }
+                        let cursor = ListCursor {
+                            issued_at: entry.issued_at,
+                            member: entry.member(),
+                        };
+                        Listed {
+                            entry,
+                            state,
+                            cursor,
+                        }
                     })
                     .collect())
             })

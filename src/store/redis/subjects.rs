@@ -1,5 +1,6 @@
-//! A subject's index in Redis: two sorted sets and the subject's name under the subject's own
-//! hash tag (one Cluster slot), beside the records (other slots).
+//! A subject's index in Redis: two sorted sets (the outstanding one only with a cap) and the
+//! subject's name under the subject's own hash tag (one Cluster slot, shared with its quota
+//! keys), beside the records (other slots).
 
 /// Seconds a subject's index keys get beyond what the admission needs when their expiry is
 /// extended: one extension per subject in this long, instead of one per issue.
@@ -10,6 +11,50 @@ use super::{
     StoreError, StoreOp, SubjectEntry, Subjects, scripted_status,
 };
 use crate::redis::Conn;
+
+/// The short tag that names a key in a subject's index members: `~` (never in a SecretId)
+/// and 24 bits of its SHA-256 in hex. A real SecretId is 36 characters: with it, a member
+/// with a source context would pass the 64 bytes up to which Redis keeps a small sorted set
+/// as one compact listpack (`zset-max-listpack-value`), and cost several times as much.
+fn key_tag(secret_id: &str) -> String {
+    format!("~{}", crate::digest::sha256_hex(secret_id.as_bytes(), 3))
+}
+
+/// The member of the outstanding index: `~{key tag}:{random}`.
+fn outstanding_member(key: &RecordKey<'_>) -> String {
+    format!("{}:{}", key_tag(key.secret_id), key.random)
+}
+
+/// The member of the listing index: `~{key tag}:{random}:{expireTime}:{sourceContext}`.
+fn listing_member(e: &SubjectEntry) -> String {
+    format!(
+        "{}:{}:{}:{}",
+        key_tag(&e.secret_id),
+        e.random,
+        e.expire_time,
+        e.source_context
+    )
+}
+
+/// A listing member back to its entries: one per loaded key with its tag (almost always
+/// one; none once the key is unloaded, whose signatures no longer verify). A member written
+/// before the tags names its SecretId in full.
+fn listed_entries(member: &str, issued_at: i64, secret_ids: &[&str]) -> Vec<SubjectEntry> {
+    let Some(entry) = SubjectEntry::from_member(member, issued_at) else {
+        return Vec::new();
+    };
+    if !entry.secret_id.starts_with('~') {
+        return vec![entry];
+    }
+    secret_ids
+        .iter()
+        .filter(|id| key_tag(id) == entry.secret_id)
+        .map(|id| SubjectEntry {
+            secret_id: (*id).to_owned(),
+            ..entry.clone()
+        })
+        .collect()
+}
 
 impl RedisStore {
     /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
@@ -23,7 +68,7 @@ impl RedisStore {
         }
         let mut zrem = redis::cmd("ZREM");
         zrem.arg(self.subject_keys(subject).0)
-            .arg(format!("{}:{}", key.secret_id, key.random));
+            .arg(outstanding_member(key));
         if let Err(e) = self
             .bounded(conn, async |c| zrem.query_async::<i64>(c).await)
             .await
@@ -45,9 +90,9 @@ impl Subjects for RedisStore {
                     call.key(format!("{}{}", self.prefix(), q.key));
                 }
                 let ttl = a.ttl_seconds.max(1);
-                call.arg(a.entry.outstanding_member())
+                call.arg(outstanding_member(&a.entry.key()))
                     .arg(a.entry.expire_time)
-                    .arg(a.entry.member())
+                    .arg(listing_member(a.entry))
                     .arg(a.entry.issued_at)
                     .arg(a.expired_before)
                     .arg(a.cap)
@@ -95,11 +140,11 @@ impl Subjects for RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.cmd("ZREM")
                     .arg(outstanding)
-                    .arg(entry.outstanding_member())
+                    .arg(outstanding_member(&entry.key()))
                     .ignore()
                     .cmd("ZREM")
                     .arg(listing)
-                    .arg(entry.member())
+                    .arg(listing_member(entry))
                     .ignore();
                 self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
                     .await
@@ -112,6 +157,7 @@ impl Subjects for RedisStore {
         after: Option<&ListCursor>,
         count: usize,
         expired_before: i64,
+        secret_ids: &[&str],
     ) -> Result<Vec<Listed>, StoreError> {
         self.observed
             .run(StoreOp::List, || async move {
@@ -129,33 +175,73 @@ impl Subjects for RedisStore {
                 let page: Vec<String> = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
                     .await?;
-                let entries: Vec<SubjectEntry> = page
+                // Each member with its candidate entries (one, but for a key tag shared by
+                // two loaded keys, or none for an unloaded key).
+                let found: Vec<(ListCursor, Vec<SubjectEntry>)> = page
                     .chunks_exact(2)
                     .filter_map(|pair| {
                         let issued_at = pair[1].parse::<f64>().ok()? as i64;
-                        SubjectEntry::from_member(&pair[0], issued_at)
+                        let cursor = ListCursor {
+                            issued_at,
+                            member: pair[0].clone(),
+                        };
+                        Some((cursor, listed_entries(&pair[0], issued_at, secret_ids)))
                     })
                     .collect();
-                if entries.is_empty() {
+                if found.is_empty() {
                     return Ok(Vec::new());
                 }
                 // The records live in other slots: MGET, which the Cluster client splits by slot.
                 let mut mget = redis::cmd("MGET");
-                for e in &entries {
+                let mut asked = 0;
+                for e in found.iter().flat_map(|(_, c)| c) {
                     mget.arg(self.key_of(&e.key()));
+                    asked += 1;
                 }
-                let records: Vec<Option<String>> = self
-                    .bounded(&mut conn, async |c| mget.query_async(c).await)
-                    .await?;
-                Ok(entries
+                let mut records: std::vec::IntoIter<Option<String>> = if asked == 0 {
+                    Vec::new().into_iter()
+                } else {
+                    self.bounded(&mut conn, async |c| {
+                        mget.query_async::<Vec<Option<String>>>(c).await
+                    })
+                    .await?
                     .into_iter()
-                    .zip(records)
-                    .map(|(entry, text)| {
-                        let state = text
-                            .as_deref()
-                            .and_then(Record::decode)
-                            .map_or(RecordState::NotIssued, |r| r.state_in_subject(subject));
-                        Listed { entry, state }
+                };
+                let state_of = |text: Option<String>| {
+                    text.as_deref()
+                        .and_then(Record::decode)
+                        .map_or(RecordState::NotIssued, |r| r.state_in_subject(subject))
+                };
+                // One listed entry per member, so the caller's paging counts members: the
+                // candidate whose record is this subject's, else a `NotIssued` one.
+                Ok(found
+                    .into_iter()
+                    .filter_map(|(cursor, candidates)| {
+                        let mut chosen: Option<Listed> = None;
+                        for entry in candidates {
+                            let state = state_of(records.next().flatten());
+                            if chosen
+                                .as_ref()
+                                .is_none_or(|c| c.state == RecordState::NotIssued)
+                            {
+                                chosen = Some(Listed {
+                                    entry,
+                                    state,
+                                    cursor: cursor.clone(),
+                                });
+                            }
+                        }
+                        Some(chosen.unwrap_or_else(|| Listed {
+                            entry: SubjectEntry {
+                                secret_id: String::new(),
+                                random: 0,
+                                issued_at: cursor.issued_at,
+                                expire_time: 0,
+                                source_context: String::new(),
+                            },
+                            state: RecordState::NotIssued,
+                            cursor,
+                        }))
                     })
                     .collect())
             })
@@ -200,5 +286,44 @@ impl Subjects for RedisStore {
                 .await
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_members_name_the_key_by_a_tag_and_old_members_still_read() {
+        let entry = SubjectEntry {
+            secret_id: "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE".into(),
+            random: 4_294_967_295,
+            issued_at: 1_700_000_000,
+            expire_time: 1_700_003_600,
+            source_context: "user-1234/upload-56789".into(),
+        };
+        let member = listing_member(&entry);
+        // Short enough for Redis' compact listpack encoding (64 bytes by default).
+        assert!(member.len() <= 64, "{member}");
+        let ids = ["AKIDother", entry.secret_id.as_str()];
+        assert_eq!(
+            listed_entries(&member, entry.issued_at, &ids),
+            vec![entry.clone()]
+        );
+        // The key unloaded: nothing to list.
+        assert!(listed_entries(&member, entry.issued_at, &["AKIDother"]).is_empty());
+        // A member written before the tags.
+        let old = format!(
+            "{}:4294967295:1700003600:user-1234/upload-56789",
+            entry.secret_id
+        );
+        assert_eq!(
+            listed_entries(&old, entry.issued_at, &[]),
+            vec![entry.clone()]
+        );
+        assert_eq!(
+            outstanding_member(&entry.key()),
+            format!("{}:4294967295", key_tag(&entry.secret_id))
+        );
     }
 }
