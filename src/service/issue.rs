@@ -178,7 +178,7 @@ impl<S: Store> UseCases<S> {
                 .current_time_stamp
                 .saturating_sub(longest.min(i64::MAX as u64) as i64),
             quotas,
-            tidy: claims.random % TIDY_EVERY == 0,
+            tidy: claims.random.is_multiple_of(TIDY_EVERY),
         };
         let refusal = match self.store.admit(admission).await {
             Ok(AdmitOutcome::Admitted) if secret.is_empty() => return Ok(()),

@@ -216,7 +216,7 @@ impl Subjects for RedisStore {
                 // candidate whose record is this subject's, else a `NotIssued` one.
                 Ok(found
                     .into_iter()
-                    .filter_map(|(cursor, candidates)| {
+                    .map(|(cursor, candidates)| {
                         let mut chosen: Option<Listed> = None;
                         for entry in candidates {
                             let state = state_of(records.next().flatten());
@@ -231,7 +231,7 @@ impl Subjects for RedisStore {
                                 });
                             }
                         }
-                        Some(chosen.unwrap_or_else(|| Listed {
+                        chosen.unwrap_or_else(|| Listed {
                             entry: SubjectEntry {
                                 secret_id: String::new(),
                                 random: 0,
@@ -241,7 +241,7 @@ impl Subjects for RedisStore {
                             },
                             state: RecordState::NotIssued,
                             cursor,
-                        }))
+                        })
                     })
                     .collect())
             })
