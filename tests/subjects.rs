@@ -562,7 +562,8 @@ fn used_memory(redis: &RedisServer) -> i64 {
         .unwrap()
 }
 
-/// docs/redis.md's figure: Redis memory per issued record, with and without a subject.
+/// Redis memory per issued record, with and without a subject, for several subject counts
+/// (BENCHMARKS.md's figures come from `loadgen --floor --subjects`).
 /// `cargo test --test subjects -- --ignored --nocapture measure_index_memory`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
