@@ -44,11 +44,6 @@ impl SubjectEntry {
         })
     }
 
-    /// The member of the outstanding index: the record's name.
-    pub fn outstanding_member(&self) -> String {
-        format!("{}:{}", self.secret_id, self.random)
-    }
-
     /// Its record's name.
     pub fn key(&self) -> RecordKey<'_> {
         RecordKey {

@@ -34,8 +34,10 @@ if cap > 0 then
   local n = redis.call('ZCARD', KEYS[1])
   if n >= cap then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
-    if redis.call('ZCARD', KEYS[1]) >= cap then return {-1, 0} end
+    n = redis.call('ZCARD', KEYS[1])
+    if n >= cap then return {-1, 0} end
   end
+  -- Empty (or emptied just now) means the ZADD below creates the key, without an expiry.
   fresh = n == 0
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 end
