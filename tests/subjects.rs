@@ -657,3 +657,48 @@ async fn revoke_subject_of_10_000_runs_no_redis_command_over_10_ms() {
             .is_empty()
     );
 }
+
+/// The lazy upkeep never leaves an index key without an expiry: the admission extends the
+/// keys' expiry only now and then, so a key it recreates (the outstanding index, emptied by
+/// the consume of its last entry) must get one at once; the name outlives the listing by
+/// the completion window.
+#[tokio::test]
+async fn every_index_key_expires_also_when_recreated() {
+    let server = TestServer::start_with(Backend::Redis, capped(3)).await;
+    let mut client = server.client().await;
+    let redis = server.redis.as_ref().unwrap();
+    let ttls = || -> Vec<(String, i64)> {
+        let keys = redis.cli(&["KEYS", "vodsigner:sub:*"]).unwrap_or_default();
+        keys.lines()
+            .map(|k| {
+                let ttl = redis.cli(&["TTL", k]).unwrap().parse().unwrap();
+                (k.to_owned(), ttl)
+            })
+            .collect()
+    };
+    let first = client
+        .issue_signature(issue_for("kate", "k-1", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .signature;
+    assert_eq!(ttls().len(), 3, "{:?}", ttls());
+    // Her only outstanding entry released: the outstanding index is gone ...
+    client.consume_signature(consume_req(&first)).await.unwrap();
+    assert_eq!(ttls().len(), 2, "{:?}", ttls());
+    // ... and the next admission recreates it with an expiry.
+    client
+        .issue_signature(issue_for("kate", "k-2", 0))
+        .await
+        .unwrap();
+    let ttls = ttls();
+    assert_eq!(ttls.len(), 3, "{ttls:?}");
+    for (key, ttl) in &ttls {
+        // At least the record's TTL (default 3600 + leeway), at most that plus the room and,
+        // for the name, the completion window's keep.
+        assert!(*ttl >= 3600, "{key}: {ttl}");
+        if key.ends_with(":name") {
+            assert!(*ttl > 3660 + 600, "{key}: {ttl}");
+        }
+    }
+}
