@@ -136,19 +136,21 @@ pub fn gcra(tat: u64, now_ms: u64, interval_ms: u64, tolerance_ms: u64) -> Resul
     }
 }
 
-/// The store key part for a subject: a digest, so any subject makes a short, safe key; the
-/// braces make every per-subject key of one subject a Redis Cluster hash tag (one slot, one
-/// atomic script).
+/// The store key part for a subject: the subject's digest inside braces, so any subject
+/// makes a short, safe key, and every per-subject key of one subject, its quotas and its
+/// signature index alike (`store::subject_digest`), is one Redis Cluster hash tag (one
+/// slot): the issue's admission charges the quotas and indexes the signature in one script.
 pub fn subject_tag(subject: &str) -> String {
-    format!(
-        "{{s:{}}}",
-        crate::digest::sha256_hex(subject.as_bytes(), 12)
-    )
+    format!("{{{}}}", crate::digest::sha256_hex(subject.as_bytes(), 12))
 }
 
-/// The quotas that apply to one issue, grouped as the store charges them: all per-subject
-/// quotas in one atomic step, then the per-SecretId one.
-pub fn charges(quotas: &[Quota], subject: Option<&str>, secret_id: &str) -> Vec<Vec<Charge>> {
+/// The quotas that apply to one issue, as the store charges them: (the per-subject ones,
+/// one atomic step with the subject's index; the per-SecretId ones, one atomic step).
+pub fn charges(
+    quotas: &[Quota],
+    subject: Option<&str>,
+    secret_id: &str,
+) -> (Vec<Charge>, Vec<Charge>) {
     let mut by_subject = Vec::new();
     let mut by_secret = Vec::new();
     for q in quotas {
@@ -170,10 +172,7 @@ pub fn charges(quotas: &[Quota], subject: Option<&str>, secret_id: &str) -> Vec<
             name: q.name,
         });
     }
-    [by_subject, by_secret]
-        .into_iter()
-        .filter(|g| !g.is_empty())
-        .collect()
+    (by_subject, by_secret)
 }
 
 #[cfg(test)]

@@ -271,7 +271,7 @@ async fn two_replicas_share_one_quota_and_redis_down_is_not_unlimited() {
     );
     let keys_in_redis = redis.cli(&["KEYS", "vodsigner:quota:*"]).unwrap();
     assert!(
-        keys_in_redis.contains("vodsigner:quota:{s:"),
+        keys_in_redis.contains("vodsigner:quota:{"),
         "{keys_in_redis}"
     );
 

@@ -55,6 +55,7 @@ const CONSUME_PATH: &str = "/vodsigner.v1.SignatureService/ConsumeSignature";
 
 mod against_floor;
 mod delivery;
+mod subjects;
 
 /// A Lua script shaped like the service's consume script: GET, `string.match` of the record,
 /// SET ... KEEPTTL of the new record. It always writes, whatever it finds, so every call does
@@ -161,6 +162,11 @@ struct Args {
     /// interleaved, with this generator and h2load; print the ratios (see `against_floor.rs`).
     #[arg(long)]
     floor: bool,
+    /// `--floor` with a subject profile instead of the floor: one vod-signer with a
+    /// per-subject quota and the outstanding cap on, IssueSignature and ConsumeSignature with
+    /// a subject interleaved with the same calls without one (see `subjects.rs`).
+    #[arg(long, value_enum)]
+    subjects: Option<SubjectProfile>,
     /// Rounds of the `--floor` comparison (each drives both servers in turn).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -185,6 +191,15 @@ enum Scenario {
     /// ConsumeSignature of fresh signatures, then CompleteUpload of the same: two timed
     /// phases, with their CPU per call side by side.
     Complete,
+}
+
+/// `--subjects`: whose signatures the subject calls are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SubjectProfile {
+    /// A pool of 10 000 subjects (`user-{i % 10000}`).
+    Pool,
+    /// One subject, up to 50 000 outstanding signatures.
+    One,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -615,6 +630,8 @@ type Client = SignatureServiceClient<Channel>;
 
 /// `--without-subject`.
 static WITHOUT_SUBJECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How many subjects the issues are spread over (`user-{i % SUBJECT_POOL}`).
+static SUBJECT_POOL: AtomicU64 = AtomicU64::new(1000);
 
 fn issue_request(i: u64) -> IssueSignatureRequest {
     IssueSignatureRequest {
@@ -630,7 +647,7 @@ fn issue_request(i: u64) -> IssueSignatureRequest {
         subject: if WITHOUT_SUBJECT.load(Ordering::Relaxed) {
             String::new()
         } else {
-            format!("user-{}", i % 1000)
+            format!("user-{}", i % SUBJECT_POOL.load(Ordering::Relaxed).max(1))
         },
     }
 }
@@ -1356,7 +1373,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    let floor = match (args.floor, &bin) {
+    // `--subjects` compares vod-signer with itself: no floor to build.
+    let floor = match (args.floor && args.subjects.is_none(), &bin) {
         (false, _) => None,
         (true, None) => {
             eprintln!("loadgen: --floor starts its own servers: drop --target");
@@ -1385,6 +1403,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let work = async {
             match (floor, bin) {
+                (None, Some(bin)) if args.floor && args.subjects.is_some() => {
+                    subjects::run(args, bin).await
+                }
                 (Some(floor), Some(bin)) => against_floor::run(args, bin, floor).await,
                 (None, Some(bin)) if args.delivery => delivery::run(args, bin).await,
                 (_, bin) => run(args, bin).await,

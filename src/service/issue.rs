@@ -4,12 +4,13 @@ use tracing::debug;
 
 use super::{IssueRequest, Issued, MAX_NONCE_TRIES, MAX_SUBJECT_LEN, UseCases};
 use crate::audit::EventKind;
-use crate::quota::{self, Scope};
+use crate::quota::{self, Charge, Scope};
 use crate::reason::Reason;
 use crate::refusal::Refusal;
 use crate::signature::{self, SignRequest};
 use crate::store::{
-    Admission, QuotaOutcome, RecordKey, RecordRef, Store, SubjectEntry, subject_digest,
+    Admission, AdmitOutcome, QuotaOutcome, RecordKey, RecordRef, Store, SubjectEntry, TIDY_EVERY,
+    subject_digest,
 };
 
 impl<S: Store> UseCases<S> {
@@ -65,10 +66,17 @@ impl<S: Store> UseCases<S> {
 
         // Before the quotas: a refused issue must not use up a subject's quota, nor write.
         self.store.accepts_issues()?;
+        // With a subject, the per-subject quotas are charged by its admission below, in the
+        // same atomic step as its index (one script on the subject's slot), and the
+        // per-SecretId ones after it, as before: a refused per-subject quota charges no other.
+        let (mut subject_quotas, mut secret_quotas) = (Vec::new(), Vec::new());
         if !self.settings.quotas.is_empty() {
-            // Boxed, as the subject index step below: large futures held inline would be
-            // moved on every call, also by callers that use neither.
-            Box::pin(self.charge_quotas(&req.subject, secret_id)).await?;
+            (subject_quotas, secret_quotas) = self.quota_groups(&req.subject, secret_id)?;
+            if req.subject.is_empty() {
+                // Boxed, as the subject index step below: large futures held inline would be
+                // moved on every call, also by callers that use neither.
+                Box::pin(self.charge(std::mem::take(&mut secret_quotas))).await?;
+            }
         }
         let now = self.clock.now();
         let record_ttl = ttl.saturating_add(self.settings.leeway);
@@ -101,7 +109,19 @@ impl<S: Store> UseCases<S> {
                 .await?
             {
                 if let Some(digest) = &subject {
-                    Box::pin(self.admit(digest, &req.subject, &signed.claims, record_ttl)).await?;
+                    // Only the first admission charges the quotas: a nonce collision retries
+                    // the record, not the request.
+                    let quotas = std::mem::take(&mut subject_quotas);
+                    let secret = std::mem::take(&mut secret_quotas);
+                    Box::pin(self.admit(
+                        digest,
+                        &req.subject,
+                        &signed.claims,
+                        record_ttl,
+                        &quotas,
+                        secret,
+                    ))
+                    .await?;
                 }
                 // On the span only: nothing can refuse the call any more.
                 super::note_on_span(secret_id, signed.claims.random);
@@ -124,15 +144,18 @@ impl<S: Store> UseCases<S> {
         ))
     }
 
-    /// Puts a just-recorded signature in its subject's index, under the outstanding cap. When
-    /// it is refused (or the store fails), the record is deleted again: its signature was
-    /// never handed out.
+    /// Puts a just-recorded signature in its subject's index, charging the per-subject
+    /// `quotas` and checking the outstanding cap in the same step, then charges the
+    /// per-SecretId quotas (`secret`). When one of them refuses (or the store fails), the
+    /// record is deleted again: its signature was never handed out.
     async fn admit(
         &self,
         digest: &str,
         subject: &str,
         claims: &crate::signature::Claims,
         record_ttl: u64,
+        quotas: &[Charge],
+        secret: Vec<Charge>,
     ) -> Result<(), Refusal> {
         let entry = SubjectEntry {
             secret_id: claims.secret_id.clone(),
@@ -150,13 +173,29 @@ impl<S: Store> UseCases<S> {
             cap,
             expired_before: self.clock.now().saturating_sub(self.leeway()),
             ttl_seconds: record_ttl,
+            keep_seconds: self.settings.lifecycle.keep_consumed_for(),
             issued_before: claims
                 .current_time_stamp
                 .saturating_sub(longest.min(i64::MAX as u64) as i64),
+            quotas,
+            tidy: claims.random.is_multiple_of(TIDY_EVERY),
         };
         let refusal = match self.store.admit(admission).await {
-            Ok(true) => return Ok(()),
-            Ok(false) => super::subjects::outstanding_refusal(cap),
+            Ok(AdmitOutcome::Admitted) if secret.is_empty() => return Ok(()),
+            Ok(AdmitOutcome::Admitted) => match Box::pin(self.charge(secret)).await {
+                Ok(()) => return Ok(()),
+                Err(refusal) => {
+                    if let Err(e) = self.store.withdraw(digest, &entry).await {
+                        // The entry stays until its expiry: the cap is stricter meanwhile.
+                        debug!(error = %e, "could not withdraw the index entry of a refused issue");
+                    }
+                    refusal
+                }
+            },
+            Ok(AdmitOutcome::Capped) => super::subjects::outstanding_refusal(cap),
+            Ok(AdmitOutcome::RateLimited { name, retry_after }) => {
+                Refusal::rate_limited(name, retry_after)
+            }
             Err(e) => e.into(),
         };
         if let Err(e) = self.store.discard(entry.key()).await {
@@ -166,9 +205,13 @@ impl<S: Store> UseCases<S> {
         Err(refusal)
     }
 
-    /// Charges the issuance quotas; a request over one is refused with `RATE_LIMITED`. Called
-    /// only when quotas are configured.
-    async fn charge_quotas(&self, subject: &str, secret_id: &str) -> Result<(), Refusal> {
+    /// The quotas of an issue, uncharged: (the per-subject ones, the per-SecretId ones).
+    /// Called only when quotas are configured.
+    fn quota_groups(
+        &self,
+        subject: &str,
+        secret_id: &str,
+    ) -> Result<(Vec<Charge>, Vec<Charge>), Refusal> {
         let quotas = &self.settings.quotas;
         let subject = (!subject.is_empty()).then_some(subject);
         if subject.is_none()
@@ -179,13 +222,20 @@ impl<S: Store> UseCases<S> {
                 "subject is required: a per-subject quota is on",
             ));
         }
-        for group in quota::charges(quotas, subject, secret_id) {
-            if let QuotaOutcome::Refused { name, retry_after } =
-                self.store.charge_quotas(&group).await?
-            {
-                return Err(Refusal::rate_limited(name, retry_after));
-            }
+        Ok(quota::charges(quotas, subject, secret_id))
+    }
+
+    /// Charges one group of quotas in one atomic step; a request over one is refused with
+    /// `RATE_LIMITED`.
+    async fn charge(&self, group: Vec<Charge>) -> Result<(), Refusal> {
+        if group.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        match self.store.charge_quotas(&group).await? {
+            QuotaOutcome::Refused { name, retry_after } => {
+                Err(Refusal::rate_limited(name, retry_after))
+            }
+            QuotaOutcome::Allowed => Ok(()),
+        }
     }
 }

@@ -30,7 +30,9 @@ pub use self::outbox::{Handle, Outbox, Outgoing, Queued, UploadContext};
 pub use self::record::{Record, encode_field};
 
 pub use self::redis::{RedisStore, RedisStoreError};
-pub use self::subjects::{Admission, ListCursor, Listed, SubjectEntry, Subjects, subject_digest};
+pub use self::subjects::{
+    Admission, AdmitOutcome, ListCursor, Listed, SubjectEntry, Subjects, TIDY_EVERY, subject_digest,
+};
 
 use std::future::Future;
 

@@ -4,10 +4,11 @@
 use std::future::Future;
 
 use super::{RecordKey, RecordState, StoreError};
+use crate::quota::Charge;
 
 /// One signature's entry in its subject's index (ListSignatures, RevokeSubject and the
-/// outstanding cap). Redis keeps it as the member `{secretId}:{random}:{expireTime}:{sourceContext}`
-/// of the subject's listing index, scored by issue time.
+/// outstanding cap). Redis keeps it as the member `~{key tag}:{random}:{expireTime}:{sourceContext}`
+/// of the subject's listing index, scored by issue time (`redis/subjects.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubjectEntry {
     /// The signature's `secretId`.
@@ -43,11 +44,6 @@ impl SubjectEntry {
         })
     }
 
-    /// The member of the outstanding index: the record's name.
-    pub fn outstanding_member(&self) -> String {
-        format!("{}:{}", self.secret_id, self.random)
-    }
-
     /// Its record's name.
     pub fn key(&self) -> RecordKey<'_> {
         RecordKey {
@@ -71,8 +67,11 @@ pub struct ListCursor {
 pub struct Listed {
     /// What the subject index holds about the signature.
     pub entry: SubjectEntry,
-    /// The record's state (`NotIssued`: the record is gone or belongs to another signature).
+    /// The record's state (`NotIssued`: the record is gone or belongs to another signature,
+    /// or its key is no longer loaded).
     pub state: RecordState,
+    /// Where the listing goes on after this entry (the store's own form of it).
+    pub cursor: ListCursor,
 }
 
 /// How an issue for a subject is put in the subject's index.
@@ -90,9 +89,39 @@ pub struct Admission<'a> {
     pub expired_before: i64,
     /// How long the index must live at least, seconds (the new record's TTL).
     pub ttl_seconds: u64,
+    /// How much longer the subject's name must live, seconds: a consumed upload may still
+    /// complete (and be notified, naming the subject) that long after its consume.
+    pub keep_seconds: u64,
     /// Entries issued before this are expired whatever they say (now minus the longest
     /// validity and the leeway): a bound on what the lazy cleanup may leave behind.
     pub issued_before: i64,
+    /// The per-subject quotas, charged in the same atomic step (their keys share the subject's
+    /// hash tag), before the cap is checked.
+    pub quotas: &'a [Charge],
+    /// Whether this admission also tidies the listing index (drops its oldest expired
+    /// entries): one issue in [`TIDY_EVERY`], so the upkeep is not on every issue.
+    pub tidy: bool,
+}
+
+/// One admission in this many tidies its subject's listing index (picked by the signature's
+/// `random`, which is uniform): expired entries leave at up to 16 per tidy, more than one per
+/// issue on average, so the index stays bounded by what is unexpired.
+pub const TIDY_EVERY: u32 = 16;
+
+/// What an admission to a subject's index decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    /// Indexed; the quotas were charged.
+    Admitted,
+    /// The subject already has `cap` outstanding; nothing added (the quotas were charged).
+    Capped,
+    /// A per-subject quota is exhausted; nothing was charged nor added.
+    RateLimited {
+        /// Which quota.
+        name: &'static str,
+        /// When the next issue would be allowed.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// The digest that names a subject in the store: any subject makes a short, safe key.
@@ -106,21 +135,33 @@ pub fn subject_digest(subject: &str) -> String {
 /// whether a signature is accepted.
 pub trait Subjects: Send + Sync + 'static {
     /// Adds a just-recorded signature to its subject's index, in one atomic step with the
-    /// outstanding cap: first drops the expired entries, then refuses (`Ok(false)`, nothing
-    /// added) if the subject already has `cap` outstanding.
+    /// per-subject quotas and the outstanding cap: charges the quotas (refused: nothing
+    /// charged, nothing added), then refuses (`Capped`, nothing added) if the subject already
+    /// has `cap` outstanding once the expired entries are set aside.
     fn admit(
         &self,
         admission: Admission<'_>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<AdmitOutcome, StoreError>> + Send;
+
+    /// Takes back an admitted entry whose signature was never handed out (a quota refused the
+    /// issue after its admission); its record is discarded separately.
+    fn withdraw(
+        &self,
+        subject: &str,
+        entry: &SubjectEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Up to `count` unexpired entries of the subject's index after `after` (newest first),
-    /// each with its record's state. Fewer than `count`: the end of the index.
+    /// each with its record's state. Fewer than `count`: the end of the index. `secret_ids`
+    /// are the loaded keys' ids: a store may name a key in its index by a short tag and
+    /// find the id again among them.
     fn list_subject(
         &self,
         subject: &str,
         after: Option<&ListCursor>,
         count: usize,
         expired_before: i64,
+        secret_ids: &[&str],
     ) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
     /// The same atomic step as [`super::Records::revoke`], for a record found by its subject (with

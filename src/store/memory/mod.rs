@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use self::subjects::SubjectIndex;
 use super::outbox::MemoryOutbox;
 use super::{
-    Admission, Awaiting, CompleteOutcome, ConsumeOutcome, ListCursor, Listed, Observed,
-    QuotaOutcome, Quotas, Record, RecordKey, RecordRef, RecordState, Records, StoreError,
+    Admission, AdmitOutcome, Awaiting, CompleteOutcome, ConsumeOutcome, ListCursor, Listed,
+    Observed, QuotaOutcome, Quotas, Record, RecordKey, RecordRef, RecordState, Records, StoreError,
     StoreHealth, StoreObserver, StoreOp, SubjectEntry, Subjects, Sweep, Upload, idempotency_token,
 };
 use crate::quota::{Charge, gcra};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Admission, Key, ListCursor, Listed, MemoryStore, RecordKey, RecordState, StoreError, StoreOp,
-    SubjectEntry, Subjects,
+    Admission, AdmitOutcome, Key, ListCursor, Listed, MemoryStore, QuotaOutcome, Quotas, RecordKey,
+    RecordState, StoreError, StoreOp, SubjectEntry, Subjects,
 };
 
 /// One subject's index: the same two structures as in Redis.
@@ -47,7 +47,15 @@ impl MemoryStore {
 }
 
 impl Subjects for MemoryStore {
-    async fn admit(&self, a: Admission<'_>) -> Result<bool, StoreError> {
+    async fn admit(&self, a: Admission<'_>) -> Result<AdmitOutcome, StoreError> {
+        // The quotas first, as Redis does in the same script (one process: nothing can come
+        // between that matters).
+        if !a.quotas.is_empty()
+            && let QuotaOutcome::Refused { name, retry_after } =
+                self.charge_quotas(a.quotas).await?
+        {
+            return Ok(AdmitOutcome::RateLimited { name, retry_after });
+        }
         self.observed
             .run(StoreOp::Admit, || async move {
                 let instant = Instant::now();
@@ -72,7 +80,7 @@ impl Subjects for MemoryStore {
                     .outstanding
                     .retain(|_, expire| *expire >= a.expired_before);
                 if a.cap > 0 && index.outstanding.len() >= a.cap as usize {
-                    return Ok(false);
+                    return Ok(AdmitOutcome::Capped);
                 }
                 index.outstanding.insert(
                     (a.entry.secret_id.clone(), a.entry.random),
@@ -97,9 +105,18 @@ impl Subjects for MemoryStore {
                 index.forget_at = index
                     .forget_at
                     .max(instant + Duration::from_secs(a.ttl_seconds));
-                Ok(true)
+                Ok(AdmitOutcome::Admitted)
             })
             .await
+    }
+    async fn withdraw(&self, subject: &str, entry: &SubjectEntry) -> Result<(), StoreError> {
+        if let Some(index) = self.subjects().get_mut(subject) {
+            index
+                .outstanding
+                .remove(&(entry.secret_id.clone(), entry.random));
+            index.listing.remove(&(entry.issued_at, entry.member()));
+        }
+        Ok(())
     }
     async fn list_subject(
         &self,
@@ -107,6 +124,7 @@ impl Subjects for MemoryStore {
         after: Option<&ListCursor>,
         count: usize,
         expired_before: i64,
+        _secret_ids: &[&str],
     ) -> Result<Vec<Listed>, StoreError> {
         self.observed
             .run(StoreOp::List, || async move {
@@ -143,7 +161,15 @@ impl Subjects for MemoryStore {
                         let state = self.with_record(entry.key(), |r| {
                             r.map_or(RecordState::NotIssued, |r| r.state_in_subject(subject))
                         });
-                        Listed { entry, state }
+                        let cursor = ListCursor {
+                            issued_at: entry.issued_at,
+                            member: entry.member(),
+                        };
+                        Listed {
+                            entry,
+                            state,
+                            cursor,
+                        }
                     })
                     .collect())
             })

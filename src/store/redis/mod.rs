@@ -24,10 +24,10 @@ mod subjects;
 use self::scripts::Scripts;
 
 pub(super) use super::{
-    Admission, Awaiting, CompleteOutcome, ConsumeOutcome, FailureCause, ListCursor, Listed,
-    Observed, QuotaOutcome, Quotas, Record, RecordKey, RecordRef, RecordState, Records, StoreError,
-    StoreHealth, StoreObserver, StoreOp, SubjectEntry, Subjects, Sweep, Upload, idempotency_token,
-    outbox,
+    Admission, AdmitOutcome, Awaiting, CompleteOutcome, ConsumeOutcome, FailureCause, ListCursor,
+    Listed, Observed, QuotaOutcome, Quotas, Record, RecordKey, RecordRef, RecordState, Records,
+    StoreError, StoreHealth, StoreObserver, StoreOp, SubjectEntry, Subjects, Sweep, Upload,
+    idempotency_token, outbox,
 };
 use crate::quota::Charge;
 use crate::redis::{Conn, Connector, Failure, IssueGate, RedisMemory, RedisSettings};

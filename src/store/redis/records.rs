@@ -108,8 +108,7 @@ impl Records for RedisStore {
                     // Also on an idempotent repeat: success is only promised once replicated.
                     self.replicated(&conn, &key).await?;
                     let subject = reply.get(2).map_or("", String::as_str);
-                    self.release(&mut conn, subject, &sig.key, awaiting.keep_for)
-                        .await;
+                    self.release(&mut conn, subject, &sig.key).await;
                     return Ok(ConsumeOutcome::Consumed { at });
                 }
                 scripted_status(&reply).map(ConsumeOutcome::Refused)
@@ -226,7 +225,7 @@ impl Records for RedisStore {
                 if before == RecordState::Issued {
                     self.replicated(&conn, &key).await?;
                     let subject = reply.get(2).map_or("", String::as_str);
-                    self.release(&mut conn, subject, &sig.key, 0).await;
+                    self.release(&mut conn, subject, &sig.key).await;
                 }
                 Ok(before)
             })

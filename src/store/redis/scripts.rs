@@ -48,12 +48,10 @@ pub struct Scripts {
     pub sweep: OomScript,
     /// Charge the issuance quotas (`gcra.lua` then `quota.lua`).
     pub quota: Script,
-    /// Admit a signature to its subject's index (`admit.lua`).
+    /// Admit a signature to its subject's index, with its quotas (`gcra.lua` then `admit.lua`).
     pub admit: Script,
     /// A page of a subject's index (`page.lua`).
     pub page: OomScript,
-    /// Drop a record from its subject's outstanding index (`release.lua`).
-    pub release: OomScript,
     /// Queue a notification, dropping its upload from the awaiting index (`queue.lua`).
     pub queue: OomScript,
     /// The sweep's decision on an awaiting entry (`settle.lua`).
@@ -65,6 +63,12 @@ pub struct Scripts {
     /// The sweep's lease (`lease.lua`).
     pub lease: Script,
 }
+
+/// The GCRA step, then the admission script that calls it: one script text.
+pub const ADMIT_LUA: &str = concat!(
+    include_str!("../lua/gcra.lua"),
+    include_str!("../lua/admit.lua")
+);
 
 /// The GCRA step, then the quota script that calls it: one script text.
 pub const QUOTA_LUA: &str = concat!(
@@ -81,9 +85,8 @@ impl Scripts {
             complete: OomScript::new(include_str!("../lua/complete.lua")),
             sweep: OomScript::new(include_str!("../lua/sweep.lua")),
             quota: Script::new(QUOTA_LUA),
-            admit: Script::new(include_str!("../lua/admit.lua")),
+            admit: Script::new(ADMIT_LUA),
             page: OomScript::new(include_str!("../lua/page.lua")),
-            release: OomScript::new(include_str!("../lua/release.lua")),
             queue: OomScript::new(include_str!("../lua/queue.lua")),
             settle: OomScript::new(include_str!("../lua/settle.lua")),
             confirm: OomScript::new(include_str!("../lua/confirm.lua")),
