@@ -134,10 +134,10 @@ impl Sentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n\
                      sentinel parallel-syncs mymaster 1\n",
-                    dir.path().display()
+                    dir = dir.path().display()
                 ),
             )
             .unwrap();
@@ -175,6 +175,11 @@ impl Sentinel {
     /// `redis-cli` against this sentinel.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         sentinel_cli(self.port, args)
+    }
+
+    /// What it logged so far (its failover steps: votes, promotion, reconfigured replicas).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("sentinel.log")).unwrap_or_default()
     }
 
     /// The port of the master this sentinel names now.

@@ -1,0 +1,300 @@
+//! How long a Sentinel failover stops each vod-signer replica from issuing and from
+//! consuming, counted per replica and per RPC (a gap counted over both replicas together can
+//! hide one replica's outage).
+//!
+//! The shape of issue 23: a master, two replicas and three sentinels (`down-after` 1 s,
+//! `tests/common/topology.rs`); two `vod-signer serve` processes with `--min-replicas-ack 1`
+//! on `redis+sentinel://`; three clients, each issuing on one replica and consuming the
+//! signature it just got on the other, continuously. Then `SENTINEL FAILOVER`, or a SIGKILL
+//! of the master. The default suite runs one forced failover; the measurement over ten runs
+//! of each is `#[ignore]`d:
+//!
+//! ```sh
+//! cargo test --release --test failover_gap -- --ignored --nocapture
+//! ```
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::topology::SentinelGroup;
+use common::*;
+use tonic::transport::Channel;
+use vod_signer::proto::IssueSignatureRequest;
+use vod_signer::proto::signature_service_client::SignatureServiceClient;
+use vod_signer::reason::Reason;
+
+/// Sentinel `down-after-milliseconds` of `SentinelGroup`.
+const DOWN_AFTER: Duration = Duration::from_millis(1000);
+/// Goal after `SENTINEL FAILOVER`: the longest stretch without a success, per replica and RPC.
+const FORCED_GOAL: Duration = Duration::from_secs(2);
+/// Goal after a SIGKILL of the master: the sentinels first need `down-after` to notice.
+const KILLED_GOAL: Duration = DOWN_AFTER.saturating_add(Duration::from_secs(2));
+/// A call's deadline: above the store timeout (250 ms), so a refusal comes from the server.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the load runs on after the fault: past every goal, and past the old master's
+/// return as a replica (the moment a `WAIT` may have to count it).
+const AFTER_FAULT: Duration = Duration::from_secs(20);
+/// Clients, as in the issue.
+const CLIENTS: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Rpc {
+    Issue,
+    Consume,
+}
+
+/// Every call's outcome: (replica, RPC) -> (when it ended, refusal or None for a success).
+type Calls = Arc<Mutex<BTreeMap<(usize, Rpc), Vec<(Instant, Option<String>)>>>>;
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `SENTINEL FAILOVER mymaster`.
+    Forced,
+    /// SIGKILL of the master's process.
+    Killed,
+}
+
+/// One run: the per-replica per-RPC longest gap after the fault, and what the refusals were.
+struct Run {
+    /// The longest gap, and when it began after the fault.
+    gaps: BTreeMap<(usize, Rpc), (Duration, Duration)>,
+    refusals: BTreeMap<(usize, Rpc), BTreeMap<String, usize>>,
+    signers: [ServerProcess; 2],
+    group: SentinelGroup,
+}
+
+/// Issues on `mine`, then consumes the signature on `other` (retrying it with its own key
+/// while the answer is unknown, on the next rounds), until `until`. Every outcome goes to
+/// `calls`. Returns the signatures whose consume never succeeded (the caller drains them).
+async fn client(
+    (mine_i, mut mine): (usize, SignatureServiceClient<Channel>),
+    (other_i, mut other): (usize, SignatureServiceClient<Channel>),
+    until: Instant,
+    calls: Calls,
+    c: usize,
+) -> Vec<(String, String)> {
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let mut n = 0;
+    let record = |replica, rpc, outcome: Option<String>| {
+        calls
+            .lock()
+            .unwrap()
+            .entry((replica, rpc))
+            .or_default()
+            .push((Instant::now(), outcome));
+    };
+    while Instant::now() < until {
+        n += 1;
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            mine.issue_signature(IssueSignatureRequest::default()),
+        )
+        .await
+        {
+            Ok(Ok(r)) => {
+                record(mine_i, Rpc::Issue, None);
+                pending.push((r.into_inner().signature, format!("owner-{c}-{n}")));
+            }
+            Ok(Err(s)) => {
+                assert_eq!(reason_of(&s), Reason::StoreUnavailable, "{s:?}");
+                record(mine_i, Rpc::Issue, Some(s.message().to_owned()));
+            }
+            Err(_) => record(mine_i, Rpc::Issue, Some("client deadline".into())),
+        }
+        // The oldest first: a signature whose consume failed is tried again with its key.
+        if let Some((sig, key)) = pending.first().cloned() {
+            match tokio::time::timeout(CALL_TIMEOUT, other.consume_signature(consume_with(&sig, &key)))
+                .await
+            {
+                Ok(Ok(_)) => {
+                    record(other_i, Rpc::Consume, None);
+                    pending.remove(0);
+                }
+                Ok(Err(s)) => {
+                    // Anything but "unknown, retry" would be a lost record or a bug.
+                    assert_eq!(reason_of(&s), Reason::StoreUnavailable, "{s:?}");
+                    record(other_i, Rpc::Consume, Some(s.message().to_owned()));
+                }
+                Err(_) => record(other_i, Rpc::Consume, Some("client deadline".into())),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pending
+}
+
+/// The longest stretch without a success from `from` to `to`, and when it began (after
+/// `from`).
+fn longest_gap(
+    outcomes: &[(Instant, Option<String>)],
+    from: Instant,
+    to: Instant,
+) -> (Duration, Duration) {
+    let mut last = from;
+    let mut longest = (Duration::ZERO, Duration::ZERO);
+    for at in outcomes
+        .iter()
+        .filter(|(at, o)| o.is_none() && *at >= from)
+        .map(|(at, _)| *at)
+        .chain([to])
+    {
+        if at - last > longest.0 {
+            longest = (at - last, last - from);
+        }
+        last = at;
+    }
+    longest
+}
+
+/// Starts the shape, runs the load, injects `fault` once it runs, and measures.
+async fn run(fault: Fault) -> Run {
+    let mut group = tokio::task::spawn_blocking(SentinelGroup::start)
+        .await
+        .unwrap();
+    let keys = keys_dir();
+    let url = group.url();
+    let args = ["--redis-url", url.as_str(), "--min-replicas-ack", "1"];
+    let signers = [
+        ServerProcess::start(keys.path(), &args),
+        ServerProcess::start(keys.path(), &args),
+    ];
+    for s in &signers {
+        wait_health(s.addr, "", true, Duration::from_secs(10)).await;
+    }
+    let replicas = [connect(signers[0].addr).await, connect(signers[1].addr).await];
+    let calls: Calls = Arc::default();
+    // Long enough to warm up, inject, and run AFTER_FAULT past it.
+    let warm_up = Duration::from_secs(2);
+    let until = Instant::now() + warm_up + AFTER_FAULT;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (a, b) = (c % 2, (c + 1) % 2);
+        tasks.push(tokio::spawn(client(
+            (a, replicas[a].clone()),
+            (b, replicas[b].clone()),
+            until,
+            calls.clone(),
+            c,
+        )));
+    }
+    tokio::time::sleep(warm_up).await;
+    let old_master = group.master.port;
+    let at = Instant::now();
+    match fault {
+        Fault::Forced => {
+            let out = group.sentinels[0]
+                .cli(&["SENTINEL", "FAILOVER", "mymaster"])
+                .unwrap_or_default();
+            assert_eq!(out, "OK", "SENTINEL FAILOVER: {out}");
+        }
+        Fault::Killed => group.master.stop(),
+    }
+    let mut pending = Vec::new();
+    for t in tasks {
+        pending.extend(t.await.unwrap());
+    }
+    let end = Instant::now();
+    // Every issue that answered OK must still consume: its record survived the failover.
+    for (sig, key) in pending {
+        let mut c = replicas[0].clone();
+        let consumed = consume_retrying(&mut c, &sig, &key, Duration::from_secs(10)).await;
+        assert!(consumed.is_ok(), "an issued signature did not consume: {consumed:?}");
+    }
+    let new_master = group.sentinels[1].master_port();
+    assert_ne!(new_master, Some(old_master), "the sentinels failed over");
+    let calls = calls.lock().unwrap();
+    let mut gaps = BTreeMap::new();
+    let mut refusals: BTreeMap<(usize, Rpc), BTreeMap<String, usize>> = BTreeMap::new();
+    for (&k, outcomes) in calls.iter() {
+        gaps.insert(k, longest_gap(outcomes, at, end));
+        for (when, o) in outcomes {
+            if let Some(o) = o
+                && *when >= at
+            {
+                // The message without its numbers, so alike refusals fold together.
+                let shape: String = o.chars().filter(|c| !c.is_ascii_digit()).collect();
+                *refusals.entry(k).or_default().entry(shape).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(gaps.len(), 4, "every replica issued and consumed: {gaps:?}");
+    Run {
+        gaps,
+        refusals,
+        signers,
+        group,
+    }
+}
+
+fn report(fault: Fault, i: usize, run: &Run) {
+    let gaps: Vec<String> = run
+        .gaps
+        .iter()
+        .map(|((r, rpc), (g, from))| {
+            format!(
+                "signer-{} {rpc:?} {:.2} s (from +{:.2} s)",
+                r + 1,
+                g.as_secs_f64(),
+                from.as_secs_f64()
+            )
+        })
+        .collect();
+    println!("{fault:?} run {i}: {}", gaps.join(", "));
+    for ((r, rpc), shapes) in &run.refusals {
+        for (shape, n) in shapes {
+            println!("    signer-{} {rpc:?} refused {n}x: {shape}", r + 1);
+        }
+    }
+}
+
+fn worst(run: &Run) -> Duration {
+    run.gaps.values().map(|g| g.0).max().unwrap_or_default()
+}
+
+/// Issue 23's goal for a forced failover: each replica issues and consumes again within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_stops_issuing_and_consuming_at_most_2_s_per_replica() {
+    let run = run(Fault::Forced).await;
+    report(Fault::Forced, 1, &run);
+    assert!(worst(&run) <= FORCED_GOAL, "gaps {:?}", run.gaps);
+}
+
+/// Ten runs of each: a forced failover (goal 2 s) and a SIGKILL of the master (goal
+/// `down-after` + 2 s), each gap per replica and per RPC. `FAILOVER_RUNS` changes the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, about 6 minutes: run with --ignored --nocapture"]
+async fn failover_gaps_measured() {
+    let runs: usize = std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut failed = Vec::new();
+    for (fault, goal) in [(Fault::Forced, FORCED_GOAL), (Fault::Killed, KILLED_GOAL)] {
+        for i in 1..=runs {
+            let run = run(fault).await;
+            report(fault, i, &run);
+            if worst(&run) > goal {
+                failed.push(format!("{fault:?} run {i}: {:?}", run.gaps));
+                dump(&run);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "over the goal: {failed:#?}");
+}
+
+/// What a run over its goal left to read: the signers' store lines and the sentinels' logs.
+fn dump(run: &Run) {
+    for (i, s) in run.signers.iter().enumerate() {
+        for line in s.stderr.lock().unwrap().iter() {
+            if line.contains("master") || line.contains("WAIT") || line.contains("Redis") {
+                println!("signer-{}: {line}", i + 1);
+            }
+        }
+    }
+    for (i, s) in run.group.sentinels.iter().enumerate() {
+        println!("sentinel-{i}:\n{}", s.log());
+    }
+}
