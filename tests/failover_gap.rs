@@ -106,8 +106,11 @@ async fn client(
         }
         // The oldest first: a signature whose consume failed is tried again with its key.
         if let Some((sig, key)) = pending.first().cloned() {
-            match tokio::time::timeout(CALL_TIMEOUT, other.consume_signature(consume_with(&sig, &key)))
-                .await
+            match tokio::time::timeout(
+                CALL_TIMEOUT,
+                other.consume_signature(consume_with(&sig, &key)),
+            )
+            .await
             {
                 Ok(Ok(_)) => {
                     record(other_i, Rpc::Consume, None);
@@ -164,7 +167,10 @@ async fn run(fault: Fault) -> Run {
     for s in &signers {
         wait_health(s.addr, "", true, Duration::from_secs(10)).await;
     }
-    let replicas = [connect(signers[0].addr).await, connect(signers[1].addr).await];
+    let replicas = [
+        connect(signers[0].addr).await,
+        connect(signers[1].addr).await,
+    ];
     let calls: Calls = Arc::default();
     // Long enough to warm up, inject, and run AFTER_FAULT past it.
     let warm_up = Duration::from_secs(2);
@@ -201,7 +207,10 @@ async fn run(fault: Fault) -> Run {
     for (sig, key) in pending {
         let mut c = replicas[0].clone();
         let consumed = consume_retrying(&mut c, &sig, &key, Duration::from_secs(10)).await;
-        assert!(consumed.is_ok(), "an issued signature did not consume: {consumed:?}");
+        assert!(
+            consumed.is_ok(),
+            "an issued signature did not consume: {consumed:?}"
+        );
     }
     let new_master = group.sentinels[1].master_port();
     assert_ne!(new_master, Some(old_master), "the sentinels failed over");
@@ -259,6 +268,7 @@ fn worst(run: &Run) -> Duration {
 async fn sentinel_failover_stops_issuing_and_consuming_at_most_2_s_per_replica() {
     let run = run(Fault::Forced).await;
     report(Fault::Forced, 1, &run);
+    keep_logs("forced", &run);
     assert!(worst(&run) <= FORCED_GOAL, "gaps {:?}", run.gaps);
 }
 
@@ -276,6 +286,7 @@ async fn failover_gaps_measured() {
         for i in 1..=runs {
             let run = run(fault).await;
             report(fault, i, &run);
+            keep_logs(&format!("{fault:?}-{i}"), &run);
             if worst(&run) > goal {
                 failed.push(format!("{fault:?} run {i}: {:?}", run.gaps));
                 dump(&run);
@@ -296,5 +307,22 @@ fn dump(run: &Run) {
     }
     for (i, s) in run.group.sentinels.iter().enumerate() {
         println!("sentinel-{i}:\n{}", s.log());
+    }
+}
+
+/// With `FAILOVER_LOGS=DIR`, every process' log of the run goes to `DIR/<name>.*.log` (the
+/// signers at trace level: their WAIT lines say how many replicas each write waited for).
+fn keep_logs(name: &str, run: &Run) {
+    let Ok(dir) = std::env::var("FAILOVER_LOGS") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, s) in run.signers.iter().enumerate() {
+        let lines = s.stderr.lock().unwrap().join("\n");
+        std::fs::write(dir.join(format!("{name}.signer-{}.log", i + 1)), lines).unwrap();
+    }
+    for (i, s) in run.group.sentinels.iter().enumerate() {
+        std::fs::write(dir.join(format!("{name}.sentinel-{}.log", i + 1)), s.log()).unwrap();
     }
 }

@@ -1,8 +1,9 @@
 //! Following a Sentinel-managed master: where it is, and which replicas could replace it.
 //!
 //! The redis crate's Sentinel client follows neither a failover nor a dead connection by
-//! itself, so the sentinels are asked every second (and at once when a call says `READONLY`
-//! or keeps timing out): `SENTINEL GET-MASTER-ADDR-BY-NAME` and `SENTINEL REPLICAS` in one
+//! itself, so the sentinels are asked every second (and at once when a call says `READONLY`,
+//! keeps timing out, or finds the master short of replicas, as the old master of a failover
+//! is): `SENTINEL GET-MASTER-ADDR-BY-NAME` and `SENTINEL REPLICAS` in one
 //! round trip. With `--min-replicas-ack`, writes wait for every replica the sentinels could
 //! promote, counted per master (see [`promotable`]).
 
@@ -23,6 +24,10 @@ use super::error::Error;
 
 /// How often the sentinels are asked where the master is and which replicas it has.
 const SENTINEL_POLL: Duration = Duration::from_secs(1);
+/// The shortest pause between two asks when calls report missing replicas
+/// ([`super::Failure::NoReplicas`]): a failover is followed within it, and a master that
+/// lost its replicas for good does not have every service replica ask ten times a second.
+const MIN_ASK_GAP: Duration = Duration::from_millis(100);
 
 /// Starts following the master `name` that the `sentinels` watch.
 pub(super) fn start_sentinel(
@@ -172,6 +177,7 @@ async fn keep_sentinel_master(mut group: SentinelGroup, shared: Arc<Shared>) {
     let mut dial_failed = false;
     let mut last_dial = tokio::time::Instant::now();
     loop {
+        let asked = tokio::time::Instant::now();
         match group.ask(ask_timeout).await {
             Some(view) => {
                 let moved = master.as_ref() != Some(&view.master);
@@ -218,6 +224,12 @@ async fn keep_sentinel_master(mut group: SentinelGroup, shared: Arc<Shared>) {
         let told = tokio::select! {
             () = tokio::time::sleep(SENTINEL_POLL) => false,
             () = shared.redial.notified() => true,
+            () = shared.ask.notified() => {
+                // Calls lack replicas (a failover moving them, most likely): ask again
+                // soon, but not more often than this, however many calls say so.
+                tokio::time::sleep_until(asked + MIN_ASK_GAP).await;
+                false
+            }
         };
         redial = told || std::mem::take(&mut dial_failed);
         if told && !shared.take_urgent() {
