@@ -16,6 +16,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 const AFTER_FAULT: Duration = Duration::from_secs(20);
 /// Clients, as in the issue.
 const CLIENTS: usize = 3;
+/// Signatures each client holds issued and not yet consumed: consumes are measured on their
+/// own, not only while issuing works.
+const STOCK: usize = 300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
@@ -66,17 +70,20 @@ struct Run {
     group: SentinelGroup,
 }
 
-/// Issues on `mine`, then consumes the signature on `other` (retrying it with its own key
-/// while the answer is unknown, on the next rounds), until `until`. Every outcome goes to
+/// Issues on `mine`, then consumes its oldest signature on `other` once it holds [`STOCK`]
+/// (retrying it with its own key while the answer is unknown, on the next rounds), until
+/// `stop`. Every outcome goes to
 /// `calls`. Returns the signatures whose consume never succeeded (the caller drains them).
 async fn client(
     (mine_i, mut mine): (usize, SignatureServiceClient<Channel>),
     (other_i, mut other): (usize, SignatureServiceClient<Channel>),
-    until: Instant,
+    stop: Arc<AtomicBool>,
     calls: Calls,
     c: usize,
 ) -> Vec<(String, String)> {
     let mut pending: Vec<(String, String)> = Vec::new();
+    // Once the stock is full, every round consumes, whether its issue worked or not.
+    let mut stocked = false;
     let mut n = 0;
     let record = |replica, rpc, outcome: Option<String>| {
         calls
@@ -86,7 +93,7 @@ async fn client(
             .or_default()
             .push((Instant::now(), outcome));
     };
-    while Instant::now() < until {
+    while !stop.load(Ordering::Relaxed) {
         n += 1;
         match tokio::time::timeout(
             CALL_TIMEOUT,
@@ -105,7 +112,9 @@ async fn client(
             Err(_) => record(mine_i, Rpc::Issue, Some("client deadline".into())),
         }
         // The oldest first: a signature whose consume failed is tried again with its key.
-        if let Some((sig, key)) = pending.first().cloned() {
+        // A stock is kept, so consumes go on being tried while issuing fails.
+        stocked |= pending.len() > STOCK;
+        if stocked && let Some((sig, key)) = pending.first().cloned() {
             match tokio::time::timeout(
                 CALL_TIMEOUT,
                 other.consume_signature(consume_with(&sig, &key)),
@@ -172,21 +181,38 @@ async fn run(fault: Fault) -> Run {
         connect(signers[1].addr).await,
     ];
     let calls: Calls = Arc::default();
-    // Long enough to warm up, inject, and run AFTER_FAULT past it.
-    let warm_up = Duration::from_secs(2);
-    let until = Instant::now() + warm_up + AFTER_FAULT;
+    let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let (a, b) = (c % 2, (c + 1) % 2);
         tasks.push(tokio::spawn(client(
             (a, replicas[a].clone()),
             (b, replicas[b].clone()),
-            until,
+            stop.clone(),
             calls.clone(),
             c,
         )));
     }
-    tokio::time::sleep(warm_up).await;
+    // The fault comes once every replica consumes (each client's stock is full).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consuming = {
+            let calls = calls.lock().unwrap();
+            (0..2).all(|r| {
+                calls.get(&(r, Rpc::Consume)).is_some_and(|o| {
+                    o.iter().filter(|(_, refusal)| refusal.is_none()).count() >= 20
+                })
+            })
+        };
+        if consuming {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the clients did not start consuming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let old_master = group.master.port;
     let at = Instant::now();
     match fault {
@@ -198,6 +224,8 @@ async fn run(fault: Fault) -> Run {
         }
         Fault::Killed => group.master.stop(),
     }
+    tokio::time::sleep(AFTER_FAULT).await;
+    stop.store(true, Ordering::Relaxed);
     let mut pending = Vec::new();
     for t in tasks {
         pending.extend(t.await.unwrap());
