@@ -35,14 +35,18 @@ const FORCED_GOAL: Duration = Duration::from_secs(2);
 const KILLED_GOAL: Duration = DOWN_AFTER.saturating_add(Duration::from_secs(2));
 /// A call's deadline: above the store timeout (250 ms), so a refusal comes from the server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the load runs on after the fault: past every goal, and past the old master's
-/// return as a replica (the moment a `WAIT` may have to count it).
-const AFTER_FAULT: Duration = Duration::from_secs(20);
+/// How long the measured runs go on after the fault: past every goal, and past the old
+/// master's return as a replica (about 11 s after a forced failover: the moment a `WAIT`
+/// may have to count it).
+const AFTER_FAULT: Duration = Duration::from_secs(15);
+/// The default suite's run: past the goal and the sentinels' `failover-timeout` (4 s), by
+/// which the failover has ended.
+const AFTER_FAULT_SHORT: Duration = Duration::from_secs(5);
 /// Clients, as in the issue.
 const CLIENTS: usize = 3;
 /// Signatures each client holds issued and not yet consumed: consumes are measured on their
 /// own, not only while issuing works.
-const STOCK: usize = 300;
+const STOCK: usize = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rpc {
@@ -57,6 +61,9 @@ type Calls = Arc<Mutex<BTreeMap<(usize, Rpc), Vec<(Instant, Option<String>)>>>>;
 enum Fault {
     /// `SENTINEL FAILOVER mymaster`.
     Forced,
+    /// The same on data nodes with Redis' default `repl-diskless-sync-delay` (5 s) instead of
+    /// docs/redis.md's 0: what an operator who skipped that setting sees.
+    ForcedDefaultSyncDelay,
     /// SIGKILL of the master's process.
     Killed,
 }
@@ -161,9 +168,14 @@ fn longest_gap(
     longest
 }
 
-/// Starts the shape, runs the load, injects `fault` once it runs, and measures.
-async fn run(fault: Fault) -> Run {
-    let mut group = tokio::task::spawn_blocking(SentinelGroup::start)
+/// Starts the shape, runs the load, injects `fault` once it runs, goes on `after` it, and
+/// measures.
+async fn run(fault: Fault, after: Duration) -> Run {
+    let extra: &'static [&'static str] = match fault {
+        Fault::ForcedDefaultSyncDelay => &["--repl-diskless-sync-delay", "5"],
+        _ => &[],
+    };
+    let mut group = tokio::task::spawn_blocking(|| SentinelGroup::start_with(extra))
         .await
         .unwrap();
     let keys = keys_dir();
@@ -216,7 +228,7 @@ async fn run(fault: Fault) -> Run {
     let old_master = group.master.port;
     let at = Instant::now();
     match fault {
-        Fault::Forced => {
+        Fault::Forced | Fault::ForcedDefaultSyncDelay => {
             let out = group.sentinels[0]
                 .cli(&["SENTINEL", "FAILOVER", "mymaster"])
                 .unwrap_or_default();
@@ -224,7 +236,7 @@ async fn run(fault: Fault) -> Run {
         }
         Fault::Killed => group.master.stop(),
     }
-    tokio::time::sleep(AFTER_FAULT).await;
+    tokio::time::sleep(after).await;
     stop.store(true, Ordering::Relaxed);
     let mut pending = Vec::new();
     for t in tasks {
@@ -294,7 +306,7 @@ fn worst(run: &Run) -> Duration {
 /// Issue 23's goal for a forced failover: each replica issues and consumes again within 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_stops_issuing_and_consuming_at_most_2_s_per_replica() {
-    let run = run(Fault::Forced).await;
+    let run = run(Fault::Forced, AFTER_FAULT_SHORT).await;
     report(Fault::Forced, 1, &run);
     keep_logs("forced", &run);
     assert!(worst(&run) <= FORCED_GOAL, "gaps {:?}", run.gaps);
@@ -312,7 +324,7 @@ async fn failover_gaps_measured() {
     let mut failed = Vec::new();
     for (fault, goal) in [(Fault::Forced, FORCED_GOAL), (Fault::Killed, KILLED_GOAL)] {
         for i in 1..=runs {
-            let run = run(fault).await;
+            let run = run(fault, AFTER_FAULT).await;
             report(fault, i, &run);
             keep_logs(&format!("{fault:?}-{i}"), &run);
             if worst(&run) > goal {
@@ -352,5 +364,24 @@ fn keep_logs(name: &str, run: &Run) {
     }
     for (i, s) in run.group.sentinels.iter().enumerate() {
         std::fs::write(dir.join(format!("{name}.sentinel-{}.log", i + 1)), s.log()).unwrap();
+    }
+}
+
+/// Why docs/redis.md asks for `repl-diskless-sync-delay 0`: with Redis' default (5 s), the
+/// replica that follows the new master needs a full sync (it took writes from the old master
+/// that the promoted one never saw), the new master waits that delay before sending it, and
+/// until then it has no online replica, so no write can be acknowledged. Prints the gaps;
+/// nothing is accepted twice nor lost either way (checked by the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn failover_with_the_default_diskless_sync_delay_measured() {
+    let runs: usize = std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for i in 1..=runs {
+        let run = run(Fault::ForcedDefaultSyncDelay, AFTER_FAULT).await;
+        report(Fault::ForcedDefaultSyncDelay, i, &run);
+        keep_logs(&format!("{:?}-{i}", Fault::ForcedDefaultSyncDelay), &run);
     }
 }

@@ -208,10 +208,16 @@ impl SentinelGroup {
     /// Starts the group and waits until the master has both replicas and the sentinels see
     /// them linked (so they count as promotable).
     pub fn start() -> SentinelGroup {
+        SentinelGroup::start_with(&[])
+    }
+
+    /// [`SentinelGroup::start`] with `extra` arguments for every data node, after (so
+    /// overriding) the recommended ones.
+    pub fn start_with(extra: &[&str]) -> SentinelGroup {
         // docs/redis.md's recommended settings: a master that lost every replica stops taking
         // writes (split brain), and a replica resyncing after a failover is not held back 5 s
         // by the diskless-sync delay.
-        let recommended = [
+        let mut recommended = vec![
             "--min-replicas-to-write",
             "1",
             "--min-replicas-max-lag",
@@ -219,6 +225,7 @@ impl SentinelGroup {
             "--repl-diskless-sync-delay",
             "0",
         ];
+        recommended.extend(extra);
         let master = RedisServer::start_configured(&recommended, &[]);
         let replica_of = master.port.to_string();
         let replicas: Vec<RedisServer> = (0..2)
