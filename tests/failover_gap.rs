@@ -270,6 +270,22 @@ async fn run(fault: Fault, after: Duration) -> Run {
         }
     }
     assert_eq!(gaps.len(), 4, "every replica issued and consumed: {gaps:?}");
+    // The setting that makes the outage 5 s longer is named to the operator, and only then.
+    let warning = "delays a replica's full sync";
+    for s in &signers {
+        if matches!(fault, Fault::ForcedDefaultSyncDelay) {
+            s.wait_log(
+                &[warning, "repl-diskless-sync-delay 5 s"],
+                Duration::from_secs(5),
+            );
+        } else {
+            let lines = s.stderr.lock().unwrap();
+            assert!(
+                !lines.iter().any(|l| l.contains(warning)),
+                "a warning without cause"
+            );
+        }
+    }
     Run {
         gaps,
         refusals,
