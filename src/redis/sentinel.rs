@@ -155,6 +155,12 @@ type ReplicaFields = HashMap<String, String>;
 /// writes to the old master, and the write must reach the replica that takes over.
 fn promotable(replica: &ReplicaFields) -> bool {
     let flags = replica.get("flags").map_or("", String::as_str);
+    if flags.split(',').any(|f| f == "promoted") {
+        // The failover's chosen one: whatever its link looks like (the sentinel's own link
+        // to it is cut as it is promoted, so it shows `disconnected` for a moment), it is the
+        // next master, and a write the old master acknowledges without it is lost.
+        return true;
+    }
     let down = flags
         .split(',')
         .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
@@ -283,5 +289,39 @@ async fn check_sync_delay(mut conn: MultiplexedConnection, name: &str, timeout: 
              and consume fails that much longer. Set repl-diskless-sync-delay 0 on every data \
              node (docs/redis.md)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(flags: &str, link: &str, priority: &str) -> ReplicaFields {
+        [
+            ("flags", flags),
+            ("master-link-status", link),
+            ("slave-priority", priority),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn a_replica_counts_when_it_could_be_promoted() {
+        assert!(promotable(&replica("slave", "ok", "100")));
+        assert!(!promotable(&replica("slave", "err", "100")));
+        assert!(!promotable(&replica("slave,s_down", "ok", "100")));
+        assert!(!promotable(&replica("slave,disconnected", "ok", "100")));
+        assert!(!promotable(&replica("slave", "ok", "0")));
+        // Seen in a forced failover: the chosen replica is `disconnected` for a moment as the
+        // sentinel cuts its own link while promoting it. It must still count, or the old
+        // master acknowledges writes that only the other replica has, and both lose them.
+        assert!(promotable(&replica(
+            "slave,disconnected,promoted",
+            "ok",
+            "100"
+        )));
+        assert!(promotable(&replica("slave,promoted", "err", "100")));
     }
 }
