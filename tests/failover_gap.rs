@@ -4,14 +4,19 @@
 //!
 //! The shape of issue 23: a master, two replicas and three sentinels (`down-after` 1 s,
 //! `tests/common/topology.rs`); two `vod-signer serve` processes with `--min-replicas-ack 1`
-//! on `redis+sentinel://`; three clients, each issuing on one replica and consuming the
-//! signature it just got on the other, continuously. Then `SENTINEL FAILOVER`, or a SIGKILL
-//! of the master. The default suite runs one forced failover; the measurement over ten runs
-//! of each is `#[ignore]`d:
+//! on `redis+sentinel://`; three clients, each issuing on one replica and consuming, on the
+//! other, the oldest of a stock of signatures it was issued, continuously. Then `SENTINEL
+//! FAILOVER`, or a SIGKILL of the master. Every issued signature must still consume (no
+//! record lost), and nothing but `STORE_UNAVAILABLE` may be refused. The default suite runs
+//! one forced failover; the measurements (ten runs of each fault, and three forced failovers
+//! with Redis' default `repl-diskless-sync-delay`) are `#[ignore]`d:
 //!
 //! ```sh
 //! cargo test --release --test failover_gap -- --ignored --nocapture
 //! ```
+//!
+//! `FAILOVER_RUNS=N` changes the number of runs, `FAILOVER_LOGS=DIR` keeps every process'
+//! log.
 
 mod common;
 
