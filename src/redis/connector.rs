@@ -33,6 +33,11 @@ pub enum Failure {
     PingFailed,
     /// The connection broke, or the node says it is no longer the master (`READONLY`).
     Broken,
+    /// The master answered but lacks replicas (`NOREPLICAS`, or a `WAIT` short of them): the
+    /// connection is fine, but with Sentinel a failover may be under way (the old master
+    /// loses its replicas as they are moved), so the sentinels are asked again now rather
+    /// than at the next poll.
+    NoReplicas,
 }
 
 /// Consecutive call timeouts on one connection after which it is dropped and redialled. One
@@ -49,6 +54,9 @@ pub(super) struct Shared {
     current: ArcSwapOption<Conn>,
     /// Wakes the keeper task: redial (and, for Sentinel, ask where the master is) now.
     pub(super) redial: tokio::sync::Notify,
+    /// Wakes the Sentinel keeper: ask where the master is and which replicas it has now,
+    /// without redialling a master that did not move (see [`Failure::NoReplicas`]).
+    pub(super) ask: tokio::sync::Notify,
     /// Timeouts in a row on the current connection; any answer resets it.
     timeouts: AtomicU32,
     /// The connection broke (or failed a health PING): redial without the usual gap.
@@ -82,6 +90,7 @@ impl Connector {
             owner: owned,
             current: ArcSwapOption::empty(),
             redial: tokio::sync::Notify::new(),
+            ask: tokio::sync::Notify::new(),
             timeouts: AtomicU32::new(0),
             urgent: AtomicBool::new(false),
             installed: tokio::sync::Notify::new(),
@@ -161,6 +170,12 @@ impl Connector {
                 // Nothing more can come of this connection: no reason to wait.
                 self.shared.urgent.store(true, Ordering::Relaxed);
                 true
+            }
+            Failure::NoReplicas => {
+                // One stored permit however many calls report it; only Sentinel's keeper
+                // listens.
+                self.shared.ask.notify_one();
+                false
             }
         };
         if redial {

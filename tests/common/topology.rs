@@ -134,10 +134,10 @@ impl Sentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 4000\n\
                      sentinel parallel-syncs mymaster 1\n",
-                    dir.path().display()
+                    dir = dir.path().display()
                 ),
             )
             .unwrap();
@@ -177,6 +177,11 @@ impl Sentinel {
         sentinel_cli(self.port, args)
     }
 
+    /// What it logged so far (its failover steps: votes, promotion, reconfigured replicas).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+
     /// The port of the master this sentinel names now.
     pub fn master_port(&self) -> Option<u16> {
         let out = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])?;
@@ -203,10 +208,16 @@ impl SentinelGroup {
     /// Starts the group and waits until the master has both replicas and the sentinels see
     /// them linked (so they count as promotable).
     pub fn start() -> SentinelGroup {
+        SentinelGroup::start_with(&[])
+    }
+
+    /// [`SentinelGroup::start`] with `extra` arguments for every data node, after (so
+    /// overriding) the recommended ones.
+    pub fn start_with(extra: &[&str]) -> SentinelGroup {
         // docs/redis.md's recommended settings: a master that lost every replica stops taking
         // writes (split brain), and a replica resyncing after a failover is not held back 5 s
         // by the diskless-sync delay.
-        let recommended = [
+        let mut recommended = vec![
             "--min-replicas-to-write",
             "1",
             "--min-replicas-max-lag",
@@ -214,6 +225,7 @@ impl SentinelGroup {
             "--repl-diskless-sync-delay",
             "0",
         ];
+        recommended.extend(extra);
         let master = RedisServer::start_configured(&recommended, &[]);
         let replica_of = master.port.to_string();
         let replicas: Vec<RedisServer> = (0..2)

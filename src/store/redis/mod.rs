@@ -151,6 +151,11 @@ impl RedisStore {
                 } else {
                     // The server answered (a script error, say): the connection is alive.
                     self.connector.answered(conn);
+                    if e.code() == Some("NOREPLICAS") {
+                        // A master that lost its replicas (`min-replicas-to-write`): with
+                        // Sentinel, most likely the old master of a failover under way.
+                        self.connector.failed(conn, Failure::NoReplicas);
+                    }
                     if e.code() == Some("OOM") {
                         // Over maxmemory under noeviction: refused as STORE_FULL.
                         return Err(StoreError::new(
@@ -206,6 +211,9 @@ impl RedisStore {
             }
         };
         if acked < i64::from(needed) {
+            // Replicas are missing: with Sentinel, the master may be moving, or a replica gone
+            // that the sentinels no longer count (asked now, so the count follows quickly).
+            self.connector.failed(conn, Failure::NoReplicas);
             return Err(StoreError::new(
                 FailureCause::Replication,
                 format!(
