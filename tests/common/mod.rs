@@ -671,8 +671,18 @@ pub fn consume_with(signature: &str, key: &str) -> vod_signer::proto::ConsumeSig
     }
 }
 
-/// Consumes with one idempotency key, retrying while the store is unavailable (up to
-/// `within`): the success (its `consumed_at`) or the final refusal.
+/// Whether a refusal is a replica shedding load (its queue full, or the wait for a slot run
+/// out): a well-behaved client retries it after its `RetryInfo` delay, like a store outage.
+/// While Redis is down each call holds its slot for the store timeout, so a burst queues.
+pub fn is_shed(status: &tonic::Status) -> bool {
+    reason_of(status) == Reason::RateLimited
+        && status.get_details_error_info().is_some_and(|info| {
+            info.metadata.get("quota").map(String::as_str) == Some("concurrency")
+        })
+}
+
+/// Consumes with one idempotency key, retrying while the store is unavailable or the replica
+/// sheds load (up to `within`): the success (its `consumed_at`) or the final refusal.
 pub async fn consume_retrying(
     client: &mut SignatureServiceClient<Channel>,
     signature: &str,
@@ -687,11 +697,17 @@ pub async fn consume_retrying(
             Ok(r) => return Ok(r.into_inner().consumed_at),
             Err(s) => {
                 let reason = reason_of(&s);
-                if reason != Reason::StoreUnavailable || Instant::now() > deadline {
+                let retry = reason == Reason::StoreUnavailable || is_shed(&s);
+                if !retry || Instant::now() > deadline {
                     return Err(reason);
                 }
+                let at_least = s
+                    .get_details_retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .unwrap_or_default();
                 let jitter = rand::random_range(0..=backoff.as_millis() as u64);
-                tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+                let wait = backoff / 2 + Duration::from_millis(jitter / 2);
+                tokio::time::sleep(wait.max(at_least)).await;
                 backoff = (backoff * 2).min(Duration::from_millis(400));
             }
         }
