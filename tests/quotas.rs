@@ -354,39 +354,17 @@ fn the_quota_script_computes_what_quota_rs_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shed_call_carries_retry_info() {
     let redis = RedisServer::start();
-    let store = std::sync::Arc::new(redis_store_within(
-        &redis.url(),
-        "vodsigner:",
-        Duration::from_secs(10),
-    ));
     let options = vod_signer::server::ServerSettings {
         max_concurrent_calls: 1,
         max_queued_calls: 0,
         ..test_options()
     };
-    let server = TestServer::start_configured(store, None, Settings::default(), options).await;
-    let client = server.client().await;
-    client
-        .clone()
-        .issue_signature(for_subject(""))
-        .await
-        .unwrap();
-    // Redis holds every command for 3 s (its answer is OK once the pause is on), so the one
-    // admitted call keeps its slot while the others arrive.
-    assert_eq!(
-        redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]).as_deref(),
-        Some("OK")
-    );
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move { client.issue_signature(for_subject("")).await })
-        })
-        .collect();
+    // The one admitted call keeps its slot through the pause while the others arrive.
+    let ended = calls_while_redis_pauses(&redis, options, 8, Duration::from_secs(3)).await;
     let (mut ok, mut shed) = (0, 0);
-    for call in calls {
-        match call.await.unwrap() {
-            Ok(_) => ok += 1,
+    for (result, _) in ended {
+        match result {
+            Ok(()) => ok += 1,
             Err(status) => {
                 assert_eq!(reason_of(&status), Reason::RateLimited, "{status:?}");
                 let delay = status.get_details_retry_info().unwrap().retry_delay;
@@ -398,7 +376,6 @@ async fn a_shed_call_carries_retry_info() {
         }
     }
     assert!(ok >= 1 && shed >= 1, "{ok} answered, {shed} shed");
-    drop(redis);
 }
 
 /// `n` IssueSignature calls at once while Redis holds every command for `pause`: how each
