@@ -20,19 +20,19 @@ use super::*;
 /// Reads one figure (possibly missing) from a measurement.
 type Column = dyn Fn(&Measure) -> Option<f64>;
 
-/// One measured phase of one target.
+/// One measured phase of one target (also what `subjects.rs` measures).
 #[derive(Clone, Debug, Default)]
-struct Measure {
-    server_us: Option<f64>,
-    redis_us: Option<f64>,
-    rps: f64,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    failed: u64,
+pub(super) struct Measure {
+    pub(super) server_us: Option<f64>,
+    pub(super) redis_us: Option<f64>,
+    pub(super) rps: f64,
+    pub(super) p50_ms: Option<f64>,
+    pub(super) p99_ms: Option<f64>,
+    pub(super) failed: u64,
 }
 
 impl Measure {
-    fn of_phase(p: &PhaseResult) -> Measure {
+    pub(super) fn of_phase(p: &PhaseResult) -> Measure {
         let calls = p.outcome.calls();
         Measure {
             server_us: per_call(p.cpu_before.server, p.cpu_after.server, calls),
@@ -64,7 +64,8 @@ const KINDS: [&str; 4] = [
     "consume repeat (h2load)",
 ];
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of `v` (the upper one of an even count); `None` when empty.
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

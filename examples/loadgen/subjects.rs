@@ -16,40 +16,8 @@
 
 use vod_signer::proto::{ListSignaturesRequest, RevokeSubjectRequest};
 
+use super::against_floor::{Measure, median};
 use super::*;
-
-/// One measured phase.
-#[derive(Clone, Debug, Default)]
-struct Measure {
-    server_us: Option<f64>,
-    redis_us: Option<f64>,
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    failed: u64,
-}
-
-impl Measure {
-    fn of(p: &PhaseResult) -> Measure {
-        let calls = p.outcome.calls();
-        Measure {
-            server_us: per_call(p.cpu_before.server, p.cpu_after.server, calls),
-            redis_us: per_call(p.cpu_before.redis, p.cpu_after.redis, calls),
-            rps: p.throughput(),
-            p50_ms: p.pct_ms(0.5),
-            p99_ms: p.pct_ms(0.99),
-            failed: calls - p.outcome.ok,
-        }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
-}
 
 /// The issue and consume measurements of one kind in one round.
 async fn measure_kind(
@@ -85,7 +53,7 @@ async fn measure_kind(
     let sigs = Arc::new(fresh.outcome.collected);
     let work = Work::Consume { sigs };
     let consume = run_phase("consume", clients, c, n, 0.0, work, deadline, pids, &[]).await;
-    Ok([Measure::of(&issue), Measure::of(&consume)])
+    Ok([Measure::of_phase(&issue), Measure::of_phase(&consume)])
 }
 
 /// Issues `n` signatures for `subject`, `c` at a time; returns how many succeeded.
@@ -381,8 +349,8 @@ pub async fn run(args: Args, signer_bin: PathBuf) -> Result<bool, String> {
             &|m| m.server_us,
             &|m| m.redis_us,
             &|m| Some(m.rps),
-            &|m| Some(m.p50_ms),
-            &|m| Some(m.p99_ms),
+            &|m| m.p50_ms,
+            &|m| m.p99_ms,
         ];
         let bare: Vec<Option<f64>> = cols.iter().map(|f| stat(0, row, f)).collect();
         let with: Vec<Option<f64>> = cols.iter().map(|f| stat(1, row, f)).collect();
