@@ -752,7 +752,14 @@ struct PhaseShared {
     rate: f64,
     deadline: Instant,
     work: Work,
+    /// The latency histograms, a few shared by all workers: one pair per worker would cost
+    /// 300 KB each, gigabytes to fault in and merge at 6 400 workers, which the phase's wall
+    /// time and the client's CPU would then measure instead of the calls.
+    latencies: Vec<Mutex<Outcome>>,
 }
+
+/// How many latency shards a phase has: enough that workers rarely wait for one.
+const LATENCY_SHARDS: usize = 16;
 
 /// What one call of a phase does.
 enum Call {
@@ -765,9 +772,11 @@ enum Call {
     Replay(usize),
 }
 
-async fn worker(shared: Arc<PhaseShared>, mut client: Client, seed: u64) -> Outcome {
-    let mut out = Outcome::new();
-    let mut rng = seed | 1;
+async fn worker(shared: Arc<PhaseShared>, mut client: Client, w: usize) -> Outcome {
+    // The counts; the latencies go to the phase's shared histograms.
+    let mut out = Outcome::default();
+    let latencies = &shared.latencies[w % LATENCY_SHARDS];
+    let mut rng = (0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1)) | 1;
     loop {
         let i = match &shared.due {
             Some(due) => {
@@ -868,10 +877,11 @@ async fn worker(shared: Arc<PhaseShared>, mut client: Client, seed: u64) -> Outc
             Err(status) => *out.errors.entry(reason_of(&status)).or_default() += 1,
         }
         let micros = |d: Duration| d.as_micros().max(1) as u64;
-        if let Some(h) = out.hist.as_mut() {
+        let mut hists = latencies.lock().unwrap();
+        if let Some(h) = hists.hist.as_mut() {
             h.saturating_record(micros(done - sent));
         }
-        if let (Some(h), Some(at)) = (out.hist_scheduled.as_mut(), scheduled) {
+        if let (Some(h), Some(at)) = (hists.hist_scheduled.as_mut(), scheduled) {
             // From the call's due time: includes the pacer's lag and any wait for a free worker.
             h.saturating_record(micros(done.saturating_duration_since(at)));
         }
@@ -968,15 +978,14 @@ async fn run_phase(
         rate,
         deadline,
         work,
+        latencies: (0..LATENCY_SHARDS)
+            .map(|_| Mutex::new(Outcome::new()))
+            .collect(),
     });
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
             let client = clients[w % clients.len()].clone();
-            tokio::spawn(worker(
-                shared.clone(),
-                client,
-                0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1),
-            ))
+            tokio::spawn(worker(shared.clone(), client, w))
         })
         .collect();
     let mut outcome = Outcome::new();
@@ -984,6 +993,9 @@ async fn run_phase(
         if let Ok(o) = t.await {
             outcome.merge(o);
         }
+    }
+    for shard in &shared.latencies {
+        outcome.merge(std::mem::take(&mut *shard.lock().unwrap()));
     }
     let elapsed = outcome.last.unwrap_or_else(Instant::now) - start;
     let cpu_after = pids.snap();
