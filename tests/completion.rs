@@ -25,25 +25,6 @@ use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
 use vod_signer::store::MemoryStore;
 
-macro_rules! on_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$name(super::Backend::Memory).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$name(super::Backend::Redis).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name(super::Backend::Cluster).await
-            }
-        }
-    )*};
-}
-
 on_stores!(
     completion_moves_consumed_to_completed_once,
     a_file_over_max_file_size_is_refused_and_the_upload_stays_consumed,

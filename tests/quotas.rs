@@ -12,22 +12,8 @@ use vod_signer::quota::{Quota, Scope};
 use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$name(super::Backend::Memory).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$name(super::Backend::Redis).await
-            }
-        }
-    )*};
-}
-
-on_both_stores!(
+on_stores!(
+    stores: [memory Memory, redis Redis];
     exact_count_at_the_limit,
     the_window_rolls_over,
     subject_is_required,

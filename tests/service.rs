@@ -15,27 +15,8 @@ use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
 use vod_signer::signature;
 
-/// Runs each listed test against every store: `name::memory`, `name::redis`, `name::cluster`.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn memory() {
-                super::$name(super::Backend::Memory).await
-            }
-            #[tokio::test]
-            async fn redis() {
-                super::$name(super::Backend::Redis).await
-            }
-            #[tokio::test]
-            async fn cluster() {
-                super::$name(super::Backend::Cluster).await
-            }
-        }
-    )*};
-}
-
-on_both_stores!(
+on_stores!(
+    test: tokio::test;
     issue_verify_consume_once,
     issue_records_before_answering,
     revoke_states,

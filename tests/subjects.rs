@@ -18,25 +18,6 @@ use vod_signer::proto::{
 use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
 
-macro_rules! on_stores {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$name(super::Backend::Memory).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$name(super::Backend::Redis).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cluster() {
-                super::$name(super::Backend::Cluster).await
-            }
-        }
-    )*};
-}
-
 on_stores!(
     listing_is_newest_first_paged_filtered_and_secret_free,
     revoke_subject_revokes_only_what_is_issued,

@@ -974,3 +974,33 @@ pub fn assert_no_secrets(lines: &[String]) {
         }
     }
 }
+
+/// Runs each listed `async fn name(backend: Backend)` once per store, as the tests
+/// `name::memory`, `name::redis` and `name::cluster` on a two-thread runtime:
+/// `on_stores!(a, b)`. `on_stores!(stores: [memory Memory, redis Redis]; a, b)` picks the
+/// stores, and `on_stores!(test: tokio::test; a, b)` the runtime (here the current thread).
+#[macro_export]
+macro_rules! on_stores {
+    (@one $test:meta; [$($store:ident $variant:ident),*]; $name:ident) => {
+        mod $name {
+            $(
+                #[$test]
+                async fn $store() {
+                    super::$name(super::Backend::$variant).await
+                }
+            )*
+        }
+    };
+    (@each $test:meta; $stores:tt; $($name:ident),* $(,)?) => {
+        $( $crate::on_stores!(@one $test; $stores; $name); )*
+    };
+    (stores: $stores:tt; $($name:ident),* $(,)?) => {
+        $crate::on_stores!(@each tokio::test(flavor = "multi_thread", worker_threads = 2); $stores; $($name),*);
+    };
+    (test: $test:meta; $($name:ident),* $(,)?) => {
+        $crate::on_stores!(@each $test; [memory Memory, redis Redis, cluster Cluster]; $($name),*);
+    };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_stores!(stores: [memory Memory, redis Redis, cluster Cluster]; $($name),*);
+    };
+}
