@@ -64,8 +64,95 @@ const KINDS: [&str; 4] = [
     "consume repeat (h2load)",
 ];
 
+/// The five figures a comparison prints per row, each the median over the rounds: server
+/// CPU and Redis CPU per call (us), calls/s, p50 and p99 (ms).
+pub(super) struct Medians([Option<f64>; 5]);
+
+impl Medians {
+    /// Row `row` of every round of one side.
+    pub(super) fn of<const N: usize>(rounds: &[[Measure; N]], row: usize) -> Medians {
+        let cols: [&Column; 5] = [
+            &|m| m.server_us,
+            &|m| m.redis_us,
+            &|m| Some(m.rps),
+            &|m| m.p50_ms,
+            &|m| m.p99_ms,
+        ];
+        Medians(cols.map(|f| median(rounds.iter().filter_map(|m| f(&m[row])).collect())))
+    }
+
+    /// Column `i` as `this / base = ratio x`, the figures with `digits` decimals.
+    pub(super) fn cell(&self, base: &Medians, i: usize, digits: usize) -> String {
+        format!(
+            "{} / {} = {}x",
+            fmt_opt(self.0[i], digits),
+            fmt_opt(base.0[i], digits),
+            fmt_opt(ratio(self.0[i], base.0[i]), 2)
+        )
+    }
+
+    /// The figures as JSON.
+    pub(super) fn json(&self) -> serde_json::Value {
+        let [server, redis, rps, p50, p99] = self.0;
+        json!({"server_cpu_us": server, "redis_cpu_us": redis, "calls_per_s": rps, "p50_ms": p50, "p99_ms": p99})
+    }
+
+    /// Each figure's ratio to `base`'s, as JSON.
+    pub(super) fn ratios_json(&self, base: &Medians) -> serde_json::Value {
+        let r = |i: usize| ratio(self.0[i], base.0[i]);
+        json!({"server_cpu": r(0), "redis_cpu": r(1), "throughput": r(2), "p50": r(3), "p99": r(4)})
+    }
+}
+
+/// `a / b`, when both are known and `b` is not zero.
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The calls of row `row` that failed, over every round of both sides.
+pub(super) fn failed_in<const N: usize>(results: &[Vec<[Measure; N]>], row: usize) -> u64 {
+    results
+        .iter()
+        .flat_map(|rounds| rounds.iter().map(|m| m[row].failed))
+        .sum()
+}
+
+/// Issues `n` signatures in an untimed phase, `c` at a time, for a consume phase to use.
+pub(super) async fn fresh_signatures(
+    clients: &[Client],
+    c: usize,
+    n: u64,
+    deadline: Instant,
+    pids: &Pids,
+) -> Result<Arc<Vec<String>>, String> {
+    let work = Work::Issue { collect: true };
+    let fresh = run_phase(
+        "issue (untimed)",
+        clients,
+        c,
+        n,
+        0.0,
+        work,
+        deadline,
+        pids,
+        &[],
+    )
+    .await;
+    if (fresh.outcome.collected.len() as u64) < n {
+        return Err(format!(
+            "could issue only {} of {n} signatures ({:?})",
+            fresh.outcome.collected.len(),
+            fresh.outcome.errors
+        ));
+    }
+    Ok(Arc::new(fresh.outcome.collected))
+}
+
 /// The median of `v` (the upper one of an even count); `None` when empty.
-pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
+fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -150,26 +237,9 @@ async fn measure_target(
         ISSUE_PATH,
         &grpc_frame(&issue_request(7)),
     )?;
-    let fresh = run_phase(
-        "issue for consume (untimed)",
-        clients,
-        c,
-        n,
-        0.0,
-        Work::Issue { collect: true },
-        deadline,
-        pids,
-        &[],
-    )
-    .await;
-    if (fresh.outcome.collected.len() as u64) < n {
-        return Err(format!(
-            "{target}: could issue only {} of {n} signatures ({:?})",
-            fresh.outcome.collected.len(),
-            fresh.outcome.errors
-        ));
-    }
-    let sigs = Arc::new(fresh.outcome.collected);
+    let sigs = fresh_signatures(clients, c, n, deadline, pids)
+        .await
+        .map_err(|e| format!("{target}: {e}"))?;
     let consume = run_phase(
         "consume",
         clients,
@@ -290,21 +360,10 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
         }
     }
 
-    let stat = |t: usize, k: usize, f: &dyn Fn(&Measure) -> Option<f64>| {
-        median(results[t].iter().filter_map(|m| f(&m[k])).collect())
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
     println!();
     println!(
         "vod-signer against the floor of its stack{}: {} rounds, {} calls per phase, concurrency {}, {} connections (h2load -c {} -m {}); medians over rounds",
-        if args.label.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", args.label)
-        },
+        args.label_suffix(),
         args.rounds,
         args.requests,
         args.concurrency,
@@ -319,23 +378,9 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
     let mut json_rows = Vec::new();
     let mut all_ok = true;
     for (k, kind) in KINDS.iter().enumerate() {
-        let cols: [&Column; 5] = [
-            &|m| m.server_us,
-            &|m| m.redis_us,
-            &|m| Some(m.rps),
-            &|m| m.p50_ms,
-            &|m| m.p99_ms,
-        ];
-        let floor: Vec<Option<f64>> = cols.iter().map(|f| stat(0, k, f)).collect();
-        let signer: Vec<Option<f64>> = cols.iter().map(|f| stat(1, k, f)).collect();
-        let cell = |i: usize| {
-            format!(
-                "{} / {} = {}x",
-                fmt_opt(signer[i], if i < 2 { 1 } else { 3 }),
-                fmt_opt(floor[i], if i < 2 { 1 } else { 3 }),
-                fmt_opt(ratio(signer[i], floor[i]), 2)
-            )
-        };
+        let floor = Medians::of(&results[0], k);
+        let signer = Medians::of(&results[1], k);
+        let cell = |i: usize| signer.cell(&floor, i, if i < 2 { 1 } else { 3 });
         let p50_label = if kind.contains("h2load") {
             "(mean)"
         } else {
@@ -346,28 +391,20 @@ pub async fn run(args: Args, signer_bin: PathBuf, floor_bin: PathBuf) -> Result<
             kind,
             cell(0),
             cell(1),
-            format!(
-                "{:.0} / {:.0} = {}x",
-                signer[2].unwrap_or(0.0),
-                floor[2].unwrap_or(0.0),
-                fmt_opt(ratio(signer[2], floor[2]), 2)
-            ),
+            signer.cell(&floor, 2, 0),
             cell(3),
             cell(4),
         );
-        let failed: u64 = results
-            .iter()
-            .flat_map(|rounds| rounds.iter().map(|m| m[k].failed))
-            .sum();
+        let failed = failed_in(&results, k);
         if failed > 0 {
             println!("   {failed} calls failed in this row (see the phase outputs above)");
             all_ok = false;
         }
         json_rows.push(json!({
             "kind": kind,
-            "signer": {"server_cpu_us": signer[0], "redis_cpu_us": signer[1], "calls_per_s": signer[2], "p50_ms": signer[3], "p99_ms": signer[4]},
-            "floor": {"server_cpu_us": floor[0], "redis_cpu_us": floor[1], "calls_per_s": floor[2], "p50_ms": floor[3], "p99_ms": floor[4]},
-            "ratio": {"server_cpu": ratio(signer[0], floor[0]), "redis_cpu": ratio(signer[1], floor[1]), "throughput": ratio(signer[2], floor[2]), "p50": ratio(signer[3], floor[3]), "p99": ratio(signer[4], floor[4])},
+            "signer": signer.json(),
+            "floor": floor.json(),
+            "ratio": signer.ratios_json(&floor),
             "failed": failed,
         }));
     }

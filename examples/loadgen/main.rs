@@ -183,6 +183,17 @@ struct Args {
     server_defaults: bool,
 }
 
+impl Args {
+    /// ` [label]` for the headings, or nothing without `--label`.
+    fn label_suffix(&self) -> String {
+        if self.label.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", self.label)
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     Issue,
@@ -1706,11 +1717,7 @@ async fn run(args: Args, bin: Option<PathBuf>) -> Result<bool, String> {
     println!();
     println!(
         "vod-signer loadgen{}: scenario {:?}, {} calls per phase, concurrency {c}, {} connections, server runtime {}{}",
-        if args.label.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", args.label)
-        },
+        args.label_suffix(),
         args.scenario,
         args.requests,
         args.connections,

@@ -16,7 +16,7 @@
 
 use vod_signer::proto::{ListSignaturesRequest, RevokeSubjectRequest};
 
-use super::against_floor::{Measure, median};
+use super::against_floor::{Measure, Medians, failed_in, fresh_signatures, ratio};
 use super::*;
 
 /// The issue and consume measurements of one kind in one round.
@@ -30,27 +30,7 @@ async fn measure_kind(
     let n = args.requests;
     let work = Work::Issue { collect: false };
     let issue = run_phase("issue", clients, c, n, 0.0, work, deadline, pids, &[]).await;
-    let work = Work::Issue { collect: true };
-    let fresh = run_phase(
-        "issue (untimed)",
-        clients,
-        c,
-        n,
-        0.0,
-        work,
-        deadline,
-        pids,
-        &[],
-    )
-    .await;
-    if (fresh.outcome.collected.len() as u64) < n {
-        return Err(format!(
-            "could issue only {} of {n} signatures ({:?})",
-            fresh.outcome.collected.len(),
-            fresh.outcome.errors
-        ));
-    }
-    let sigs = Arc::new(fresh.outcome.collected);
+    let sigs = fresh_signatures(clients, c, n, deadline, pids).await?;
     let work = Work::Consume { sigs };
     let consume = run_phase("consume", clients, c, n, 0.0, work, deadline, pids, &[]).await;
     Ok([Measure::of_phase(&issue), Measure::of_phase(&consume)])
@@ -317,21 +297,10 @@ pub async fn run(args: Args, signer_bin: PathBuf) -> Result<bool, String> {
         revoke = Some(revoke_at_scale(&clients, &args, &redis, 10_000).await);
     }
 
-    let stat = |k: usize, row: usize, f: &dyn Fn(&Measure) -> Option<f64>| {
-        median(results[k].iter().filter_map(|m| f(&m[row])).collect())
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
     println!();
     println!(
         "subject ({profile:?}: {pool} subjects, quota {quota} per subject, cap {cap}) against no subject{}: {} rounds, {} calls per phase, concurrency {}, {} connections; medians over rounds",
-        if args.label.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", args.label)
-        },
+        args.label_suffix(),
         args.rounds,
         args.requests,
         args.concurrency,
@@ -344,24 +313,9 @@ pub async fn run(args: Args, signer_bin: PathBuf) -> Result<bool, String> {
     let mut all_ok = true;
     let mut json_rows = Vec::new();
     for (row, name) in ["issue", "consume"].iter().enumerate() {
-        type Column = dyn Fn(&Measure) -> Option<f64>;
-        let cols: [&Column; 5] = [
-            &|m| m.server_us,
-            &|m| m.redis_us,
-            &|m| Some(m.rps),
-            &|m| m.p50_ms,
-            &|m| m.p99_ms,
-        ];
-        let bare: Vec<Option<f64>> = cols.iter().map(|f| stat(0, row, f)).collect();
-        let with: Vec<Option<f64>> = cols.iter().map(|f| stat(1, row, f)).collect();
-        let cell = |i: usize, digits: usize| {
-            format!(
-                "{} / {} = {}x",
-                fmt_opt(with[i], digits),
-                fmt_opt(bare[i], digits),
-                fmt_opt(ratio(with[i], bare[i]), 2)
-            )
-        };
+        let bare = Medians::of(&results[0], row);
+        let with = Medians::of(&results[1], row);
+        let cell = |i: usize, digits: usize| with.cell(&bare, i, digits);
         println!(
             "{:<10} {:>24} {:>24} {:>22} {:>22} {:>22}",
             name,
@@ -371,19 +325,16 @@ pub async fn run(args: Args, signer_bin: PathBuf) -> Result<bool, String> {
             cell(3, 3),
             cell(4, 3)
         );
-        let failed: u64 = results
-            .iter()
-            .flat_map(|rounds| rounds.iter().map(|m| m[row].failed))
-            .sum();
+        let failed = failed_in(&results, row);
         if failed > 0 {
             println!("   {failed} calls failed in this row");
             all_ok = false;
         }
         json_rows.push(json!({
             "kind": name,
-            "subject": {"server_cpu_us": with[0], "redis_cpu_us": with[1], "calls_per_s": with[2], "p50_ms": with[3], "p99_ms": with[4]},
-            "bare": {"server_cpu_us": bare[0], "redis_cpu_us": bare[1], "calls_per_s": bare[2], "p50_ms": bare[3], "p99_ms": bare[4]},
-            "ratio": {"server_cpu": ratio(with[0], bare[0]), "redis_cpu": ratio(with[1], bare[1]), "throughput": ratio(with[2], bare[2]), "p50": ratio(with[3], bare[3]), "p99": ratio(with[4], bare[4])},
+            "subject": with.json(),
+            "bare": bare.json(),
+            "ratio": with.ratios_json(&bare),
         }));
     }
     println!(
