@@ -284,6 +284,39 @@ async fn two_replicas_share_one_quota_and_redis_down_is_not_unlimited() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// The admission charges a subject's quota inside one transaction with its index entries;
+/// after a Redis that lost its scripts (`SCRIPT FLUSH`, as after a restart) it loads the quota
+/// script and runs again, charging once. A refused issue leaves no entry behind.
+#[tokio::test]
+async fn the_admission_reloads_a_flushed_quota_script_and_charges_once() {
+    let redis = RedisServer::start();
+    let keys = keys_dir();
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--quota-per-subject",
+        "4/1h",
+        "--max-outstanding-per-subject",
+        "10",
+    ];
+    let server = ServerProcess::start(keys.path(), &args);
+    let mut client = connect(server.addr).await;
+    for _ in 0..2 {
+        client.issue_signature(for_subject("walt")).await.unwrap();
+    }
+    redis.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    for _ in 0..2 {
+        client.issue_signature(for_subject("walt")).await.unwrap();
+    }
+    assert_eq!(
+        refused(client.issue_signature(for_subject("walt")).await),
+        Reason::RateLimited
+    );
+    let outstanding = redis.cli(&["KEYS", "vodsigner:sub:*:out"]).unwrap();
+    let outstanding = outstanding.trim();
+    assert_eq!(redis.cli(&["ZCARD", outstanding]).unwrap().trim(), "4");
+}
+
 #[test]
 fn bad_quota_flags_stop_the_start() {
     let keys = keys_dir();
