@@ -284,11 +284,12 @@ async fn two_replicas_share_one_quota_and_redis_down_is_not_unlimited() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
-/// The admission charges a subject's quota inside one transaction with its index entries;
-/// after a Redis that lost its scripts (`SCRIPT FLUSH`, as after a restart) it loads the quota
-/// script and runs again, charging once. A refused issue leaves no entry behind.
+/// The admission charges a subject's quota in one transaction of plain commands with its
+/// index entries, no script: a Redis that lost its scripts (`SCRIPT FLUSH`, as after a
+/// restart) admits as before, each issue charged once. A refused issue takes its charge and
+/// its entries back.
 #[tokio::test]
-async fn the_admission_reloads_a_flushed_quota_script_and_charges_once() {
+async fn the_admission_needs_no_script_and_a_refusal_leaves_nothing() {
     let redis = RedisServer::start();
     let keys = keys_dir();
     let args = [
@@ -315,6 +316,21 @@ async fn the_admission_reloads_a_flushed_quota_script_and_charges_once() {
     let outstanding = redis.cli(&["KEYS", "vodsigner:sub:*:out"]).unwrap();
     let outstanding = outstanding.trim();
     assert_eq!(redis.cli(&["ZCARD", outstanding]).unwrap().trim(), "4");
+    // Its TAT: four intervals (15 min each) past the first issue, not five.
+    let quota = redis.cli(&["KEYS", "vodsigner:quota:*"]).unwrap();
+    let tat: f64 = redis
+        .cli(&["ZSCORE", quota.trim(), "t"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert!(
+        (tat - now_ms - 4.0 * 900_000.0).abs() < 60_000.0,
+        "{tat} {now_ms}"
+    );
 }
 
 #[test]

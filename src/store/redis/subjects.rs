@@ -10,6 +10,7 @@ use super::{
     Admission, AdmitOutcome, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore,
     StoreError, StoreOp, SubjectEntry, Subjects, scripted_status,
 };
+use crate::quota::Charge;
 use crate::redis::Conn;
 
 /// The short tag that names a key in a subject's index members: `~` (never in a SecretId)
@@ -71,44 +72,70 @@ fn next_reply<T: redis::FromRedisValue>(
     let value = replies
         .next()
         .ok_or_else(|| StoreError::reply("a short transaction reply"))?;
-    if let redis::Value::ServerError(e) = &value
-        && e.code() == "OOM"
-    {
-        // The quota script's first write, refused over `maxmemory`: `STORE_FULL`.
-        return Err(StoreError::new(
-            super::FailureCause::OutOfMemory,
-            format!("Redis is over its maxmemory and refuses writes that grow memory ({e:?})"),
-        ));
-    }
     redis::from_redis_value(value.clone()).map_err(|_| StoreError::reply(value))
 }
 
-/// Runs an admission's transaction; when its quota script was not loaded (a restarted
-/// Redis), loads it and runs the transaction again (its `ZADD`s are idempotent).
-async fn transact(
-    conn: &mut Conn,
-    tx: &redis::Pipeline,
-    script: Option<&redis::Script>,
-) -> redis::RedisResult<Vec<redis::Value>> {
-    let first = tx.query_async::<Vec<redis::Value>>(conn).await;
-    let Some(script) = script else {
-        return first;
-    };
-    let unloaded = match &first {
-        Err(e) => e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
-        Ok(replies) => matches!(
-            replies.first(),
-            Some(redis::Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript)
-        ),
-    };
-    if !unloaded {
-        return first;
+/// The member of a subject's quota key that holds its GCRA state (the theoretical arrival
+/// time, ms, as its score).
+const TAT_MEMBER: &str = "t";
+
+/// Milliseconds a quota key outlives what its TAT needs: it only frees memory (a stale TAT
+/// counts as now), so a replica whose clock lags cannot make it expire early.
+const QUOTA_SLACK_MS: u64 = 60_000;
+
+/// Milliseconds since the Unix epoch on this replica's clock.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One quota's GCRA step as plain commands, queued in the admission's transaction: the TAT
+/// raised to now if behind (`ZADD GT`), then charged one interval (`ZINCRBY`, whose reply is
+/// the new TAT), and the key's expiry pushed past it.
+fn charge_quota(tx: &mut redis::Pipeline, key: &str, q: &Charge, now_ms: u64) {
+    tx.cmd("ZADD")
+        .arg(key)
+        .arg("GT")
+        .arg(now_ms)
+        .arg(TAT_MEMBER)
+        .ignore()
+        .cmd("ZINCRBY")
+        .arg(key)
+        .arg(q.interval_ms)
+        .arg(TAT_MEMBER)
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(
+            q.interval_ms
+                .saturating_add(q.tolerance_ms)
+                .saturating_add(QUOTA_SLACK_MS),
+        )
+        .ignore();
+}
+
+/// The GCRA verdict on a charge already made: `tat` is the TAT after it. Allowed when the TAT
+/// before it (`tat` less one interval) was within the tolerance of now (`crate::quota::gcra`),
+/// else how long to wait, ms.
+fn quota_verdict(tat: u64, now_ms: u64, q: &Charge) -> Result<(), u64> {
+    let allow_at = tat
+        .saturating_sub(q.interval_ms)
+        .saturating_sub(q.tolerance_ms);
+    if now_ms < allow_at {
+        Err(allow_at - now_ms)
+    } else {
+        Ok(())
     }
-    script.prepare_invoke().load_async(conn).await?;
-    tx.query_async(conn).await
 }
 
 impl RedisStore {
+    /// The key of a subject's quota: a sorted set whose one member's score is its TAT
+    /// (`{prefix}quota:{<digest>}:<quota>:t`; the string keys of earlier versions, which Lua
+    /// updated, are left to expire).
+    fn quota_key(&self, q: &Charge) -> String {
+        format!("{}{}:{TAT_MEMBER}", self.prefix(), q.key)
+    }
+
     /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
     /// One plain `ZREM` (never refused over `maxmemory`): the subject's name already lives as
     /// long as a consumed upload may complete (the admission gave it that TTL). The index
@@ -144,21 +171,14 @@ impl Subjects for RedisStore {
                 let room = ttl.saturating_add(EXPIRY_ROOM);
                 let cap = u64::from(a.cap);
                 // One transaction (MULTI/EXEC) of plain commands on the subject's slot, one
-                // round trip: the quotas' GCRA (the one script left, `quota.lua`), then the
-                // entries added and the outstanding set counted with them. Plain commands
-                // cost Redis a third of what the same steps cost inside a script.
+                // round trip, no script: each quota's GCRA step, then the entries added and
+                // the outstanding set counted with them. The same steps inside a script cost
+                // Redis about twice as much.
+                let now_ms = wall_clock_ms();
                 let mut tx = redis::pipe();
                 tx.atomic();
-                if !a.quotas.is_empty() {
-                    let mut eval = redis::cmd("EVALSHA");
-                    eval.arg(self.scripts.quota.get_hash()).arg(a.quotas.len());
-                    for q in a.quotas {
-                        eval.arg(format!("{}{}", self.prefix(), q.key));
-                    }
-                    for q in a.quotas {
-                        eval.arg(q.interval_ms).arg(q.tolerance_ms);
-                    }
-                    tx.add_command(eval);
+                for q in a.quotas {
+                    charge_quota(&mut tx, &self.quota_key(q), q, now_ms);
                 }
                 if cap > 0 {
                     tx.cmd("ZADD")
@@ -187,9 +207,10 @@ impl Subjects for RedisStore {
                         .arg(0)
                         .arg(TIDY_SCAN - 1);
                 }
-                let quota_script = (!a.quotas.is_empty()).then_some(&self.scripts.quota);
                 let mut replies = self
-                    .bounded(&mut conn, async |c| transact(c, &tx, quota_script).await)
+                    .bounded(&mut conn, async |c| {
+                        tx.query_async::<Vec<redis::Value>>(c).await
+                    })
                     .await?
                     .into_iter();
                 let undo = |pipe: &mut redis::Pipeline| {
@@ -198,26 +219,32 @@ impl Subjects for RedisStore {
                     }
                     pipe.cmd("ZREM").arg(&listing).arg(&list_member).ignore();
                 };
-                if !a.quotas.is_empty() {
-                    let (index, wait_ms): (i64, u64) = next_reply(&mut replies)?;
-                    if index != 0 {
-                        let q = usize::try_from(index - 1)
-                            .ok()
-                            .and_then(|i| a.quotas.get(i))
-                            .ok_or_else(|| {
-                                StoreError::reply(&[index.to_string(), wait_ms.to_string()])
-                            })?;
-                        // Refused: nothing charged; the entries added meanwhile are taken
-                        // back (until then a racing issue may see the cap stricter).
-                        let mut pipe = redis::pipe();
-                        undo(&mut pipe);
-                        self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
-                            .await?;
-                        return Ok(AdmitOutcome::RateLimited {
-                            name: q.name,
-                            retry_after: std::time::Duration::from_millis(wait_ms),
-                        });
+                // Each quota's new TAT; the first over its tolerance refuses.
+                let mut refused = None;
+                for q in a.quotas {
+                    let tat: f64 = next_reply(&mut replies)?;
+                    if let Err(wait_ms) = quota_verdict(tat as u64, now_ms, q) {
+                        refused = refused.or(Some((q.name, wait_ms)));
                     }
+                }
+                if let Some((name, wait_ms)) = refused {
+                    // Refused: every quota's charge and the entries are taken back (until
+                    // then a racing issue sees them: refused stricter, never looser).
+                    let mut pipe = redis::pipe();
+                    for q in a.quotas {
+                        pipe.cmd("ZINCRBY")
+                            .arg(self.quota_key(q))
+                            .arg(-(q.interval_ms as f64))
+                            .arg(TAT_MEMBER)
+                            .ignore();
+                    }
+                    undo(&mut pipe);
+                    self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
+                        .await?;
+                    return Ok(AdmitOutcome::RateLimited {
+                        name,
+                        retry_after: std::time::Duration::from_millis(wait_ms),
+                    });
                 }
                 let count: u64 = if cap > 0 {
                     next_reply(&mut replies)?
@@ -449,6 +476,36 @@ impl Subjects for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_command_quota_step_decides_what_gcra_does() {
+        let q = Charge {
+            key: String::new(),
+            interval_ms: 100,
+            tolerance_ms: 450,
+            name: "subject",
+        };
+        let (mut stored, mut reference) = (0u64, 0u64);
+        for now in [
+            1_000, 1_000, 1_001, 1_002, 1_003, 1_004, 1_010, 1_200, 1_201, 5_000, 5_000,
+        ] {
+            // ZADD GT, then ZINCRBY; a refusal takes the interval back (ZINCRBY -interval).
+            stored = stored.max(now) + q.interval_ms;
+            let verdict = quota_verdict(stored, now, &q);
+            if verdict.is_err() {
+                stored -= q.interval_ms;
+            }
+            let expected = crate::quota::gcra(reference, now, q.interval_ms, q.tolerance_ms);
+            match expected {
+                Ok(tat) => {
+                    reference = tat;
+                    assert_eq!(verdict, Ok(()), "at {now}");
+                }
+                Err(wait) => assert_eq!(verdict, Err(wait), "at {now}"),
+            }
+            assert_eq!(stored.max(now), reference.max(now), "at {now}");
+        }
+    }
 
     #[test]
     fn listing_members_name_the_key_by_a_tag_and_old_members_still_read() {
