@@ -333,6 +333,48 @@ async fn the_admission_needs_no_script_and_a_refusal_leaves_nothing() {
     );
 }
 
+/// On Redis Cluster a subject's quota and index keys share one slot, so its admission's
+/// transaction goes to that slot's master: two replicas share the cap and the quota, for
+/// subjects spread over the masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subjects_quota_and_cap_hold_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| common::topology::RedisCluster::start(3, false))
+        .await
+        .unwrap();
+    let settings = || Settings {
+        max_outstanding_per_subject: 3,
+        ..with_quotas(&[(Scope::Subject, "subject", "5/1h")])
+    };
+    let store = || std::sync::Arc::new(redis_store(&cluster.url(), "vodsigner:"));
+    let one = TestServer::start_on(store(), None, settings()).await;
+    let two = TestServer::start_on(store(), None, settings()).await;
+    let (mut a, mut b) = (one.client().await, two.client().await);
+    let quota_of = |status: tonic::Status| {
+        assert_eq!(reason_of(&status), Reason::RateLimited, "{status:?}");
+        status.get_details_error_info().unwrap().metadata["quota"].clone()
+    };
+    for subject in ["ann", "bob", "cy", "dee", "eve", "fay"] {
+        a.issue_signature(for_subject(subject)).await.unwrap();
+        b.issue_signature(for_subject(subject)).await.unwrap();
+        a.issue_signature(for_subject(subject)).await.unwrap();
+        // The cap (3) refuses the next two, which still use up the quota (5)...
+        let capped = b.issue_signature(for_subject(subject)).await.unwrap_err();
+        assert_eq!(quota_of(capped), "outstanding");
+        let capped = a.issue_signature(for_subject(subject)).await.unwrap_err();
+        assert_eq!(quota_of(capped), "outstanding");
+        // ... and the quota refuses the one after.
+        let limited = b.issue_signature(for_subject(subject)).await.unwrap_err();
+        assert_eq!(quota_of(limited), "subject");
+    }
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.cli(&["DBSIZE"]).unwrap() != "0"),
+        "the subjects' keys land on every master"
+    );
+}
+
 #[test]
 fn bad_quota_flags_stop_the_start() {
     let keys = keys_dir();

@@ -136,6 +136,18 @@ impl RedisStore {
         format!("{}{}:{TAT_MEMBER}", self.prefix(), q.key)
     }
 
+    /// Takes back what a refused admission's transaction charged and added. The refusal
+    /// stands when this fails: the charge and the entries then stay until they expire (the
+    /// quota and the cap stricter meanwhile, never looser).
+    async fn take_back(&self, conn: &mut Conn, pipe: &redis::Pipeline) {
+        if let Err(e) = self
+            .bounded(conn, async |c| pipe.query_async::<()>(c).await)
+            .await
+        {
+            tracing::warn!(error = %e, "could not take back a refused issue's quota charge and index entries; they stay until they expire");
+        }
+    }
+
     /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
     /// One plain `ZREM` (never refused over `maxmemory`): the subject's name already lives as
     /// long as a consumed upload may complete (the admission gave it that TTL). The index
@@ -239,8 +251,7 @@ impl Subjects for RedisStore {
                             .ignore();
                     }
                     undo(&mut pipe);
-                    self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
-                        .await?;
+                    self.take_back(&mut conn, &pipe).await;
                     return Ok(AdmitOutcome::RateLimited {
                         name,
                         retry_after: std::time::Duration::from_millis(wait_ms),
@@ -274,8 +285,7 @@ impl Subjects for RedisStore {
                     if again > cap {
                         let mut pipe = redis::pipe();
                         undo(&mut pipe);
-                        self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
-                            .await?;
+                        self.take_back(&mut conn, &pipe).await;
                         return Ok(AdmitOutcome::Capped);
                     }
                 }
