@@ -7,7 +7,8 @@
 //! then one more every P/N; a key is one integer with an expiry, updated by one atomic step.
 //! Compared with a sliding-window log it needs O(1) memory per subject instead of O(N), and
 //! compared with fixed windows it has no double burst at a window edge. The arithmetic lives
-//! here, so the in-memory store and the Redis script agree; the store applies it atomically.
+//! here, so the in-memory store and Redis (its quota script, and the admission's plain
+//! commands, `store::redis::subjects`) agree; the store applies it atomically.
 
 use std::time::Duration;
 
@@ -139,7 +140,8 @@ pub fn gcra(tat: u64, now_ms: u64, interval_ms: u64, tolerance_ms: u64) -> Resul
 /// The store key part for a subject: the subject's digest inside braces, so any subject
 /// makes a short, safe key, and every per-subject key of one subject, its quotas and its
 /// signature index alike (`store::subject_digest`), is one Redis Cluster hash tag (one
-/// slot): the admission charges the quotas and indexes the signature in one script.
+/// slot): the admission charges the quotas and indexes the signature in one
+/// transaction.
 pub fn subject_tag(subject: &str) -> String {
     format!("{{{}}}", crate::digest::sha256_hex(subject.as_bytes(), 12))
 }

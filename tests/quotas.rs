@@ -270,6 +270,97 @@ async fn two_replicas_share_one_quota_and_redis_down_is_not_unlimited() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// The admission charges a subject's quota in one transaction of plain commands with its
+/// index entries, no script: a Redis that lost its scripts (`SCRIPT FLUSH`, as after a
+/// restart) admits as before, each issue charged once. A refused issue takes its charge and
+/// its entries back.
+#[tokio::test]
+async fn the_admission_needs_no_script_and_a_refusal_leaves_nothing() {
+    let redis = RedisServer::start();
+    let keys = keys_dir();
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--quota-per-subject",
+        "4/1h",
+        "--max-outstanding-per-subject",
+        "10",
+    ];
+    let server = ServerProcess::start(keys.path(), &args);
+    let mut client = connect(server.addr).await;
+    for _ in 0..2 {
+        client.issue_signature(for_subject("walt")).await.unwrap();
+    }
+    redis.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    for _ in 0..2 {
+        client.issue_signature(for_subject("walt")).await.unwrap();
+    }
+    assert_eq!(
+        refused(client.issue_signature(for_subject("walt")).await),
+        Reason::RateLimited
+    );
+    let outstanding = redis.cli(&["KEYS", "vodsigner:sub:*:out"]).unwrap();
+    let outstanding = outstanding.trim();
+    assert_eq!(redis.cli(&["ZCARD", outstanding]).unwrap().trim(), "4");
+    // Its TAT: four intervals (15 min each) past the first issue, not five.
+    let quota = redis.cli(&["KEYS", "vodsigner:quota:*"]).unwrap();
+    let tat: f64 = redis
+        .cli(&["ZSCORE", quota.trim(), "t"])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert!(
+        (tat - now_ms - 4.0 * 900_000.0).abs() < 60_000.0,
+        "{tat} {now_ms}"
+    );
+}
+
+/// On Redis Cluster a subject's quota and index keys share one slot, so its admission's
+/// transaction goes to that slot's master: two replicas share the cap and the quota, for
+/// subjects spread over the masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subjects_quota_and_cap_hold_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| common::topology::RedisCluster::start(3, false))
+        .await
+        .unwrap();
+    let settings = || Settings {
+        max_outstanding_per_subject: 3,
+        ..with_quotas(&[(Scope::Subject, "subject", "5/1h")])
+    };
+    let store = || std::sync::Arc::new(redis_store(&cluster.url(), "vodsigner:"));
+    let one = TestServer::start_on(store(), None, settings()).await;
+    let two = TestServer::start_on(store(), None, settings()).await;
+    let (mut a, mut b) = (one.client().await, two.client().await);
+    let quota_of = |status: tonic::Status| {
+        assert_eq!(reason_of(&status), Reason::RateLimited, "{status:?}");
+        status.get_details_error_info().unwrap().metadata["quota"].clone()
+    };
+    for subject in ["ann", "bob", "cy", "dee", "eve", "fay"] {
+        a.issue_signature(for_subject(subject)).await.unwrap();
+        b.issue_signature(for_subject(subject)).await.unwrap();
+        a.issue_signature(for_subject(subject)).await.unwrap();
+        // The cap (3) refuses the next two, which still use up the quota (5)...
+        let capped = b.issue_signature(for_subject(subject)).await.unwrap_err();
+        assert_eq!(quota_of(capped), "outstanding");
+        let capped = a.issue_signature(for_subject(subject)).await.unwrap_err();
+        assert_eq!(quota_of(capped), "outstanding");
+        // ... and the quota refuses the one after.
+        let limited = b.issue_signature(for_subject(subject)).await.unwrap_err();
+        assert_eq!(quota_of(limited), "subject");
+    }
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.cli(&["DBSIZE"]).unwrap() != "0"),
+        "the subjects' keys land on every master"
+    );
+}
+
 #[test]
 fn bad_quota_flags_stop_the_start() {
     let keys = keys_dir();

@@ -67,7 +67,7 @@ impl<S: Store> UseCases<S> {
         // Before the quotas: a refused issue must not use up a subject's quota, nor write.
         self.store.accepts_issues()?;
         // With a subject, the per-subject quotas are charged by its admission below, in the
-        // same atomic step as its index (one script on the subject's slot), and the
+        // same atomic step as its index (one transaction on the subject's slot), and the
         // per-SecretId ones after it, as before: a refused per-subject quota charges no other.
         let (mut subject_quotas, mut secret_quotas) = (Vec::new(), Vec::new());
         if !self.settings.quotas.is_empty() {

@@ -115,7 +115,8 @@ pub enum AdmitOutcome {
     Admitted,
     /// The subject already has `cap` outstanding; nothing added (the quotas were charged).
     Capped,
-    /// A per-subject quota is exhausted; nothing was charged nor added.
+    /// A per-subject quota is exhausted; nothing stays charged nor added (Redis takes back
+    /// what its transaction charged and added).
     RateLimited {
         /// Which quota.
         name: &'static str,

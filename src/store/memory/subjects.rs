@@ -48,7 +48,7 @@ impl MemoryStore {
 
 impl Subjects for MemoryStore {
     async fn admit(&self, a: Admission<'_>) -> Result<AdmitOutcome, StoreError> {
-        // The quotas first, as Redis does in the same script (one process: nothing can come
+        // The quotas first, as Redis does in the same transaction (one process: nothing can come
         // between that matters).
         if !a.quotas.is_empty()
             && let QuotaOutcome::Refused { name, retry_after } =

@@ -156,7 +156,7 @@ impl RedisStore {
                         // Sentinel, most likely the old master of a failover under way.
                         self.connector.failed(conn, Failure::NoReplicas);
                     }
-                    if e.code() == Some("OOM") {
+                    if refused_over_maxmemory(&e) {
                         // Over maxmemory under noeviction: refused as STORE_FULL.
                         return Err(StoreError::new(
                             FailureCause::OutOfMemory,
@@ -325,4 +325,13 @@ impl StoreHealth for RedisStore {
     fn observe_with(&self, observer: std::sync::Arc<dyn StoreObserver>) {
         self.observed.set(observer);
     }
+}
+
+/// Whether Redis refused a write for being over `maxmemory` (`OOM`): the command itself, or
+/// one queued in a transaction, which Redis then aborts (`EXECABORT`).
+fn refused_over_maxmemory(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, s)| s.code() == "OOM"))
 }

@@ -48,8 +48,6 @@ pub struct Scripts {
     pub sweep: OomScript,
     /// Charge the issuance quotas (`gcra.lua` then `quota.lua`).
     pub quota: Script,
-    /// Admit a signature to its subject's index, with its quotas (`gcra.lua` then `admit.lua`).
-    pub admit: Script,
     /// A page of a subject's index (`page.lua`).
     pub page: OomScript,
     /// Queue a notification, dropping its upload from the awaiting index (`queue.lua`).
@@ -63,12 +61,6 @@ pub struct Scripts {
     /// The sweep's lease (`lease.lua`).
     pub lease: Script,
 }
-
-/// The GCRA step, then the admission script that calls it: one script text.
-pub const ADMIT_LUA: &str = concat!(
-    include_str!("../lua/gcra.lua"),
-    include_str!("../lua/admit.lua")
-);
 
 /// The GCRA step, then the quota script that calls it: one script text.
 pub const QUOTA_LUA: &str = concat!(
@@ -85,7 +77,6 @@ impl Scripts {
             complete: OomScript::new(include_str!("../lua/complete.lua")),
             sweep: OomScript::new(include_str!("../lua/sweep.lua")),
             quota: Script::new(QUOTA_LUA),
-            admit: Script::new(ADMIT_LUA),
             page: OomScript::new(include_str!("../lua/page.lua")),
             queue: OomScript::new(include_str!("../lua/queue.lua")),
             settle: OomScript::new(include_str!("../lua/settle.lua")),

@@ -10,6 +10,7 @@ use super::{
     Admission, AdmitOutcome, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore,
     StoreError, StoreOp, SubjectEntry, Subjects, scripted_status,
 };
+use crate::quota::Charge;
 use crate::redis::Conn;
 
 /// The short tag that names a key in a subject's index members: `~` (never in a SecretId)
@@ -56,7 +57,97 @@ fn listed_entries(member: &str, issued_at: i64, secret_ids: &[&str]) -> Vec<Subj
         .collect()
 }
 
+/// How many of the listing's oldest entries a tidying issue examines.
+const TIDY_SCAN: usize = 16;
+
+/// The `expireTime` of a listing member (`{tag}:{random}:{expireTime}:{sourceContext}`).
+fn member_expire_time(member: &str) -> Option<i64> {
+    member.split(':').nth(2)?.parse().ok()
+}
+
+/// The next reply of a transaction, typed.
+fn next_reply<T: redis::FromRedisValue>(
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> Result<T, StoreError> {
+    let value = replies
+        .next()
+        .ok_or_else(|| StoreError::reply("a short transaction reply"))?;
+    redis::from_redis_value(value.clone()).map_err(|_| StoreError::reply(value))
+}
+
+/// The member of a subject's quota key that holds its GCRA state (the theoretical arrival
+/// time, ms, as its score).
+const TAT_MEMBER: &str = "t";
+
+/// Milliseconds a quota key outlives what its TAT needs: it only frees memory (a stale TAT
+/// counts as now), so a replica whose clock lags cannot make it expire early.
+const QUOTA_SLACK_MS: u64 = 60_000;
+
+/// Milliseconds since the Unix epoch on this replica's clock.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One quota's GCRA step as plain commands, queued in the admission's transaction: the TAT
+/// raised to now if behind (`ZADD GT`), then charged one interval (`ZINCRBY`, whose reply is
+/// the new TAT), and the key's expiry pushed past it.
+fn charge_quota(tx: &mut redis::Pipeline, key: &str, q: &Charge, now_ms: u64) {
+    tx.cmd("ZADD")
+        .arg(key)
+        .arg("GT")
+        .arg(now_ms)
+        .arg(TAT_MEMBER)
+        .ignore()
+        .cmd("ZINCRBY")
+        .arg(key)
+        .arg(q.interval_ms)
+        .arg(TAT_MEMBER)
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(
+            q.interval_ms
+                .saturating_add(q.tolerance_ms)
+                .saturating_add(QUOTA_SLACK_MS),
+        )
+        .ignore();
+}
+
+/// The GCRA verdict on a charge already made: `tat` is the TAT after it. Allowed when the TAT
+/// before it (`tat` less one interval) was within the tolerance of now (`crate::quota::gcra`),
+/// else how long to wait, ms.
+fn quota_verdict(tat: u64, now_ms: u64, q: &Charge) -> Result<(), u64> {
+    let allow_at = tat
+        .saturating_sub(q.interval_ms)
+        .saturating_sub(q.tolerance_ms);
+    if now_ms < allow_at {
+        Err(allow_at - now_ms)
+    } else {
+        Ok(())
+    }
+}
+
 impl RedisStore {
+    /// The key of a subject's quota: a sorted set whose one member's score is its TAT
+    /// (`{prefix}quota:{<digest>}:<quota>:t`; the string keys of earlier versions, which Lua
+    /// updated, are left to expire).
+    fn quota_key(&self, q: &Charge) -> String {
+        format!("{}{}:{TAT_MEMBER}", self.prefix(), q.key)
+    }
+
+    /// Takes back what a refused admission's transaction charged and added. The refusal
+    /// stands when this fails: the charge and the entries then stay until they expire (the
+    /// quota and the cap stricter meanwhile, never looser).
+    async fn take_back(&self, conn: &mut Conn, pipe: &redis::Pipeline) {
+        if let Err(e) = self
+            .bounded(conn, async |c| pipe.query_async::<()>(c).await)
+            .await
+        {
+            tracing::warn!(error = %e, "could not take back a refused issue's quota charge and index entries; they stay until they expire");
+        }
+    }
+
     /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
     /// One plain `ZREM` (never refused over `maxmemory`): the subject's name already lives as
     /// long as a consumed upload may complete (the admission gave it that TTL). The index
@@ -84,51 +175,154 @@ impl Subjects for RedisStore {
             .run(StoreOp::Admit, || async move {
                 let mut conn = self.conn().await?;
                 let (outstanding, listing) = self.subject_keys(a.subject);
-                let mut call = self.scripts.admit.key(outstanding);
-                call.key(listing).key(self.subject_name_key(a.subject));
-                for q in a.quotas {
-                    call.key(format!("{}{}", self.prefix(), q.key));
-                }
+                let out_member = outstanding_member(&a.entry.key());
+                let list_member = listing_member(a.entry);
                 let ttl = a.ttl_seconds.max(1);
-                call.arg(outstanding_member(&a.entry.key()))
-                    .arg(a.entry.expire_time)
-                    .arg(listing_member(a.entry))
-                    .arg(a.entry.issued_at)
-                    .arg(a.expired_before)
-                    .arg(a.cap)
-                    .arg(ttl)
-                    // Room to spare: the keys' expiry is extended once in this long, not on
-                    // every issue.
-                    .arg(ttl.saturating_add(EXPIRY_ROOM))
-                    .arg(u8::from(a.tidy))
-                    .arg(a.issued_before)
-                    .arg(a.name)
-                    .arg(
-                        ttl.saturating_add(EXPIRY_ROOM)
-                            .saturating_add(a.keep_seconds),
-                    );
+                // Room to spare: the keys' expiry is extended once in this long, not on every
+                // issue.
+                let room = ttl.saturating_add(EXPIRY_ROOM);
+                let cap = u64::from(a.cap);
+                // One transaction (MULTI/EXEC) of plain commands on the subject's slot, one
+                // round trip, no script: each quota's GCRA step, then the entries added and
+                // the outstanding set counted with them. The same steps inside a script cost
+                // Redis about twice as much.
+                let now_ms = wall_clock_ms();
+                let mut tx = redis::pipe();
+                tx.atomic();
                 for q in a.quotas {
-                    call.arg(q.interval_ms).arg(q.tolerance_ms);
+                    charge_quota(&mut tx, &self.quota_key(q), q, now_ms);
                 }
-                let (index, wait_ms): (i64, u64) = self
-                    .bounded(&mut conn, async |c| call.invoke_async(c).await)
-                    .await?;
-                Ok(match index {
-                    0 => AdmitOutcome::Admitted,
-                    -1 => AdmitOutcome::Capped,
-                    i => {
-                        let q = usize::try_from(i - 1)
-                            .ok()
-                            .and_then(|i| a.quotas.get(i))
-                            .ok_or_else(|| {
-                                StoreError::reply(&[index.to_string(), wait_ms.to_string()])
-                            })?;
-                        AdmitOutcome::RateLimited {
-                            name: q.name,
-                            retry_after: std::time::Duration::from_millis(wait_ms),
-                        }
+                if cap > 0 {
+                    tx.cmd("ZADD")
+                        .arg(&outstanding)
+                        .arg(a.entry.expire_time)
+                        .arg(&out_member)
+                        .ignore()
+                        .cmd("ZCARD")
+                        .arg(&outstanding);
+                }
+                tx.cmd("ZADD")
+                    .arg(&listing)
+                    .arg(a.entry.issued_at)
+                    .arg(&list_member)
+                    .ignore()
+                    .cmd("TTL")
+                    .arg(&listing);
+                if a.tidy {
+                    tx.cmd("ZREMRANGEBYSCORE")
+                        .arg(&listing)
+                        .arg("-inf")
+                        .arg(format!("({}", a.issued_before))
+                        .ignore()
+                        .cmd("ZRANGE")
+                        .arg(&listing)
+                        .arg(0)
+                        .arg(TIDY_SCAN - 1);
+                }
+                let mut replies = self
+                    .bounded(&mut conn, async |c| {
+                        tx.query_async::<Vec<redis::Value>>(c).await
+                    })
+                    .await?
+                    .into_iter();
+                let undo = |pipe: &mut redis::Pipeline| {
+                    if cap > 0 {
+                        pipe.cmd("ZREM").arg(&outstanding).arg(&out_member).ignore();
                     }
-                })
+                    pipe.cmd("ZREM").arg(&listing).arg(&list_member).ignore();
+                };
+                // Each quota's new TAT; the first over its tolerance refuses.
+                let mut refused = None;
+                for q in a.quotas {
+                    let tat: f64 = next_reply(&mut replies)?;
+                    if let Err(wait_ms) = quota_verdict(tat as u64, now_ms, q) {
+                        refused = refused.or(Some((q.name, wait_ms)));
+                    }
+                }
+                if let Some((name, wait_ms)) = refused {
+                    // Refused: every quota's charge and the entries are taken back (until
+                    // then a racing issue sees them: refused stricter, never looser).
+                    let mut pipe = redis::pipe();
+                    for q in a.quotas {
+                        pipe.cmd("ZINCRBY")
+                            .arg(self.quota_key(q))
+                            .arg(-(q.interval_ms as f64))
+                            .arg(TAT_MEMBER)
+                            .ignore();
+                    }
+                    undo(&mut pipe);
+                    self.take_back(&mut conn, &pipe).await;
+                    return Ok(AdmitOutcome::RateLimited {
+                        name,
+                        retry_after: std::time::Duration::from_millis(wait_ms),
+                    });
+                }
+                let count: u64 = if cap > 0 {
+                    next_reply(&mut replies)?
+                } else {
+                    0
+                };
+                let ttl_left: i64 = next_reply(&mut replies)?;
+                let oldest: Vec<String> = if a.tidy {
+                    next_reply(&mut replies)?
+                } else {
+                    Vec::new()
+                };
+                if count > cap {
+                    // Over the cap with this entry: expired entries leave (only here, when
+                    // they could refuse an issue), then it counts again.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("ZREMRANGEBYSCORE")
+                        .arg(&outstanding)
+                        .arg("-inf")
+                        .arg(format!("({}", a.expired_before))
+                        .ignore()
+                        .cmd("ZCARD")
+                        .arg(&outstanding);
+                    let (again,): (u64,) = self
+                        .bounded(&mut conn, async |c| pipe.query_async(c).await)
+                        .await?;
+                    if again > cap {
+                        let mut pipe = redis::pipe();
+                        undo(&mut pipe);
+                        self.take_back(&mut conn, &pipe).await;
+                        return Ok(AdmitOutcome::Capped);
+                    }
+                }
+                // Upkeep, on few issues: the keys' expiry when short (or a new outstanding
+                // set, which `ZADD` created without one), and the listing's oldest expired
+                // entries on a tidying issue.
+                let mut pipe = redis::pipe();
+                let mut upkeep = false;
+                if ttl_left < i64::try_from(ttl).unwrap_or(i64::MAX) {
+                    pipe.cmd("EXPIRE").arg(&listing).arg(room).ignore();
+                    pipe.cmd("SET")
+                        .arg(self.subject_name_key(a.subject))
+                        .arg(a.name)
+                        .arg("EX")
+                        .arg(room.saturating_add(a.keep_seconds))
+                        .ignore();
+                    if cap > 0 {
+                        pipe.cmd("EXPIRE").arg(&outstanding).arg(room).ignore();
+                    }
+                    upkeep = true;
+                } else if cap > 0 && count == 1 {
+                    pipe.cmd("EXPIRE").arg(&outstanding).arg(room).ignore();
+                    upkeep = true;
+                }
+                let stale: Vec<&String> = oldest
+                    .iter()
+                    .filter(|m| member_expire_time(m).is_none_or(|exp| exp < a.expired_before))
+                    .collect();
+                if !stale.is_empty() {
+                    pipe.cmd("ZREM").arg(&listing).arg(stale).ignore();
+                    upkeep = true;
+                }
+                if upkeep {
+                    self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
+                        .await?;
+                }
+                Ok(AdmitOutcome::Admitted)
             })
             .await
     }
@@ -292,6 +486,36 @@ impl Subjects for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_command_quota_step_decides_what_gcra_does() {
+        let q = Charge {
+            key: String::new(),
+            interval_ms: 100,
+            tolerance_ms: 450,
+            name: "subject",
+        };
+        let (mut stored, mut reference) = (0u64, 0u64);
+        for now in [
+            1_000, 1_000, 1_001, 1_002, 1_003, 1_004, 1_010, 1_200, 1_201, 5_000, 5_000,
+        ] {
+            // ZADD GT, then ZINCRBY; a refusal takes the interval back (ZINCRBY -interval).
+            stored = stored.max(now) + q.interval_ms;
+            let verdict = quota_verdict(stored, now, &q);
+            if verdict.is_err() {
+                stored -= q.interval_ms;
+            }
+            let expected = crate::quota::gcra(reference, now, q.interval_ms, q.tolerance_ms);
+            match expected {
+                Ok(tat) => {
+                    reference = tat;
+                    assert_eq!(verdict, Ok(()), "at {now}");
+                }
+                Err(wait) => assert_eq!(verdict, Err(wait), "at {now}"),
+            }
+            assert_eq!(stored.max(now), reference.max(now), "at {now}");
+        }
+    }
 
     #[test]
     fn listing_members_name_the_key_by_a_tag_and_old_members_still_read() {
