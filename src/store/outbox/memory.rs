@@ -83,10 +83,7 @@ impl Outbox for MemoryStore {
                 }
                 outbox.sequence += 1;
                 let sequence = outbox.sequence;
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis();
+                let now_ms = crate::clock::unix_now_ms();
                 let queued = Queued {
                     handle: Handle {
                         shard: shard_of(n.record.random),

@@ -83,13 +83,6 @@ const TAT_MEMBER: &str = "t";
 /// counts as now), so a replica whose clock lags cannot make it expire early.
 const QUOTA_SLACK_MS: u64 = 60_000;
 
-/// Milliseconds since the Unix epoch on this replica's clock.
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// One quota's GCRA step as plain commands, queued in the admission's transaction: the TAT
 /// raised to now if behind (`ZADD GT`), then charged one interval (`ZINCRBY`, whose reply is
 /// the new TAT), and the key's expiry pushed past it.
@@ -186,7 +179,7 @@ impl Subjects for RedisStore {
                 // round trip, no script: each quota's GCRA step, then the entries added and
                 // the outstanding set counted with them. The same steps inside a script cost
                 // Redis about twice as much.
-                let now_ms = wall_clock_ms();
+                let now_ms = u64::try_from(crate::clock::unix_now_ms()).unwrap_or(0);
                 let mut tx = redis::pipe();
                 tx.atomic();
                 for q in a.quotas {
