@@ -326,16 +326,8 @@ async fn metric(server: &ServerProcess, name: &str) -> Option<f64> {
 
 /// Waits until the gauge or counter `name` is `value`: the memory watch reads every
 /// `MEMORY_POLL`, and health checks copy its findings into the metrics.
-async fn wait_metric(server: &ServerProcess, name: &str, value: f64) {
-    let deadline = Instant::now() + WATCH_SEES;
-    loop {
-        let now = metric(server, name).await;
-        if now == Some(value) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} is {now:?}, not {value}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_watched(server: &ServerProcess, name: &str, value: f64) {
+    wait_metric(server.metrics_addr(), name, value, WATCH_SEES).await;
 }
 
 #[tokio::test]
@@ -350,7 +342,7 @@ async fn an_evicting_redis_stops_serving_and_says_how_to_fix_it() {
     assert!(line.contains("maxmemory-policy noeviction"), "{line}");
     assert!(line.contains("--allow-evicting-redis"), "{line}");
     // Set by a health check that found Redis answering: health is NOT_SERVING for the policy.
-    wait_metric(&server, "vodsigner_redis_evicting", 1.0).await;
+    wait_watched(&server, "vodsigner_redis_evicting", 1.0).await;
     assert_eq!(metric(&server, "vodsigner_store_up").await, Some(1.0));
     for service in ["", "vodsigner.v1.SignatureService"] {
         assert_eq!(health(server.addr, service).await, Some(2), "NOT_SERVING");
@@ -378,7 +370,7 @@ async fn an_evicting_redis_stops_serving_and_says_how_to_fix_it() {
         .into_inner()
         .signature;
     client.consume_signature(consume_req(&sig)).await.unwrap();
-    wait_metric(&server, "vodsigner_redis_evicting", 0.0).await;
+    wait_watched(&server, "vodsigner_redis_evicting", 0.0).await;
 }
 
 #[tokio::test]
@@ -407,7 +399,7 @@ async fn allow_evicting_redis_serves_with_a_warning_and_the_metric() {
         .into_inner()
         .signature;
     client.consume_signature(consume_req(&sig)).await.unwrap();
-    wait_metric(&server, "vodsigner_redis_evicting", 1.0).await;
+    wait_watched(&server, "vodsigner_redis_evicting", 1.0).await;
     let log = server.stderr.lock().unwrap().join("\n");
     assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
 }
@@ -448,7 +440,7 @@ async fn a_redis_that_came_back_empty_is_an_error_and_counted_a_reconnect_is_not
     assert!(logged["keys_before"].as_u64() >= Some(20), "{line}");
     assert_eq!(logged["keys_after"], 0, "{line}");
     assert!(line.contains("AOF"), "{line}");
-    wait_metric(&server, "vodsigner_store_resets_total", 1.0).await;
+    wait_watched(&server, "vodsigner_store_resets_total", 1.0).await;
     let reason = consume_retrying(&mut client, &outstanding[0], "k", WATCH_SEES).await;
     assert_eq!(reason, Err(Reason::SignatureNotIssued));
 }

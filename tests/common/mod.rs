@@ -657,6 +657,20 @@ pub async fn scrape(addr: SocketAddr) -> Exposition {
     Exposition::parse(String::from_utf8(body.to_vec()).expect("a UTF-8 exposition"))
 }
 
+/// Waits until the unlabelled metric `name` at `addr` reads `value`, for at most `within`:
+/// the gauges follow the health checks and the memory watch, each on its own period.
+pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = scrape(addr).await.value(name, &[]);
+        if now == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is {now:?}, not {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A consume of `signature` without file size or idempotency key.
 pub fn consume_req(signature: &str) -> vod_signer::proto::ConsumeSignatureRequest {
     consume_with(signature, "")
