@@ -120,37 +120,6 @@ pub(super) fn failed_in<const N: usize>(results: &[Vec<[Measure; N]>], row: usiz
         .sum()
 }
 
-/// Issues `n` signatures in an untimed phase, `c` at a time, for a consume phase to use.
-pub(super) async fn fresh_signatures(
-    clients: &[Client],
-    c: usize,
-    n: u64,
-    deadline: Instant,
-    pids: &Pids,
-) -> Result<Arc<Vec<String>>, String> {
-    let work = Work::Issue { collect: true };
-    let fresh = run_phase(
-        "issue (untimed)",
-        clients,
-        c,
-        n,
-        0.0,
-        work,
-        deadline,
-        pids,
-        &[],
-    )
-    .await;
-    if (fresh.outcome.collected.len() as u64) < n {
-        return Err(format!(
-            "could issue only {} of {n} signatures ({:?})",
-            fresh.outcome.collected.len(),
-            fresh.outcome.errors
-        ));
-    }
-    Ok(Arc::new(fresh.outcome.collected))
-}
-
 /// The median of `v` (the upper one of an even count); `None` when empty.
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {

@@ -1025,6 +1025,37 @@ async fn run_phase(
     }
 }
 
+/// Issues `n` signatures in an untimed phase, `c` at a time, for a consume phase to use.
+async fn fresh_signatures(
+    clients: &[Client],
+    c: usize,
+    n: u64,
+    deadline: Instant,
+    pids: &Pids,
+) -> Result<Arc<Vec<String>>, String> {
+    let work = Work::Issue { collect: true };
+    let fresh = run_phase(
+        "issue (untimed)",
+        clients,
+        c,
+        n,
+        0.0,
+        work,
+        deadline,
+        pids,
+        &[],
+    )
+    .await;
+    if (fresh.outcome.collected.len() as u64) < n {
+        return Err(format!(
+            "could issue only {} of {n} signatures (errors {:?}; --max-seconds?)",
+            fresh.outcome.collected.len(),
+            fresh.outcome.errors
+        ));
+    }
+    Ok(Arc::new(fresh.outcome.collected))
+}
+
 // ---------------------------------------------------------------------------------------------
 // perf record of the server during the timed phases.
 
@@ -1606,26 +1637,7 @@ async fn run(args: Args, bin: Option<PathBuf>) -> Result<bool, String> {
         .to_lowercase();
         let need = fresh_needed(args.scenario, args.requests, pct);
         let work = if need > 0 {
-            let issued = run_phase(
-                "issue for the next phase (untimed)",
-                &clients,
-                c,
-                need,
-                0.0,
-                Work::Issue { collect: true },
-                deadline,
-                &pids,
-                &[],
-            )
-            .await;
-            if (issued.outcome.collected.len() as u64) < need {
-                return Err(format!(
-                    "could issue only {} of {need} signatures (errors {:?}; --max-seconds?)",
-                    issued.outcome.collected.len(),
-                    issued.outcome.errors
-                ));
-            }
-            let sigs = Arc::new(issued.outcome.collected);
+            let sigs = fresh_signatures(&clients, c, need, deadline, &pids).await?;
             match args.scenario {
                 Scenario::Consume => Work::Consume { sigs },
                 Scenario::Complete => {

@@ -16,7 +16,7 @@
 
 use vod_signer::proto::{ListSignaturesRequest, RevokeSubjectRequest};
 
-use super::against_floor::{Measure, Medians, failed_in, fresh_signatures, ratio};
+use super::against_floor::{Measure, Medians, failed_in, ratio};
 use super::*;
 
 /// The issue and consume measurements of one kind in one round.
