@@ -60,11 +60,6 @@ fn listed_entries(member: &str, issued_at: i64, secret_ids: &[&str]) -> Vec<Subj
 /// How many of the listing's oldest entries a tidying issue examines.
 const TIDY_SCAN: usize = 16;
 
-/// The `expireTime` of a listing member (`{tag}:{random}:{expireTime}:{sourceContext}`).
-fn member_expire_time(member: &str) -> Option<i64> {
-    member.split(':').nth(2)?.parse().ok()
-}
-
 /// The next reply of a transaction, typed.
 fn next_reply<T: redis::FromRedisValue>(
     replies: &mut impl Iterator<Item = redis::Value>,
@@ -111,14 +106,14 @@ fn charge_quota(tx: &mut redis::Pipeline, key: &str, q: &Charge, now_ms: u64) {
 /// before it (`tat` less one interval) was within the tolerance of now (`crate::quota::gcra`),
 /// else how long to wait, ms.
 fn quota_verdict(tat: u64, now_ms: u64, q: &Charge) -> Result<(), u64> {
-    let allow_at = tat
-        .saturating_sub(q.interval_ms)
-        .saturating_sub(q.tolerance_ms);
-    if now_ms < allow_at {
-        Err(allow_at - now_ms)
-    } else {
-        Ok(())
-    }
+    // The TAT before the charge, raised to now, is `tat` less one interval.
+    crate::quota::gcra(
+        tat.saturating_sub(q.interval_ms),
+        now_ms,
+        q.interval_ms,
+        q.tolerance_ms,
+    )
+    .map(drop)
 }
 
 impl RedisStore {
@@ -305,7 +300,10 @@ impl Subjects for RedisStore {
                 }
                 let stale: Vec<&String> = oldest
                     .iter()
-                    .filter(|m| member_expire_time(m).is_none_or(|exp| exp < a.expired_before))
+                    .filter(|m| {
+                        SubjectEntry::from_member(m, 0)
+                            .is_none_or(|e| e.expire_time < a.expired_before)
+                    })
                     .collect();
                 if !stale.is_empty() {
                     pipe.cmd("ZREM").arg(&listing).arg(stale).ignore();
