@@ -222,6 +222,11 @@ pub struct ServeArgs {
     /// warning; without it such a Redis makes health NOT_SERVING and refuses issuing.
     #[arg(long, env = "VOD_SIGNER_ALLOW_EVICTING_REDIS")]
     pub allow_evicting_redis: bool,
+    /// Write records issued for a subject in the text form that versions before 6 December
+    /// 2026 read (48 bytes more each): only while such a version still serves, during the
+    /// rolling upgrade from it.
+    #[arg(long, env = "VOD_SIGNER_TEXT_SUBJECT_RECORDS")]
+    pub text_subject_records: bool,
     /// Approximate cap of the `{prefix}events` audit stream; 0 turns events off. With the
     /// in-memory store, events go to the log instead.
     #[arg(long, env = "VOD_SIGNER_EVENTS_MAXLEN", default_value_t = crate::audit::DEFAULT_MAXLEN)]

@@ -334,6 +334,7 @@ fn redis_settings(args: &ServeArgs, url: &str) -> Result<RedisSettings, RunError
         min_replicas_ack: args.min_replicas_ack,
         memory_reserve: args.redis_memory_reserve,
         allow_evicting: args.allow_evicting_redis,
+        text_subject_records: args.text_subject_records,
     })
 }
 

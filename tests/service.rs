@@ -142,11 +142,14 @@ async fn issue_records_before_answering(backend: Backend) {
         .state;
     assert_eq!(state, SignatureState::Issued as i32);
     if let Some(redis) = &server.redis {
-        // Issued for a subject: the text form, naming the subject's index.
+        // Issued for a subject: the compact subject form, 15 digits of the fingerprint and
+        // the digest naming the subject's index, short enough for Redis' embedded strings.
         let key = format!("vodsigner:sig:{SECRET_ID}:{}", claims.random);
         let value = redis.cli(&["GET", &key]).unwrap();
-        assert!(value.starts_with("v1|issued|"), "{value}");
-        assert_eq!(value.split('|').count(), 7, "{value}");
+        let (prefix, digest) = value.split_once(':').unwrap_or_default();
+        assert_eq!((prefix.len(), digest.len()), (15, 24), "{value}");
+        assert!(value.len() <= 44, "{value}");
+        assert_eq!(redis.cli(&["OBJECT", "ENCODING", &key]).unwrap(), "embstr");
 
         // Without a subject, the compact form: the fingerprint as an integer, kept in Redis'
         // object header.

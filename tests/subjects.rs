@@ -683,3 +683,98 @@ async fn every_index_key_expires_also_when_recreated() {
         }
     }
 }
+
+/// The rolling upgrade of the record form (docs/redis.md, "Upgrading the record form"): a
+/// replica with `--text-subject-records` writes records issued for a subject in the text
+/// form that older versions read, one without it in the compact form; each lists, consumes
+/// and revokes what the other issued, also once `RevokeSubject` has left a compact record
+/// with only its fingerprint's first 15 digits.
+#[tokio::test]
+async fn subject_records_in_either_form_serve_on_every_replica() {
+    let redis = RedisServer::start();
+    let keys = keys_dir();
+    let url = redis.url();
+    let text = ServerProcess::start(
+        keys.path(),
+        &["--redis-url", url.as_str(), "--text-subject-records"],
+    );
+    let compact = ServerProcess::start(keys.path(), &["--redis-url", url.as_str()]);
+    let (mut t, mut c) = (connect(text.addr).await, connect(compact.addr).await);
+    let mut from_text = Vec::new();
+    let mut from_compact = Vec::new();
+    for i in 0..3 {
+        for (client, issued) in [(&mut t, &mut from_text), (&mut c, &mut from_compact)] {
+            let signature = client
+                .issue_signature(issue_for("erin", &format!("e-{i}"), 0))
+                .await
+                .unwrap()
+                .into_inner()
+                .signature;
+            issued.push(signature);
+        }
+    }
+    // As stored: three of each form.
+    let sig_keys = redis.cli(&["KEYS", "vodsigner:sig:*"]).unwrap_or_default();
+    let mut values = Vec::new();
+    for key in sig_keys.lines() {
+        values.push(redis.cli(&["GET", key]).unwrap());
+    }
+    let is_compact = |v: &str| {
+        v.split_once(':').is_some_and(|(fp, digest)| {
+            fp.len() == 15
+                && digest.len() == 24
+                && (fp.chars().chain(digest.chars())).all(|ch| ch.is_ascii_hexdigit())
+        })
+    };
+    assert_eq!(values.len(), 6, "{values:?}");
+    assert_eq!(
+        values.iter().filter(|v| is_compact(v)).count(),
+        3,
+        "{values:?}"
+    );
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v.starts_with("v1|issued|"))
+            .count(),
+        3,
+        "{values:?}"
+    );
+    // Each replica lists all six.
+    for client in [&mut t, &mut c] {
+        let page = listing(client, list("erin", &[], 0, "")).await;
+        assert_eq!(page.signatures.len(), 6, "{page:?}");
+    }
+    // Each consumes one the other issued; the replay is refused on both.
+    c.consume_signature(consume_req(&from_text[0]))
+        .await
+        .unwrap();
+    t.consume_signature(consume_req(&from_compact[0]))
+        .await
+        .unwrap();
+    for signature in [&from_text[0], &from_compact[0]] {
+        for client in [&mut t, &mut c] {
+            assert_eq!(
+                refused(client.consume_signature(consume_req(signature)).await),
+                Reason::SignatureAlreadyUsed
+            );
+        }
+    }
+    // RevokeSubject on the text replica takes both forms; both replicas then refuse them as
+    // revoked (a compact one now holds 15 digits of its fingerprint) and list them so.
+    assert_eq!(revoke_subject(&mut t, "erin").await, 4);
+    for signature in from_text[1..].iter().chain(&from_compact[1..]) {
+        for client in [&mut t, &mut c] {
+            assert_eq!(
+                refused(client.consume_signature(consume_req(signature)).await),
+                Reason::SignatureRevoked
+            );
+        }
+    }
+    for client in [&mut t, &mut c] {
+        let revoked = listing(client, list("erin", &[SignatureState::Revoked], 0, "")).await;
+        assert_eq!(revoked.signatures.len(), 4, "{revoked:?}");
+        let consumed = listing(client, list("erin", &[SignatureState::Consumed], 0, "")).await;
+        assert_eq!(consumed.signatures.len(), 2, "{consumed:?}");
+    }
+}

@@ -70,6 +70,9 @@ pub struct RedisSettings {
     /// Whether a `maxmemory-policy` that may evict records is accepted (a warning) rather than
     /// refused (health NOT_SERVING, no issuing) (`--allow-evicting-redis`).
     pub allow_evicting: bool,
+    /// Whether records issued for a subject are written in the text form, which versions
+    /// before 6 December 2026 read, instead of the compact one (`--text-subject-records`).
+    pub text_subject_records: bool,
 }
 
 impl Default for RedisSettings {
@@ -85,6 +88,7 @@ impl Default for RedisSettings {
             min_replicas_ack: 0,
             memory_reserve: 0.1,
             allow_evicting: false,
+            text_subject_records: false,
         }
     }
 }

@@ -264,7 +264,7 @@ impl<S: Store> UseCases<S> {
                 let now = self.clock.now();
                 let steps = chunk
                     .iter()
-                    .map(|l| self.store.revoke_in_subject(l.entry.key(), &digest, now))
+                    .map(|l| self.store.revoke_in_subject(&l.entry, &digest, now))
                     .collect();
                 let mut failed = None;
                 for (listed, before) in chunk.iter().zip(join_all(steps).await) {

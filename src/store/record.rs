@@ -7,11 +7,18 @@
 //!   header instead of allocating a string, which is most of the value's memory: an
 //!   outstanding signature costs ~64 bytes less. Its issue time is the signature's own
 //!   `currentTimeStamp`.
-//! - otherwise (issued for a subject, after a change, or written by an older version):
+//! - issued for a subject: the fingerprint's first 15 hex digits and the subject's digest,
+//!   `{fingerprint prefix}:{subject digest}` ([`compact_issued_with_subject`]): 40 bytes, which
+//!   Redis keeps in one allocation with the key's object header (48 bytes less than the text
+//!   form). `--text-subject-records` writes the text form instead, which versions before 6
+//!   December 2026 read (for the rolling upgrade from one).
+//! - otherwise (after a change, or written by an older version):
 //!   `v1|{state}|{fingerprint}|{issued_at}|{changed_at}|{idempotency token}`, and for a
 //!   signature issued for a `subject` a seventh field, the subject's digest
 //!   (`|{subject digest}`), which names its subject index and lets RevokeSubject revoke it
-//!   without the signature.
+//!   without the signature. A record of the compact subject form revoked by RevokeSubject
+//!   keeps only the fingerprint's first 15 digits (all it held); such a fingerprint stands
+//!   for every one that starts with it, as in the compact forms.
 //! - once the upload is over (`completed` or `abandoned`), six more fields:
 //!   `...|{subject digest}|{consumed_at}|{late 0/1}|{file id}|{file size}|{media type}|{media url}`
 //!   (the subject field is then always there, empty without one; the file's fields are
@@ -38,18 +45,54 @@ pub(super) fn decode_field(field: &str) -> String {
     percent_decode_str(field).decode_utf8_lossy().into_owned()
 }
 
+/// Hex digits of the fingerprint the compact forms keep: 60 bits, which still tell two
+/// signatures with the same nonce apart.
+const FINGERPRINT_PREFIX: usize = 15;
+
+/// The longest value Redis keeps in one allocation with its object header (`embstr`).
+const EMBEDDED_STRING: usize = 44;
+
+/// Whether a string is all hex digits (and not empty).
+fn is_hex(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a stored fingerprint is the signature's: the same, or its first 15 digits (kept by
+/// a compact record revoked by its subject).
+fn same_fingerprint(stored: &str, fingerprint: &str) -> bool {
+    stored == fingerprint
+        || (stored.len() == FINGERPRINT_PREFIX
+            && fingerprint.get(..FINGERPRINT_PREFIX) == Some(stored))
+}
+
 /// The compact Redis value of a freshly issued record: the first 60 bits (15 hex digits) of
 /// its fingerprint as a decimal integer, which fits Redis' integer encoding and still tells
 /// two signatures with the same nonce apart. `None` for a fingerprint that is not hex (never,
 /// for [`crate::signature::fingerprint`]'s): such a record is written in the text form.
 pub fn compact_issued(fingerprint: &str) -> Option<String> {
-    if fingerprint.is_empty() || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_hex(fingerprint) {
         return None;
     }
-    let prefix = &fingerprint[..fingerprint.len().min(15)];
+    let prefix = &fingerprint[..fingerprint.len().min(FINGERPRINT_PREFIX)];
     // itoa rather than `to_string`: this runs on every issue and consume.
     let n = u64::from_str_radix(prefix, 16).ok()?;
     Some(itoa::Buffer::new().format(n).to_owned())
+}
+
+/// The compact Redis value of a record freshly issued for the subject with digest `subject`:
+/// `{first 15 hex digits of the fingerprint}:{subject digest}`, short enough for Redis' embedded
+/// strings. `None` when either is not hex or the value would be longer (the text form then).
+pub fn compact_issued_with_subject(fingerprint: &str, subject: &str) -> Option<String> {
+    let prefix = fingerprint.get(..FINGERPRINT_PREFIX)?;
+    (is_hex(prefix) && is_hex(subject) && FINGERPRINT_PREFIX + 1 + subject.len() <= EMBEDDED_STRING)
+        .then(|| format!("{prefix}:{subject}"))
+}
+
+/// A value in the compact subject form: (fingerprint prefix, subject digest).
+fn compact_with_subject(text: &str) -> Option<(&str, &str)> {
+    let (prefix, subject) = text.split_once(':')?;
+    (prefix.len() == FINGERPRINT_PREFIX && is_hex(prefix) && is_hex(subject))
+        .then_some((prefix, subject))
 }
 
 /// Whether a Redis value is in the compact (issued) form: digits only.
@@ -165,11 +208,20 @@ impl Record {
             return (compact_issued(sig.fingerprint).as_deref() == Some(text))
                 .then(|| Record::issued(sig.fingerprint, sig.issued_at, ""));
         }
+        if let Some((prefix, subject)) = compact_with_subject(text) {
+            return same_fingerprint(prefix, sig.fingerprint)
+                .then(|| Record::issued(sig.fingerprint, sig.issued_at, subject));
+        }
         Record::decode(text)
     }
 
-    /// Parses the text form stored in Redis; `None` for anything else (treated as no record).
+    /// Parses the value stored in Redis without its signature: the text form, and the compact
+    /// subject form (then with the fingerprint's first 15 digits, and issue time 0); `None`
+    /// for anything else (treated as no record).
     pub fn decode(text: &str) -> Option<Record> {
+        if let Some((prefix, subject)) = compact_with_subject(text) {
+            return Some(Record::issued(prefix, 0, subject));
+        }
         let mut parts = text.split('|');
         if parts.next()? != "v1" {
             return None;
@@ -222,7 +274,7 @@ impl Record {
 
     /// The state this record gives the signature with `fingerprint`.
     pub fn state_for(&self, fingerprint: &str) -> RecordState {
-        if self.fingerprint != fingerprint {
+        if !same_fingerprint(&self.fingerprint, fingerprint) {
             return RecordState::NotIssued;
         }
         match self.state {
@@ -378,6 +430,40 @@ mod tests {
             fingerprint,
             issued_at: 10,
         }
+    }
+
+    #[test]
+    fn compact_subject_form_is_the_fingerprint_prefix_and_the_subject() {
+        let fp = "2b8605336081e7e6ca577c8d";
+        let digest = "0123456789abcdef01234567";
+        let stored = compact_issued_with_subject(fp, digest).unwrap();
+        assert_eq!(stored, "2b8605336081e7e:0123456789abcdef01234567");
+        assert!(stored.len() <= EMBEDDED_STRING);
+        assert_eq!(
+            Record::decode_for(&stored, &sig(fp)),
+            Some(Record::issued(fp, 10, digest))
+        );
+        // Another signature with the same nonce (another 60-bit prefix): no record of its own.
+        assert_eq!(
+            Record::decode_for(&stored, &sig("2b8605336081e7f6ca577c8d")),
+            None
+        );
+        // Read without the signature (a subject's listing): issued, and the subject's only.
+        let listed = Record::decode(&stored).unwrap();
+        assert_eq!(listed.state_in_subject(digest), RecordState::Issued);
+        assert_eq!(listed.state_in_subject("other"), RecordState::NotIssued);
+        // Revoked by its subject, it keeps the prefix, which stands for the signature.
+        let revoked =
+            Record::decode("v1|revoked|2b8605336081e7e|10|12||0123456789abcdef01234567").unwrap();
+        assert_eq!(revoked.state_for(fp), RecordState::Revoked { at: 12 });
+        assert_eq!(
+            revoked.state_for("2b8605336081e7f6ca577c8d"),
+            RecordState::NotIssued
+        );
+        // What does not fit Redis' embedded strings, or is not hex, stays in the text form.
+        assert_eq!(compact_issued_with_subject(fp, &"a".repeat(29)), None);
+        assert_eq!(compact_issued_with_subject(fp, "subject"), None);
+        assert_eq!(compact_issued_with_subject("fp", digest), None);
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub trait Subjects: Send + Sync + 'static {
     /// digest `subject`) instead of its signature; returns the state before.
     fn revoke_in_subject(
         &self,
-        key: RecordKey<'_>,
+        entry: &SubjectEntry,
         subject: &str,
         now: i64,
     ) -> impl Future<Output = Result<RecordState, StoreError>> + Send;

@@ -7,16 +7,8 @@
 -- file: its id is the 6th element), or the state that refuses (missing, issued, revoked).
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
-if string.match(v, '^%d+$') then
-  if v ~= ARGV[7] then return {'missing'} end
-  return {'issued', ARGV[8]}
-end
-local state, fp, issued, changed, idem, sub = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)|?(%x*)$')
-local consumed, late, file
-if not state then
-  state, fp, issued, changed, idem, sub, consumed, late, file = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)|(%x*)|(%-?%d+)|([01])|([^|]*)|')
-end
-if not state or fp ~= ARGV[1] then return {'missing'} end
+local state, fp, issued, changed, idem, sub, consumed, late, file = read_record(v, ARGV[1], ARGV[7], ARGV[8])
+if not state then return {'missing'} end
 if state == 'consumed' or state == 'abandoned' then
   consumed = consumed or changed
   if state == 'abandoned' then late = '1' else late = '0' end

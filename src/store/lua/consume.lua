@@ -3,22 +3,12 @@
 -- more (so the upload can still complete), and the subject digest when the record has one; a
 -- repeat with the same idempotency token answers the same success, also once the upload is
 -- over. Returns `{outcome, at, subject digest, consumed_at}`. ARGV: fingerprint, now,
--- idempotency token, compact form of the fingerprint, issue time, seconds to keep. A value
--- of digits is the compact issued form (`record.rs`), which has no subject; a completed or
--- abandoned record has more fields after the subject (the consume time first).
+-- idempotency token, compact form of the fingerprint, issue time, seconds to keep
+-- (`read_record` in record.lua reads every form).
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
-local state, fp, issued, changed, idem, sub, consumed
-if string.match(v, '^%d+$') then
-  if v ~= ARGV[4] then return {'missing'} end
-  state, fp, issued, changed, idem, sub = 'issued', ARGV[1], ARGV[5], ARGV[5], '', ''
-else
-  state, fp, issued, changed, idem, sub = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)|?(%x*)$')
-  if not state then
-    state, fp, issued, changed, idem, sub, consumed = string.match(v, '^v1|(%l+)|(%x*)|(%-?%d+)|(%-?%d+)|(%x*)|(%x*)|(%-?%d+)|')
-  end
-  if not state or fp ~= ARGV[1] then return {'missing'} end
-end
+local state, fp, issued, changed, idem, sub, consumed = read_record(v, ARGV[1], ARGV[4], ARGV[5])
+if not state then return {'missing'} end
 if state == 'issued' then
   local tail = ''
   if sub ~= '' then tail = '|' .. sub end

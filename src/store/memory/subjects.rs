@@ -177,13 +177,13 @@ impl Subjects for MemoryStore {
     }
     async fn revoke_in_subject(
         &self,
-        key: RecordKey<'_>,
+        entry: &SubjectEntry,
         subject: &str,
         now: i64,
     ) -> Result<RecordState, StoreError> {
         self.observed
             .run(StoreOp::Revoke, || async move {
-                let before = self.with_record(key, |r| match r {
+                let before = self.with_record(entry.key(), |r| match r {
                     Some(r) if r.state_in_subject(subject) != RecordState::NotIssued => {
                         let fingerprint = r.fingerprint.clone();
                         r.revoke(&fingerprint, now)
@@ -191,7 +191,7 @@ impl Subjects for MemoryStore {
                     _ => RecordState::NotIssued,
                 });
                 if before == RecordState::Issued {
-                    self.release(subject, key, 0);
+                    self.release(subject, entry.key(), 0);
                 }
                 Ok(before)
             })

@@ -47,6 +47,8 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     min_replicas_ack: u32,
+    /// Records issued for a subject in the text form (`--text-subject-records`).
+    text_subject_records: bool,
     /// Every script, loaded once.
     pub(super) scripts: Scripts,
     pub(super) observed: Observed,
@@ -62,6 +64,7 @@ impl RedisStore {
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             min_replicas_ack: config.min_replicas_ack,
+            text_subject_records: config.text_subject_records,
             scripts: Scripts::new(),
             observed: Observed::default(),
         })

@@ -1,6 +1,8 @@
 //! A signature's record in Redis: one string key, every step one command or one script on it.
 
-use super::super::record::{compact_issued, decode_field, encode_field};
+use super::super::record::{
+    compact_issued, compact_issued_with_subject, decode_field, encode_field,
+};
 use super::{
     Awaiting, CompleteOutcome, ConsumeOutcome, Record, RecordKey, RecordRef, RecordState, Records,
     RedisStore, StoreError, StoreOp, Sweep, Upload, idempotency_token, outbox, scripted_status,
@@ -17,11 +19,17 @@ impl Records for RedisStore {
         self.observed
             .run(StoreOp::Issue, || async move {
                 let mut conn = self.conn().await?;
-                // Without a subject, the compact form (an integer Redis stores in the key's header).
-                let value = match compact_issued(sig.fingerprint) {
-                    Some(compact) if subject.is_empty() => compact,
-                    _ => Record::issued(sig.fingerprint, now, subject).encode(),
+                // A compact form: without a subject an integer Redis stores in the key's
+                // header, with one a string short enough to share its allocation.
+                let compact = if subject.is_empty() {
+                    compact_issued(sig.fingerprint)
+                } else if self.text_subject_records {
+                    None
+                } else {
+                    compact_issued_with_subject(sig.fingerprint, subject)
                 };
+                let value = compact
+                    .unwrap_or_else(|| Record::issued(sig.fingerprint, now, subject).encode());
                 let mut set = redis::cmd("SET");
                 let key = self.record_key(&sig);
                 set.arg(&key)

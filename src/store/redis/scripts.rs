@@ -38,7 +38,8 @@ impl OomScript {
 
 /// Every script of the store.
 pub struct Scripts {
-    /// Consume a signature's record (`consume.lua`).
+    /// Consume a signature's record (`consume.lua`; it, revoke and complete read the record
+    /// with `record.lua`).
     pub consume: OomScript,
     /// Revoke one (`revoke.lua`).
     pub revoke: OomScript,
@@ -62,6 +63,24 @@ pub struct Scripts {
     pub lease: Script,
 }
 
+/// The record reader (`record.lua`), then the consume script that calls it: one script text.
+const CONSUME_LUA: &str = concat!(
+    include_str!("../lua/record.lua"),
+    include_str!("../lua/consume.lua")
+);
+
+/// The record reader, then the revoke script.
+const REVOKE_LUA: &str = concat!(
+    include_str!("../lua/record.lua"),
+    include_str!("../lua/revoke.lua")
+);
+
+/// The record reader, then the completion's record step.
+const COMPLETE_LUA: &str = concat!(
+    include_str!("../lua/record.lua"),
+    include_str!("../lua/complete.lua")
+);
+
 /// The GCRA step, then the quota script that calls it: one script text.
 pub const QUOTA_LUA: &str = concat!(
     include_str!("../lua/gcra.lua"),
@@ -72,9 +91,9 @@ impl Scripts {
     /// Every script, from its file.
     pub fn new() -> Scripts {
         Scripts {
-            consume: OomScript::new(include_str!("../lua/consume.lua")),
-            revoke: OomScript::new(include_str!("../lua/revoke.lua")),
-            complete: OomScript::new(include_str!("../lua/complete.lua")),
+            consume: OomScript::new(CONSUME_LUA),
+            revoke: OomScript::new(REVOKE_LUA),
+            complete: OomScript::new(COMPLETE_LUA),
             sweep: OomScript::new(include_str!("../lua/sweep.lua")),
             quota: Script::new(QUOTA_LUA),
             page: OomScript::new(include_str!("../lua/page.lua")),

@@ -434,7 +434,7 @@ impl Subjects for RedisStore {
     }
     async fn revoke_in_subject(
         &self,
-        record: RecordKey<'_>,
+        entry: &SubjectEntry,
         subject: &str,
         now: i64,
     ) -> Result<RecordState, StoreError> {
@@ -444,9 +444,15 @@ impl Subjects for RedisStore {
                     return Ok(RecordState::NotIssued);
                 }
                 let mut conn = self.conn().await?;
+                let record = entry.key();
                 let key = self.key_of(&record);
                 let mut call = self.scripts.revoke.pick(&self.memory).key(&key);
-                call.arg("").arg(now).arg(subject).arg("").arg(0);
+                // The issue time, for a record in the compact subject form (which lacks it).
+                call.arg("")
+                    .arg(now)
+                    .arg(subject)
+                    .arg("")
+                    .arg(entry.issued_at);
                 let reply: Vec<String> = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
                     .await?;
