@@ -15,8 +15,13 @@ use vod_signer::proto::{
     IssueSignatureRequest, ListSignaturesRequest, ListSignaturesResponse, RevokeSignatureRequest,
     RevokeSubjectRequest, SignatureState, SignatureSummary, UploadPolicy, VerifySignatureRequest,
 };
+use vod_signer::quota::Charge;
 use vod_signer::reason::Reason;
 use vod_signer::service::Settings;
+use vod_signer::store::{
+    Admission, AdmitOutcome, MemoryStore, RecordRef, RecordState, Store, SubjectEntry,
+    subject_digest,
+};
 
 on_stores!(
     listing_is_newest_first_paged_filtered_and_secret_free,
@@ -777,4 +782,107 @@ async fn subject_records_in_either_form_serve_on_every_replica() {
         let consumed = listing(client, list("erin", &[SignatureState::Consumed], 0, "")).await;
         assert_eq!(consumed.signatures.len(), 2, "{consumed:?}");
     }
+}
+
+/// An admission of the subject with digest `digest`, cap 1, for `entry` signed with
+/// `fingerprint`, charging `quotas`.
+fn admission<'a>(
+    digest: &'a str,
+    entry: &'a SubjectEntry,
+    fingerprint: &'a str,
+    quotas: &'a [Charge],
+) -> Admission<'a> {
+    Admission {
+        subject: digest,
+        name: "someone",
+        entry,
+        fingerprint,
+        cap: 1,
+        expired_before: entry.issued_at - LEEWAY,
+        ttl_seconds: 3600 + LEEWAY as u64,
+        keep_seconds: 0,
+        issued_before: 0,
+        quotas,
+        tidy: false,
+    }
+}
+
+/// One charge of `interval_ms` with `tolerance_ms` of burst on the subject with `digest`.
+fn subject_quota(digest: &str, interval_ms: u64, tolerance_ms: u64) -> Vec<Charge> {
+    vec![Charge {
+        key: format!("quota:{{{digest}}}:subject"),
+        interval_ms,
+        tolerance_ms,
+        name: "subject",
+    }]
+}
+
+/// An admission whose nonce another record holds (a collision: `IssueSignature` then picks
+/// another nonce) writes, charges and indexes nothing, and leaves the holder's own entries.
+/// Through the store: a 32-bit nonce cannot be made to collide through the API.
+async fn a_taken_nonce_writes_charges_and_indexes_nothing(store: impl Store) {
+    let now = vod_signer::clock::SystemClock.now();
+    let entry = |random: u32| SubjectEntry {
+        secret_id: "AKIDtaken".into(),
+        random,
+        issued_at: now,
+        expire_time: now + 3600,
+        source_context: "ctx".into(),
+    };
+    let (a, b, c) = (
+        "aaaaaaaaaaaaaaaaaaaaaaaa",
+        "bbbbbbbbbbbbbbbbbbbbbbbb",
+        "cccccccccccccccccccccccc",
+    );
+
+    // A record issued without a subject holds nonce 9: another signature's admission with
+    // it is `Taken`, and the subject's quota (one a minute, no burst) and cap (one) still
+    // admit the next signature.
+    let piotr = subject_digest("piotr");
+    let one_a_minute = subject_quota(&piotr, 60_000, 0);
+    let (held, next) = (entry(9), entry(10));
+    let holder = RecordRef {
+        key: held.key(),
+        fingerprint: a,
+        issued_at: now,
+    };
+    assert!(store.insert_issued(holder, now, 3660, "").await.unwrap());
+    let taken = store.admit(admission(&piotr, &held, b, &one_a_minute));
+    assert_eq!(taken.await.unwrap(), AdmitOutcome::Taken);
+    assert_eq!(store.status(holder).await.unwrap(), RecordState::Issued);
+    let admitted = store.admit(admission(&piotr, &next, c, &one_a_minute));
+    assert_eq!(admitted.await.unwrap(), AdmitOutcome::Admitted);
+
+    // The holder was issued for the same subject: its entries stay (the listing shows it,
+    // the cap of one still counts it), and its quota charge is the only one left (one a
+    // minute with a minute of burst has room for one more: the taken one's was undone).
+    let olga = subject_digest("olga");
+    let burst_of_two = subject_quota(&olga, 60_000, 60_000);
+    let (mine, other) = (entry(7), entry(8));
+    let admitted = store.admit(admission(&olga, &mine, a, &burst_of_two));
+    assert_eq!(admitted.await.unwrap(), AdmitOutcome::Admitted);
+    let taken = store.admit(admission(&olga, &mine, b, &burst_of_two));
+    assert_eq!(taken.await.unwrap(), AdmitOutcome::Taken);
+    let listed = store
+        .list_subject(&olga, None, 10, now - LEEWAY, &["AKIDtaken"])
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].entry.random, listed[0].state),
+        (7, RecordState::Issued)
+    );
+    let capped = store.admit(admission(&olga, &other, c, &burst_of_two));
+    assert_eq!(capped.await.unwrap(), AdmitOutcome::Capped);
+}
+
+#[tokio::test]
+async fn a_taken_nonce_writes_charges_and_indexes_nothing_in_memory() {
+    a_taken_nonce_writes_charges_and_indexes_nothing(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn a_taken_nonce_writes_charges_and_indexes_nothing_on_redis() {
+    let redis = RedisServer::start();
+    a_taken_nonce_writes_charges_and_indexes_nothing(redis_store(&redis.url(), "vodsigner:")).await;
 }

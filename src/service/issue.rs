@@ -103,26 +103,29 @@ impl<S: Store> UseCases<S> {
                 fingerprint: &fingerprint,
                 issued_at: now,
             };
-            if self
-                .store
-                .insert_issued(record, now, record_ttl, subject.as_deref().unwrap_or(""))
-                .await?
-            {
-                if let Some(digest) = &subject {
-                    // Only the first admission charges the quotas: a nonce collision retries
-                    // the record, not the request.
-                    let quotas = std::mem::take(&mut subject_quotas);
-                    let secret = std::mem::take(&mut secret_quotas);
+            let recorded = match &subject {
+                None => {
+                    self.store
+                        .insert_issued(record, now, record_ttl, "")
+                        .await?
+                }
+                // With a subject, its admission writes the record (in the same transaction
+                // where the store can); a taken nonce charges nothing, so the next try
+                // charges the quotas afresh.
+                Some(digest) => {
                     Box::pin(self.admit(
                         digest,
                         &req.subject,
                         &signed.claims,
+                        &fingerprint,
                         record_ttl,
-                        &quotas,
-                        secret,
+                        &subject_quotas,
+                        &mut secret_quotas,
                     ))
-                    .await?;
+                    .await?
                 }
+            };
+            if recorded {
                 // On the span only: nothing can refuse the call any more.
                 super::note_on_span(secret_id, signed.claims.random);
                 debug!(subject = %req.subject, "issued");
@@ -144,19 +147,22 @@ impl<S: Store> UseCases<S> {
         ))
     }
 
-    /// Puts a just-recorded signature in its subject's index, charging the per-subject
+    /// Records a signature and puts it in its subject's index, charging the per-subject
     /// `quotas` and checking the outstanding cap in the same step, then charges the
-    /// per-SecretId quotas (`secret`). When one of them refuses (or the store fails), the
-    /// record is deleted again: its signature was never handed out.
+    /// per-SecretId quotas (`secret`, taken once charged). When one of them refuses (or the
+    /// store fails), the record is deleted again: its signature was never handed out. `false`:
+    /// the nonce was taken, nothing written nor charged.
+    #[allow(clippy::too_many_arguments)]
     async fn admit(
         &self,
         digest: &str,
         subject: &str,
         claims: &crate::signature::Claims,
+        fingerprint: &str,
         record_ttl: u64,
         quotas: &[Charge],
-        secret: Vec<Charge>,
-    ) -> Result<(), Refusal> {
+        secret: &mut Vec<Charge>,
+    ) -> Result<bool, Refusal> {
         let entry = SubjectEntry {
             secret_id: claims.secret_id.clone(),
             random: claims.random,
@@ -170,6 +176,7 @@ impl<S: Store> UseCases<S> {
             subject: digest,
             name: subject,
             entry: &entry,
+            fingerprint,
             cap,
             expired_before: self.clock.now().saturating_sub(self.leeway()),
             ttl_seconds: record_ttl,
@@ -181,9 +188,11 @@ impl<S: Store> UseCases<S> {
             tidy: claims.random.is_multiple_of(TIDY_EVERY),
         };
         let refusal = match self.store.admit(admission).await {
-            Ok(AdmitOutcome::Admitted) if secret.is_empty() => return Ok(()),
-            Ok(AdmitOutcome::Admitted) => match Box::pin(self.charge(secret)).await {
-                Ok(()) => return Ok(()),
+            Ok(AdmitOutcome::Taken) => return Ok(false),
+            Ok(AdmitOutcome::Admitted) if secret.is_empty() => return Ok(true),
+            Ok(AdmitOutcome::Admitted) => match Box::pin(self.charge(std::mem::take(secret))).await
+            {
+                Ok(()) => return Ok(true),
                 Err(refusal) => {
                     if let Err(e) = self.store.withdraw(digest, &entry).await {
                         // The entry stays until its expiry: the cap is stricter meanwhile.

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use super::{RecordKey, RecordState, StoreError};
+use super::{RecordKey, RecordRef, RecordState, StoreError};
 use crate::quota::Charge;
 
 /// One signature's entry in its subject's index (ListSignatures, RevokeSubject and the
@@ -74,7 +74,7 @@ pub struct Listed {
     pub cursor: ListCursor,
 }
 
-/// How an issue for a subject is put in the subject's index.
+/// How an issue for a subject is recorded and put in the subject's index.
 #[derive(Clone, Copy, Debug)]
 pub struct Admission<'a> {
     /// The digest of the subject ([`subject_digest`]).
@@ -83,11 +83,13 @@ pub struct Admission<'a> {
     pub name: &'a str,
     /// The new signature's entry.
     pub entry: &'a SubjectEntry,
+    /// The new signature's fingerprint: with the entry, its record to write.
+    pub fingerprint: &'a str,
     /// Most ISSUED, unexpired signatures the subject may have (0: no cap).
     pub cap: u32,
     /// Entries whose `expireTime` is below this are expired (now minus the leeway).
     pub expired_before: i64,
-    /// How long the index must live at least, seconds (the new record's TTL).
+    /// The new record's TTL, seconds: how long the index must live at least.
     pub ttl_seconds: u64,
     /// How much longer the subject's name must live, seconds: a consumed upload may still
     /// complete (and be notified, naming the subject) that long after its consume.
@@ -108,15 +110,30 @@ pub struct Admission<'a> {
 /// issue on average, so the index stays bounded by what is unexpired.
 pub const TIDY_EVERY: u32 = 16;
 
+impl Admission<'_> {
+    /// The record the admission writes.
+    pub fn record(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: self.entry.key(),
+            fingerprint: self.fingerprint,
+            issued_at: self.entry.issued_at,
+        }
+    }
+}
+
 /// What an admission to a subject's index decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdmitOutcome {
-    /// Indexed; the quotas were charged.
+    /// Recorded and indexed; the quotas were charged.
     Admitted,
-    /// The subject already has `cap` outstanding; nothing added (the quotas were charged).
+    /// Another record holds the signature's nonce: nothing written, charged nor added (the
+    /// issuer picks another nonce).
+    Taken,
+    /// The subject already has `cap` outstanding; nothing added (the quotas were charged). The
+    /// record was written: the issuer discards it.
     Capped,
     /// A per-subject quota is exhausted; nothing stays charged nor added (Redis takes back
-    /// what its transaction charged and added).
+    /// what its transaction charged and added). The record was written: the issuer discards it.
     RateLimited {
         /// Which quota.
         name: &'static str,
@@ -135,10 +152,13 @@ pub fn subject_digest(subject: &str) -> String {
 /// subject's name for its uploads' notifications. The records stay the only authority on
 /// whether a signature is accepted.
 pub trait Subjects: Send + Sync + 'static {
-    /// Adds a just-recorded signature to its subject's index, in one atomic step with the
-    /// per-subject quotas and the outstanding cap: charges the quotas (refused: nothing
-    /// charged, nothing added), then refuses (`Capped`, nothing added) if the subject already
-    /// has `cap` outstanding once the expired entries are set aside.
+    /// Records a freshly issued signature of a subject (`Taken` when its nonce is, as
+    /// [`super::Records::insert_issued`]) and adds it to the subject's index, in one atomic
+    /// step with the per-subject quotas and the outstanding cap: charges the quotas (refused:
+    /// nothing charged, nothing added), then refuses (`Capped`, nothing added) if the subject
+    /// already has `cap` outstanding once the expired entries are set aside. Where one step
+    /// can hold the record and the index (one Redis server, or a Sentinel group's master), it
+    /// does; on Redis Cluster they live in different slots, and the record is written first.
     fn admit(
         &self,
         admission: Admission<'_>,

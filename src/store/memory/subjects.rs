@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::{
     Admission, AdmitOutcome, Key, ListCursor, Listed, MemoryStore, QuotaOutcome, Quotas, RecordKey,
-    RecordState, StoreError, StoreOp, SubjectEntry, Subjects,
+    RecordState, Records, StoreError, StoreOp, SubjectEntry, Subjects,
 };
 
 /// One subject's index: the same two structures as in Redis.
@@ -48,8 +48,14 @@ impl MemoryStore {
 
 impl Subjects for MemoryStore {
     async fn admit(&self, a: Admission<'_>) -> Result<AdmitOutcome, StoreError> {
-        // The quotas first, as Redis does in the same transaction (one process: nothing can come
-        // between that matters).
+        // The record, then the quotas, as Redis does in the same transaction (one process:
+        // nothing can come between that matters).
+        if !self
+            .insert_issued(a.record(), a.entry.issued_at, a.ttl_seconds, a.subject)
+            .await?
+        {
+            return Ok(AdmitOutcome::Taken);
+        }
         if !a.quotas.is_empty()
             && let QuotaOutcome::Refused { name, retry_after } =
                 self.charge_quotas(a.quotas).await?

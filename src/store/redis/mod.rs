@@ -49,6 +49,9 @@ pub struct RedisStore {
     min_replicas_ack: u32,
     /// Records issued for a subject in the text form (`--text-subject-records`).
     text_subject_records: bool,
+    /// Whether every key lives on one server (one Redis, or a Sentinel group's master), so
+    /// that one transaction may hold a record and its subject's index (not on Cluster).
+    one_node: bool,
     /// Every script, loaded once.
     pub(super) scripts: Scripts,
     pub(super) observed: Observed,
@@ -65,6 +68,10 @@ impl RedisStore {
             timeout: config.timeout,
             min_replicas_ack: config.min_replicas_ack,
             text_subject_records: config.text_subject_records,
+            one_node: !matches!(
+                crate::redis::Topology::parse(&config.url),
+                Ok(crate::redis::Topology::Cluster(_))
+            ),
             scripts: Scripts::new(),
             observed: Observed::default(),
         })

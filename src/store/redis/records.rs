@@ -8,6 +8,22 @@ use super::{
     RedisStore, StoreError, StoreOp, Sweep, Upload, idempotency_token, outbox, scripted_status,
 };
 
+impl RedisStore {
+    /// The value of a freshly issued record. A compact form: without a subject an integer
+    /// Redis stores in the key's header, with one a string short enough to share its
+    /// allocation (the text form with `--text-subject-records`).
+    pub(super) fn issued_value(&self, sig: &RecordRef<'_>, now: i64, subject: &str) -> String {
+        let compact = if subject.is_empty() {
+            compact_issued(sig.fingerprint)
+        } else if self.text_subject_records {
+            None
+        } else {
+            compact_issued_with_subject(sig.fingerprint, subject)
+        };
+        compact.unwrap_or_else(|| Record::issued(sig.fingerprint, now, subject).encode())
+    }
+}
+
 impl Records for RedisStore {
     async fn insert_issued(
         &self,
@@ -19,21 +35,10 @@ impl Records for RedisStore {
         self.observed
             .run(StoreOp::Issue, || async move {
                 let mut conn = self.conn().await?;
-                // A compact form: without a subject an integer Redis stores in the key's
-                // header, with one a string short enough to share its allocation.
-                let compact = if subject.is_empty() {
-                    compact_issued(sig.fingerprint)
-                } else if self.text_subject_records {
-                    None
-                } else {
-                    compact_issued_with_subject(sig.fingerprint, subject)
-                };
-                let value = compact
-                    .unwrap_or_else(|| Record::issued(sig.fingerprint, now, subject).encode());
                 let mut set = redis::cmd("SET");
                 let key = self.record_key(&sig);
                 set.arg(&key)
-                    .arg(value)
+                    .arg(self.issued_value(&sig, now, subject))
                     .arg("NX")
                     .arg("EX")
                     .arg(ttl_seconds.max(1));

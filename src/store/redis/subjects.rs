@@ -7,8 +7,8 @@
 const EXPIRY_ROOM: u64 = 600;
 
 use super::{
-    Admission, AdmitOutcome, ListCursor, Listed, Record, RecordKey, RecordState, RedisStore,
-    StoreError, StoreOp, SubjectEntry, Subjects, scripted_status,
+    Admission, AdmitOutcome, ListCursor, Listed, Record, RecordKey, RecordState, Records,
+    RedisStore, StoreError, StoreOp, SubjectEntry, Subjects, scripted_status,
 };
 use crate::quota::Charge;
 use crate::redis::Conn;
@@ -159,9 +159,26 @@ impl RedisStore {
 
 impl Subjects for RedisStore {
     async fn admit(&self, a: Admission<'_>) -> Result<AdmitOutcome, StoreError> {
+        let record = a.record();
+        if !self.one_node
+            && !self
+                .insert_issued(record, a.entry.issued_at, a.ttl_seconds, a.subject)
+                .await?
+        {
+            // Redis Cluster: the record lives in another slot than the subject's keys, so it
+            // is written on its own first (and waits for its replicas there).
+            return Ok(AdmitOutcome::Taken);
+        }
+        // On one server the transaction writes the record too: observed as the issue's write.
+        let op = if self.one_node {
+            StoreOp::Issue
+        } else {
+            StoreOp::Admit
+        };
         self.observed
-            .run(StoreOp::Admit, || async move {
+            .run(op, || async move {
                 let mut conn = self.conn().await?;
+                let record_key = self.record_key(&record);
                 let (outstanding, listing) = self.subject_keys(a.subject);
                 let out_member = outstanding_member(&a.entry.key());
                 let list_member = listing_member(a.entry);
@@ -171,21 +188,30 @@ impl Subjects for RedisStore {
                 let room = ttl.saturating_add(EXPIRY_ROOM);
                 let cap = u64::from(a.cap);
                 // One transaction (MULTI/EXEC) of plain commands on the subject's slot, one
-                // round trip, no script: each quota's GCRA step, then the entries added and
-                // the outstanding set counted with them. The same steps inside a script cost
-                // Redis about twice as much.
+                // round trip, no script: on one server the record's `SET NX` first, then each
+                // quota's GCRA step, then the entries added and the outstanding set counted
+                // with them. The same steps inside a script cost Redis about twice as much.
                 let now_ms = u64::try_from(crate::clock::unix_now_ms()).unwrap_or(0);
                 let mut tx = redis::pipe();
                 tx.atomic();
+                if self.one_node {
+                    tx.cmd("SET")
+                        .arg(&record_key)
+                        .arg(self.issued_value(&record, a.entry.issued_at, a.subject))
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl);
+                }
                 for q in a.quotas {
                     charge_quota(&mut tx, &self.quota_key(q), q, now_ms);
                 }
+                // Each `ZADD` answers whether it added its entry (1) or found it (0): a taken
+                // nonce takes back only what it added.
                 if cap > 0 {
                     tx.cmd("ZADD")
                         .arg(&outstanding)
                         .arg(a.entry.expire_time)
                         .arg(&out_member)
-                        .ignore()
                         .cmd("ZCARD")
                         .arg(&outstanding);
                 }
@@ -193,7 +219,6 @@ impl Subjects for RedisStore {
                     .arg(&listing)
                     .arg(a.entry.issued_at)
                     .arg(&list_member)
-                    .ignore()
                     .cmd("TTL")
                     .arg(&listing);
                 if a.tidy {
@@ -213,24 +238,34 @@ impl Subjects for RedisStore {
                     })
                     .await?
                     .into_iter();
-                let undo = |pipe: &mut redis::Pipeline| {
-                    if cap > 0 {
-                        pipe.cmd("ZREM").arg(&outstanding).arg(&out_member).ignore();
-                    }
-                    pipe.cmd("ZREM").arg(&listing).arg(&list_member).ignore();
+                let written = if self.one_node {
+                    next_reply::<Option<String>>(&mut replies)?.is_some()
+                } else {
+                    true
                 };
-                // Each quota's new TAT; the first over its tolerance refuses.
-                let mut refused = None;
-                for q in a.quotas {
-                    let tat: f64 = next_reply(&mut replies)?;
-                    if let Err(wait_ms) = quota_verdict(tat as u64, now_ms, q) {
-                        refused = refused.or(Some((q.name, wait_ms)));
-                    }
-                }
-                if let Some((name, wait_ms)) = refused {
-                    // Refused: every quota's charge and the entries are taken back (until
-                    // then a racing issue sees them: refused stricter, never looser).
-                    let mut pipe = redis::pipe();
+                // Each quota's new TAT.
+                let tats = a
+                    .quotas
+                    .iter()
+                    .map(|_| next_reply::<f64>(&mut replies))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (out_added, count): (i64, u64) = if cap > 0 {
+                    (next_reply(&mut replies)?, next_reply(&mut replies)?)
+                } else {
+                    (0, 0)
+                };
+                let list_added: i64 = next_reply(&mut replies)?;
+                let ttl_left: i64 = next_reply(&mut replies)?;
+                let oldest: Vec<String> = if a.tidy {
+                    next_reply(&mut replies)?
+                } else {
+                    Vec::new()
+                };
+                // What a refused or taken issue takes back: every quota's charge and its
+                // entries (until then a racing issue sees them: refused stricter, never
+                // looser). A taken nonce leaves an entry it found, which is the record
+                // holder's.
+                let take_back = |pipe: &mut redis::Pipeline, found_ours: bool| {
                     for q in a.quotas {
                         pipe.cmd("ZINCRBY")
                             .arg(self.quota_key(q))
@@ -238,24 +273,34 @@ impl Subjects for RedisStore {
                             .arg(TAT_MEMBER)
                             .ignore();
                     }
-                    undo(&mut pipe);
+                    if cap > 0 && (found_ours || out_added == 1) {
+                        pipe.cmd("ZREM").arg(&outstanding).arg(&out_member).ignore();
+                    }
+                    if found_ours || list_added == 1 {
+                        pipe.cmd("ZREM").arg(&listing).arg(&list_member).ignore();
+                    }
+                };
+                if !written {
+                    let mut pipe = redis::pipe();
+                    take_back(&mut pipe, false);
+                    self.take_back(&mut conn, &pipe).await;
+                    return Ok(AdmitOutcome::Taken);
+                }
+                // The first quota over its tolerance refuses.
+                let refused = a.quotas.iter().zip(&tats).find_map(|(q, tat)| {
+                    quota_verdict(*tat as u64, now_ms, q)
+                        .err()
+                        .map(|wait_ms| (q.name, wait_ms))
+                });
+                if let Some((name, wait_ms)) = refused {
+                    let mut pipe = redis::pipe();
+                    take_back(&mut pipe, true);
                     self.take_back(&mut conn, &pipe).await;
                     return Ok(AdmitOutcome::RateLimited {
                         name,
                         retry_after: std::time::Duration::from_millis(wait_ms),
                     });
                 }
-                let count: u64 = if cap > 0 {
-                    next_reply(&mut replies)?
-                } else {
-                    0
-                };
-                let ttl_left: i64 = next_reply(&mut replies)?;
-                let oldest: Vec<String> = if a.tidy {
-                    next_reply(&mut replies)?
-                } else {
-                    Vec::new()
-                };
                 if count > cap {
                     // Over the cap with this entry: expired entries leave (only here, when
                     // they could refuse an issue), then it counts again.
@@ -271,8 +316,10 @@ impl Subjects for RedisStore {
                         .bounded(&mut conn, async |c| pipe.query_async(c).await)
                         .await?;
                     if again > cap {
+                        // The quotas stay charged: a capped issue still counts as one.
                         let mut pipe = redis::pipe();
-                        undo(&mut pipe);
+                        pipe.cmd("ZREM").arg(&outstanding).arg(&out_member).ignore();
+                        pipe.cmd("ZREM").arg(&listing).arg(&list_member).ignore();
                         self.take_back(&mut conn, &pipe).await;
                         return Ok(AdmitOutcome::Capped);
                     }
@@ -312,6 +359,9 @@ impl Subjects for RedisStore {
                 if upkeep {
                     self.bounded(&mut conn, async |c| pipe.query_async::<()>(c).await)
                         .await?;
+                }
+                if self.one_node {
+                    self.replicated(&conn, &record_key).await?;
                 }
                 Ok(AdmitOutcome::Admitted)
             })
