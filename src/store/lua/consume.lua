@@ -4,7 +4,8 @@
 -- repeat with the same idempotency token answers the same success, also once the upload is
 -- over. Returns `{outcome, at, subject digest, consumed_at}`. ARGV: fingerprint, now,
 -- idempotency token, compact form of the fingerprint, issue time, seconds to keep
--- (`read_record` in record.lua reads every form).
+-- (`read_record` in record.lua reads every form), then the subject's outstanding set around
+-- its digest and the entry to release from it (`release`; empty on Redis Cluster).
 local v = redis.call('GET', KEYS[1])
 if not v then return {'missing'} end
 local state, fp, issued, changed, idem, sub, consumed = read_record(v, ARGV[1], ARGV[4], ARGV[5])
@@ -14,6 +15,7 @@ if state == 'issued' then
   if sub ~= '' then tail = '|' .. sub end
   redis.call('SET', KEYS[1], 'v1|consumed|' .. fp .. '|' .. issued .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. tail, 'KEEPTTL')
   if redis.call('TTL', KEYS[1]) < tonumber(ARGV[6]) then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+  release(sub, ARGV[7], ARGV[8], ARGV[9])
   return {'ok', ARGV[2], sub}
 end
 consumed = consumed or changed

@@ -7,6 +7,13 @@
 -- record consumed_at, late and file id; nil for another signature's record or an unreadable
 -- one. A fingerprint of 15 hex digits (a compact record revoked by its subject, which knows
 -- only that much) stands for every fingerprint that starts with it.
+-- release(sub, head, tail, member): a record that leaves `issued` no longer counts against
+-- its subject's cap: its entry `member` leaves the outstanding set `head .. sub .. tail`. Only
+-- on one server, where the caller names the set (`head` not empty): on Redis Cluster it lives
+-- in another slot than the record, and the caller removes the entry itself.
+local function release(sub, head, tail, member)
+  if sub ~= '' and head ~= '' then redis.call('ZREM', head .. sub .. tail, member) end
+end
 local function same_fingerprint(stored, fp)
   return stored == fp or (#stored == 15 and stored == string.sub(fp, 1, 15))
 end

@@ -103,10 +103,17 @@ impl RedisStore {
     /// The keys of a subject's indexes, under the subject's own hash tag (one Cluster slot):
     /// (outstanding, listing).
     pub fn subject_keys(&self, subject: &str) -> (String, String) {
+        let (head, tail) = self.outstanding_key_around();
         (
-            format!("{}sub:{{{subject}}}:out", self.prefix),
+            format!("{head}{subject}{tail}"),
             format!("{}sub:{{{subject}}}:all", self.prefix),
         )
+    }
+
+    /// The outstanding set's key around the subject's digest: (before it, after it). The
+    /// record scripts build it from these on one server (`release` in `record.lua`).
+    fn outstanding_key_around(&self) -> (String, &'static str) {
+        (format!("{}sub:{{", self.prefix), "}:out")
     }
 
     /// The key holding a subject's name, next to its indexes.

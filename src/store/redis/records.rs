@@ -92,7 +92,8 @@ impl Records for RedisStore {
                     .arg(idempotency_token(idempotency_key))
                     .arg(compact_issued(sig.fingerprint).unwrap_or_default())
                     .arg(sig.issued_at)
-                    .arg(awaiting.keep_for.max(1));
+                    .arg(awaiting.keep_for.max(1))
+                    .arg(&self.release_args(&sig.key));
                 // The upload enters the awaiting index before the record changes (sent first,
                 // answered together): a crash in between leaves an entry the sweep drops, never
                 // a consumed upload nobody would mark abandoned. NX: a replay must not move the
@@ -230,7 +231,8 @@ impl Records for RedisStore {
                     .arg(now)
                     .arg("")
                     .arg(compact_issued(sig.fingerprint).unwrap_or_default())
-                    .arg(sig.issued_at);
+                    .arg(sig.issued_at)
+                    .arg(&self.release_args(&sig.key));
                 let reply: Vec<String> = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
                     .await?;

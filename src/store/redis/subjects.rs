@@ -136,13 +136,26 @@ impl RedisStore {
         }
     }
 
-    /// After a record left `issued` (consume, revoke): its subject's cap no longer counts it.
-    /// One plain `ZREM` (never refused over `maxmemory`): the subject's name already lives as
-    /// long as a consumed upload may complete (the admission gave it that TTL). The index
-    /// lives in another slot than the record, so this is a second step; when it fails, the
-    /// entry stays until its expiry (the cap is then stricter, never looser).
+    /// The arguments with which a record script (consume, revoke) releases the record's
+    /// entry from its subject's outstanding set itself, in the same step (`release` in
+    /// `record.lua`): on one server. Empty on Redis Cluster, where the set lives in another
+    /// slot than the record ([`RedisStore::release`] then does it).
+    pub(super) fn release_args(&self, key: &RecordKey<'_>) -> [String; 3] {
+        if !self.one_node {
+            return Default::default();
+        }
+        let (head, tail) = self.outstanding_key_around();
+        [head, tail.to_owned(), outstanding_member(key)]
+    }
+
+    /// After a record left `issued` (consume, revoke) on Redis Cluster: its subject's cap no
+    /// longer counts it. One plain `ZREM` (never refused over `maxmemory`): the subject's name
+    /// already lives as long as a consumed upload may complete (the admission gave it that
+    /// TTL). The index lives in another slot than the record, so this is a second step; when
+    /// it fails, the entry stays until its expiry (the cap is then stricter, never looser). On
+    /// one server the record's script did it ([`RedisStore::release_args`]).
     pub(super) async fn release(&self, conn: &mut Conn, subject: &str, key: &RecordKey<'_>) {
-        if subject.is_empty() {
+        if subject.is_empty() || self.one_node {
             return;
         }
         let mut zrem = redis::cmd("ZREM");
@@ -502,7 +515,8 @@ impl Subjects for RedisStore {
                     .arg(now)
                     .arg(subject)
                     .arg("")
-                    .arg(entry.issued_at);
+                    .arg(entry.issued_at)
+                    .arg(&self.release_args(&record));
                 let reply: Vec<String> = self
                     .bounded(&mut conn, async |c| call.invoke_async(c).await)
                     .await?;
