@@ -137,30 +137,24 @@ pub fn gcra(tat: u64, now_ms: u64, interval_ms: u64, tolerance_ms: u64) -> Resul
     }
 }
 
-/// The store key part for a subject: the subject's digest inside braces, so any subject
-/// makes a short, safe key, and every per-subject key of one subject, its quotas and its
-/// signature index alike (`store::subject_digest`), is one Redis Cluster hash tag (one
-/// slot): the issue's admission charges the quotas and indexes the signature in one
-/// transaction.
-pub fn subject_tag(subject: &str) -> String {
-    format!("{{{}}}", crate::digest::sha256_hex(subject.as_bytes(), 12))
-}
-
 /// The quotas that apply to one issue, as the store charges them: (the per-subject ones,
-/// one atomic step with the subject's index; the per-SecretId ones, one atomic step).
+/// one atomic step with the subject's index; the per-SecretId ones, one atomic step). The
+/// subject is given by its digest (`store::subject_digest`), inside braces in the key: any
+/// subject makes a short, safe key, and every per-subject key of one subject, its quotas and
+/// its signature index alike, is one Redis Cluster hash tag (one slot), so the issue's
+/// admission charges the quotas and indexes the signature in one transaction.
 pub fn charges(
     quotas: &[Quota],
-    subject: Option<&str>,
+    subject_digest: Option<&str>,
     secret_id: &str,
 ) -> (Vec<Charge>, Vec<Charge>) {
     let mut by_subject = Vec::new();
     let mut by_secret = Vec::new();
     for q in quotas {
-        let (group, key) = match (q.scope, subject) {
-            (Scope::Subject, Some(s)) => (
-                &mut by_subject,
-                format!("quota:{}:{}", subject_tag(s), q.name),
-            ),
+        let (group, key) = match (q.scope, subject_digest) {
+            (Scope::Subject, Some(digest)) => {
+                (&mut by_subject, format!("quota:{{{digest}}}:{}", q.name))
+            }
             (Scope::Subject, None) => continue,
             (Scope::SecretId, _) => (
                 &mut by_secret,

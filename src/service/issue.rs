@@ -69,9 +69,11 @@ impl<S: Store> UseCases<S> {
         // With a subject, the per-subject quotas are charged by its admission below, in the
         // same atomic step as its index (one transaction on the subject's slot), and the
         // per-SecretId ones after it, as before: a refused per-subject quota charges no other.
+        // No subject: no index work at all.
+        let subject = (!req.subject.is_empty()).then(|| subject_digest(&req.subject));
         let (mut subject_quotas, mut secret_quotas) = (Vec::new(), Vec::new());
         if !self.settings.quotas.is_empty() {
-            (subject_quotas, secret_quotas) = self.quota_groups(&req.subject, secret_id)?;
+            (subject_quotas, secret_quotas) = self.quota_groups(subject.as_deref(), secret_id)?;
             if req.subject.is_empty() {
                 // Boxed, as the subject index step below: large futures held inline would be
                 // moved on every call, also by callers that use neither.
@@ -80,8 +82,6 @@ impl<S: Store> UseCases<S> {
         }
         let now = self.clock.now();
         let record_ttl = ttl.saturating_add(self.settings.leeway);
-        // No subject: no index work at all.
-        let subject = (!req.subject.is_empty()).then(|| subject_digest(&req.subject));
         for _ in 0..MAX_NONCE_TRIES {
             let signed = signature::sign(
                 &key,
@@ -214,15 +214,15 @@ impl<S: Store> UseCases<S> {
         Err(refusal)
     }
 
-    /// The quotas of an issue, uncharged: (the per-subject ones, the per-SecretId ones).
-    /// Called only when quotas are configured.
+    /// The quotas of an issue for the subject with digest `subject` (`None`: without one),
+    /// uncharged: (the per-subject ones, the per-SecretId ones). Called only when quotas are
+    /// configured.
     fn quota_groups(
         &self,
-        subject: &str,
+        subject: Option<&str>,
         secret_id: &str,
     ) -> Result<(Vec<Charge>, Vec<Charge>), Refusal> {
         let quotas = &self.settings.quotas;
-        let subject = (!subject.is_empty()).then_some(subject);
         if subject.is_none()
             && !self.settings.allow_missing_subject
             && quotas.iter().any(|q| q.scope == Scope::Subject)
