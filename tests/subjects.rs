@@ -818,7 +818,8 @@ fn subject_quota(digest: &str, interval_ms: u64, tolerance_ms: u64) -> Vec<Charg
 }
 
 /// An admission whose nonce another record holds (a collision: `IssueSignature` then picks
-/// another nonce) writes, charges and indexes nothing, and leaves the holder's own entries.
+/// another nonce) writes, charges and indexes nothing, and leaves the holder's own entries;
+/// discarding the record it did not write leaves the holder's record.
 /// Through the store: a 32-bit nonce cannot be made to collide through the API.
 async fn a_taken_nonce_writes_charges_and_indexes_nothing(store: impl Store) {
     let now = vod_signer::clock::SystemClock.now();
@@ -849,6 +850,13 @@ async fn a_taken_nonce_writes_charges_and_indexes_nothing(store: impl Store) {
     assert!(store.insert_issued(holder, now, 3660, "").await.unwrap());
     let taken = store.admit(admission(&piotr, &held, b, &one_a_minute));
     assert_eq!(taken.await.unwrap(), AdmitOutcome::Taken);
+    assert_eq!(store.status(holder).await.unwrap(), RecordState::Issued);
+    // Discarding the taken signature's record (as a failed issue does) leaves the holder's.
+    let never_written = RecordRef {
+        fingerprint: b,
+        ..holder
+    };
+    store.discard(never_written, &piotr).await.unwrap();
     assert_eq!(store.status(holder).await.unwrap(), RecordState::Issued);
     let admitted = store.admit(admission(&piotr, &next, c, &one_a_minute));
     assert_eq!(admitted.await.unwrap(), AdmitOutcome::Admitted);

@@ -66,11 +66,11 @@ impl<S: Store> UseCases<S> {
 
         // Before the quotas: a refused issue must not use up a subject's quota, nor write.
         self.store.accepts_issues()?;
+        // No subject: no index work at all.
+        let subject = (!req.subject.is_empty()).then(|| subject_digest(&req.subject));
         // With a subject, the per-subject quotas are charged by its admission below, in the
         // same atomic step as its index (one transaction on the subject's slot), and the
         // per-SecretId ones after it, as before: a refused per-subject quota charges no other.
-        // No subject: no index work at all.
-        let subject = (!req.subject.is_empty()).then(|| subject_digest(&req.subject));
         let (mut subject_quotas, mut secret_quotas) = (Vec::new(), Vec::new());
         if !self.settings.quotas.is_empty() {
             (subject_quotas, secret_quotas) = self.quota_groups(subject.as_deref(), secret_id)?;
@@ -207,7 +207,7 @@ impl<S: Store> UseCases<S> {
             }
             Err(e) => e.into(),
         };
-        if let Err(e) = self.store.discard(entry.key()).await {
+        if let Err(e) = self.store.discard(admission.record(), digest).await {
             // Harmless: nobody holds its signature, and the record expires.
             debug!(error = %e, "could not delete the record of a refused issue");
         }

@@ -243,8 +243,15 @@ pub trait Records: Send + Sync + 'static {
         subject: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Deletes the record of a signature that was never handed out (its admission failed).
-    fn discard(&self, key: RecordKey<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes the record of a signature that was never handed out (its issue was refused or
+    /// failed after the record may have been written), issued for the subject with digest
+    /// `subject` (empty: none), if the record is still the one its issue wrote: a record
+    /// another signature holds under the same nonce stays.
+    fn discard(
+        &self,
+        sig: RecordRef<'_>,
+        subject: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The signature's status; changes nothing.
     fn status(

@@ -129,12 +129,20 @@ impl Records for MemoryStore {
             })
             .await
     }
-    async fn discard(&self, key: RecordKey<'_>) -> Result<(), StoreError> {
+    async fn discard(&self, sig: RecordRef<'_>, _subject: &str) -> Result<(), StoreError> {
         self.observed
             .run(StoreOp::Discard, || async move {
-                let key = (key.secret_id.to_owned(), key.random);
+                let key = (sig.key.secret_id.to_owned(), sig.key.random);
                 let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
-                lock(shard).records.remove(&key);
+                let mut shard = lock(shard);
+                // Only this signature's record, still issued (another's stays).
+                if shard
+                    .records
+                    .get(&key)
+                    .is_some_and(|(r, _)| r.state_for(sig.fingerprint) == RecordState::Issued)
+                {
+                    shard.records.remove(&key);
+                }
                 Ok(())
             })
             .await

@@ -246,13 +246,17 @@ impl Records for RedisStore {
             })
             .await
     }
-    async fn discard(&self, record: RecordKey<'_>) -> Result<(), StoreError> {
+    async fn discard(&self, sig: RecordRef<'_>, subject: &str) -> Result<(), StoreError> {
         self.observed
             .run(StoreOp::Discard, || async move {
                 let mut conn = self.conn().await?;
-                let mut del = redis::cmd("DEL");
-                del.arg(self.key_of(&record));
-                self.bounded(&mut conn, async |c| del.query_async::<i64>(c).await)
+                let mut call = self
+                    .scripts
+                    .discard
+                    .pick(&self.memory)
+                    .key(self.record_key(&sig));
+                call.arg(self.issued_value(&sig, sig.issued_at, subject));
+                self.bounded(&mut conn, async |c| call.invoke_async::<i64>(c).await)
                     .await
                     .map(|_| ())
             })

@@ -57,6 +57,8 @@ pub struct Scripts {
     pub settle: OomScript,
     /// Notifications delivered or confirmed (`confirm.lua`).
     pub confirm: OomScript,
+    /// Delete a refused issue's record, if still its own (`discard.lua`).
+    pub discard: OomScript,
     /// A notification to the dead letters (`dead_letter.lua`).
     pub dead_letter: OomScript,
     /// The sweep's lease (`lease.lua`).
@@ -101,6 +103,7 @@ impl Scripts {
             settle: OomScript::new(include_str!("../lua/settle.lua")),
             confirm: OomScript::new(include_str!("../lua/confirm.lua")),
             dead_letter: OomScript::new(include_str!("../lua/dead_letter.lua")),
+            discard: OomScript::new(include_str!("../lua/discard.lua")),
             lease: Script::new(include_str!("../lua/lease.lua")),
         }
     }
