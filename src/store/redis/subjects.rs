@@ -276,9 +276,10 @@ impl Subjects for RedisStore {
                 };
                 // What a refused or taken issue takes back: every quota's charge and its
                 // entries (until then a racing issue sees them: refused stricter, never
-                // looser). A taken nonce leaves an entry it found, which is the record
-                // holder's.
-                let take_back = |pipe: &mut redis::Pipeline, found_ours: bool| {
+                // looser). `ours`: the record is this issue's, so are the entries under its
+                // nonce; else (a taken nonce) an entry it found is the record holder's, and
+                // stays.
+                let take_back = |pipe: &mut redis::Pipeline, ours: bool| {
                     for q in a.quotas {
                         pipe.cmd("ZINCRBY")
                             .arg(self.quota_key(q))
@@ -286,10 +287,10 @@ impl Subjects for RedisStore {
                             .arg(TAT_MEMBER)
                             .ignore();
                     }
-                    if cap > 0 && (found_ours || out_added == 1) {
+                    if cap > 0 && (ours || out_added == 1) {
                         pipe.cmd("ZREM").arg(&outstanding).arg(&out_member).ignore();
                     }
-                    if found_ours || list_added == 1 {
+                    if ours || list_added == 1 {
                         pipe.cmd("ZREM").arg(&listing).arg(&list_member).ignore();
                     }
                 };
