@@ -156,7 +156,16 @@ fn start(dir: &Path, active: Option<&str>, interval_s: u64) -> ServerProcess {
 }
 
 fn serve_with_keys(dir: &Path, active: Option<&str>, interval_s: u64) -> std::process::Command {
-    let mut cmd = serve_command();
+    keys_args(serve_command(), dir, active, interval_s)
+}
+
+/// `cmd` with the keys directory `dir`, the active key and the reload interval.
+fn keys_args(
+    mut cmd: std::process::Command,
+    dir: &Path,
+    active: Option<&str>,
+    interval_s: u64,
+) -> std::process::Command {
     cmd.arg("--keys-dir")
         .arg(dir)
         .args(["--keys-reload-interval", &interval_s.to_string()]);
@@ -351,7 +360,12 @@ async fn an_unreadable_keys_directory_keeps_the_previous_keys() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         // As root the server would read the directory whatever its mode: it runs as nobody,
-        // who may read the keys until the mode says otherwise.
+        // who may read the keys until the mode says otherwise. Nobody runs a copy of the
+        // binary here: the checkout's own may sit under a directory only root may enter (a
+        // clone in `mktemp -d`).
+        let program = parent.path().join("vod-signer");
+        std::fs::copy(binary(), &program).unwrap();
+        cmd = keys_args(serve_command_of(&program), &dir, Some(SECRET_ID), 0);
         for path in [parent.path(), dir.as_path()] {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }

@@ -764,7 +764,12 @@ pub fn binary() -> PathBuf {
 /// `vod-signer serve` on a free loopback port, JSON logs, fast health checks, no `VOD_SIGNER_*`
 /// or `RUST_LOG` inherited from the environment.
 pub fn serve_command() -> Command {
-    let mut cmd = Command::new(binary());
+    serve_command_of(&binary())
+}
+
+/// [`serve_command`] with the vod-signer binary at `program` (a copy another user may run).
+pub fn serve_command_of(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.args([
         "serve",
         "--listen",
